@@ -1,0 +1,5 @@
+//! Thin binary over [`ferry_coordinator::run`].
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::FAILURE
+}

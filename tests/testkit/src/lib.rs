@@ -1,0 +1,1 @@
+//! Test support: the local stack and fresh names per test.
