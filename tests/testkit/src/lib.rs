@@ -1,1 +1,16 @@
 //! Test support: the local stack and fresh names per test.
+//!
+//! Every integration test gets its servers from [`Stack::get`], which runs the same
+//! `scripts/stack up --quiet` a person runs (no second implementation), then gives the
+//! test its own database ([`Cluster::create_database`]), names ([`unique_name`]) and
+//! ports ([`free_port`]). Waits use deadlines ([`wait_until`]), never bare sleeps.
+//! Helpers for topics live in [`kafka`].
+
+pub mod kafka;
+mod names;
+mod stack;
+mod wait;
+
+pub use names::{free_port, unique_name};
+pub use stack::{Cluster, Stack};
+pub use wait::wait_until;
