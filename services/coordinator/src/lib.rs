@@ -1,5 +1,7 @@
 //! ferry-coordinator.
 
+pub mod registry;
+
 use ferry_shared::config::Config;
 use ferry_shared::shutdown::Shutdown;
 
