@@ -26,7 +26,9 @@ fn admin(bootstrap: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
 }
 
 fn opts() -> AdminOptions {
-    AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT))
+    AdminOptions::new()
+        .operation_timeout(Some(TIMEOUT))
+        .request_timeout(Some(TIMEOUT))
 }
 
 /// Creates topic `name` with `partitions` partitions (replication factor 1);
@@ -43,7 +45,10 @@ pub async fn create_topic(
     if compacted {
         topic = topic.set("cleanup.policy", "compact");
     }
-    let results = admin.create_topics([&topic], &opts()).await.context("create_topics")?;
+    let results = admin
+        .create_topics([&topic], &opts())
+        .await
+        .context("create_topics")?;
     for r in results {
         if let Err((t, code)) = r {
             anyhow::bail!("creating topic {t}: {code}");
@@ -70,7 +75,9 @@ fn wait_for_partitions(bootstrap: &str, name: &str, partitions: i32) -> anyhow::
             return Ok(());
         }
         if start.elapsed() > TIMEOUT {
-            anyhow::bail!("topic {name} has no metadata for {partitions} partitions after {TIMEOUT:?}");
+            anyhow::bail!(
+                "topic {name} has no metadata for {partitions} partitions after {TIMEOUT:?}"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -79,7 +86,10 @@ fn wait_for_partitions(bootstrap: &str, name: &str, partitions: i32) -> anyhow::
 /// Deletes topic `name`.
 pub async fn delete_topic(bootstrap: &str, name: &str) -> anyhow::Result<()> {
     let admin = admin(bootstrap)?;
-    let results = admin.delete_topics(&[name], &opts()).await.context("delete_topics")?;
+    let results = admin
+        .delete_topics(&[name], &opts())
+        .await
+        .context("delete_topics")?;
     for r in results {
         if let Err((t, code)) = r {
             anyhow::bail!("deleting topic {t}: {code}");

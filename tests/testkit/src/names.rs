@@ -43,7 +43,9 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 12);
         assert!(a.starts_with("t_"));
-        assert!(a[2..].bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(a[2..]
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
     }
 
     #[test]

@@ -108,7 +108,10 @@ impl Cluster {
             tokio_postgres::connect(&self.conn_string(db), tokio_postgres::NoTls)
                 .await
                 .with_context(|| {
-                    format!("connecting to database {db} on cluster {} (port {})", self.name, self.port)
+                    format!(
+                        "connecting to database {db} on cluster {} (port {})",
+                        self.name, self.port
+                    )
                 })?;
         let name = self.name.clone();
         tokio::spawn(async move {
@@ -125,7 +128,10 @@ impl Cluster {
         let name = crate::unique_name(prefix);
         let client = self.connect("postgres").await?;
         client
-            .batch_execute(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\"",
+                name.replace('"', "\"\"")
+            ))
             .await
             .with_context(|| format!("creating database {name} on cluster {}", self.name))?;
         Ok(name)
@@ -205,13 +211,24 @@ fn parse_env(text: &str) -> anyhow::Result<Stack> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim().trim_matches(|c| c == '\'' || c == '"').to_owned()))
+        .map(|(k, v)| {
+            (
+                k.trim(),
+                v.trim().trim_matches(|c| c == '\'' || c == '"').to_owned(),
+            )
+        })
         .collect();
-    let get = |k: &str| vars.get(k).cloned().with_context(|| format!("{k} is missing"));
+    let get = |k: &str| {
+        vars.get(k)
+            .cloned()
+            .with_context(|| format!("{k} is missing"))
+    };
     let user = get("FERRY_STACK_PG_USER")?;
     let password = get("FERRY_STACK_PG_PASSWORD")?;
     let cluster = |name: &str, key: &str| -> anyhow::Result<Cluster> {
-        let port = get(key)?.parse().with_context(|| format!("{key} is not a port"))?;
+        let port = get(key)?
+            .parse()
+            .with_context(|| format!("{key} is not a port"))?;
         Ok(Cluster {
             name: name.to_owned(),
             host: "127.0.0.1".to_owned(),
@@ -260,7 +277,10 @@ mod tests {
         assert_eq!(v["source_replica"]["database"].as_str(), Some("c"));
         assert_eq!(v["source_replica"]["schemas"][0].as_str(), Some("public"));
         assert_eq!(v["source"]["sslmode"].as_str(), Some("disable"));
-        assert_eq!(v["kafka"]["bootstrap_servers"].as_str(), Some("127.0.0.1:9092"));
+        assert_eq!(
+            v["kafka"]["bootstrap_servers"].as_str(),
+            Some("127.0.0.1:9092")
+        );
         assert_eq!(v["coordinator"]["listen"].as_str(), Some("127.0.0.1:9999"));
     }
 }

@@ -3,6 +3,8 @@
 //! share partitions, idempotent and transactional producers with read_committed,
 //! watermarks, offsets_for_times, compacted topics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +24,8 @@ fn bootstrap() -> &'static str {
 
 fn producer(extra: &[(&str, &str)]) -> FutureProducer {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap()).set("linger.ms", "5");
+    c.set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5");
     for (k, v) in extra {
         c.set(*k, *v);
     }
@@ -43,7 +46,13 @@ fn consumer(group: &str, extra: &[(&str, &str)]) -> BaseConsumer {
     c.create().unwrap()
 }
 
-async fn send(p: &FutureProducer, topic: &str, partition: Option<i32>, key: &str, value: &str) -> (i32, i64) {
+async fn send(
+    p: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    value: &str,
+) -> (i32, i64) {
     let mut rec = FutureRecord::to(topic).key(key).payload(value);
     if let Some(p) = partition {
         rec = rec.partition(p);
@@ -62,7 +71,9 @@ fn values(records: &[kafka::Record]) -> Vec<String> {
 #[tokio::test]
 async fn produce_then_consume_all() {
     let topic = unique_name("tk_basic");
-    kafka::create_topic(bootstrap(), &topic, 3, false).await.unwrap();
+    kafka::create_topic(bootstrap(), &topic, 3, false)
+        .await
+        .unwrap();
     let p = producer(&[]);
     let mut sent = BTreeMap::new();
     for i in 0..30 {
@@ -86,7 +97,9 @@ async fn produce_then_consume_all() {
 async fn consumer_group_members_share_partitions_and_commit() {
     let topic = unique_name("tk_group");
     let group = unique_name("tk_group");
-    kafka::create_topic(bootstrap(), &topic, 4, false).await.unwrap();
+    kafka::create_topic(bootstrap(), &topic, 4, false)
+        .await
+        .unwrap();
     let p = producer(&[]);
     for i in 0..40 {
         send(&p, &topic, Some(i % 4), &format!("k{i}"), &format!("v{i}")).await;
@@ -104,17 +117,25 @@ async fn consumer_group_members_share_partitions_and_commit() {
                 if let Some(m) = c.poll(Duration::from_millis(50)) {
                     let m = m.unwrap();
                     seen.insert((m.partition(), m.offset()));
-                    c.commit_message(&m, rdkafka::consumer::CommitMode::Sync).unwrap();
+                    c.commit_message(&m, rdkafka::consumer::CommitMode::Sync)
+                        .unwrap();
                 }
             }
             let (pa, pb) = (a.assignment().unwrap(), b.assignment().unwrap());
-            let sets: Vec<BTreeSet<i32>> =
-                [pa, pb].iter().map(|l| l.elements().iter().map(|e| e.partition()).collect()).collect();
-            let shared = !sets[0].is_empty() && !sets[1].is_empty() && sets[0].is_disjoint(&sets[1]);
+            let sets: Vec<BTreeSet<i32>> = [pa, pb]
+                .iter()
+                .map(|l| l.elements().iter().map(|e| e.partition()).collect())
+                .collect();
+            let shared =
+                !sets[0].is_empty() && !sets[1].is_empty() && sets[0].is_disjoint(&sets[1]);
             if shared && sets[0].len() + sets[1].len() == 4 && seen.len() == 40 {
                 return (sets, seen);
             }
-            assert!(std::time::Instant::now() < deadline, "group did not settle: {sets:?}, {} seen", seen.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group did not settle: {sets:?}, {} seen",
+                seen.len()
+            );
         }
     })
     .await
@@ -135,21 +156,31 @@ async fn consumer_group_members_share_partitions_and_commit() {
     .await
     .unwrap();
     for e in committed.elements() {
-        assert_eq!(e.offset(), Offset::Offset(10), "partition {}", e.partition());
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(10),
+            "partition {}",
+            e.partition()
+        );
     }
 }
 
 #[tokio::test]
 async fn idempotent_producer_writes_each_record_once() {
     let topic = unique_name("tk_idem");
-    kafka::create_topic(bootstrap(), &topic, 2, false).await.unwrap();
+    kafka::create_topic(bootstrap(), &topic, 2, false)
+        .await
+        .unwrap();
     let p = producer(&[("enable.idempotence", "true"), ("acks", "all")]);
     let mut futures = Vec::new();
     for i in 0..200 {
         let (t, k, v) = (topic.clone(), format!("k{i}"), format!("v{i}"));
         let p = p.clone();
         futures.push(tokio::spawn(async move {
-            p.send(FutureRecord::to(&t).key(&k).payload(&v), T).await.map_err(|(e, _)| e).unwrap()
+            p.send(FutureRecord::to(&t).key(&k).payload(&v), T)
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap()
         }));
     }
     for f in futures {
@@ -164,17 +195,35 @@ async fn idempotent_producer_writes_each_record_once() {
 #[tokio::test]
 async fn transactions_hide_aborted_records_from_read_committed() {
     let topic = unique_name("tk_txn");
-    kafka::create_topic(bootstrap(), &topic, 2, false).await.unwrap();
+    kafka::create_topic(bootstrap(), &topic, 2, false)
+        .await
+        .unwrap();
     let txn_id = unique_name("tk_txn");
-    let p = producer(&[("transactional.id", &txn_id), ("transaction.timeout.ms", "10000")]);
+    let p = producer(&[
+        ("transactional.id", &txn_id),
+        ("transaction.timeout.ms", "10000"),
+    ]);
     let p2 = p.clone();
-    tokio::task::spawn_blocking(move || p2.init_transactions(T)).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || p2.init_transactions(T))
+        .await
+        .unwrap()
+        .unwrap();
 
     for (round, commit) in [(0, true), (1, false), (2, true)] {
         let p2 = p.clone();
-        tokio::task::spawn_blocking(move || p2.begin_transaction()).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || p2.begin_transaction())
+            .await
+            .unwrap()
+            .unwrap();
         for i in 0..5 {
-            send(&p, &topic, Some(i % 2), &format!("k{i}"), &format!("r{round}-{i}")).await;
+            send(
+                &p,
+                &topic,
+                Some(i % 2),
+                &format!("k{i}"),
+                &format!("r{round}-{i}"),
+            )
+            .await;
         }
         let p2 = p.clone();
         tokio::task::spawn_blocking(move || {
@@ -193,7 +242,9 @@ async fn transactions_hide_aborted_records_from_read_committed() {
     let got = kafka::consume_all(bootstrap(), &topic).await.unwrap();
     let mut vals = values(&got);
     vals.sort();
-    let mut want: Vec<String> = (0..5).flat_map(|i| [format!("r0-{i}"), format!("r2-{i}")]).collect();
+    let mut want: Vec<String> = (0..5)
+        .flat_map(|i| [format!("r0-{i}"), format!("r2-{i}")])
+        .collect();
     want.sort();
     assert_eq!(vals, want);
 
@@ -201,7 +252,10 @@ async fn transactions_hide_aborted_records_from_read_committed() {
     // level hides them.
     let topic2 = topic.clone();
     let uncommitted = tokio::task::spawn_blocking(move || {
-        let c = consumer(&unique_name("tk_txn_ru"), &[("isolation.level", "read_uncommitted")]);
+        let c = consumer(
+            &unique_name("tk_txn_ru"),
+            &[("isolation.level", "read_uncommitted")],
+        );
         c.subscribe(&[&topic2]).unwrap();
         let mut n = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -221,11 +275,23 @@ async fn transactions_hide_aborted_records_from_read_committed() {
 #[tokio::test]
 async fn watermarks_and_offsets_for_times() {
     let topic = unique_name("tk_time");
-    kafka::create_topic(bootstrap(), &topic, 1, false).await.unwrap();
+    kafka::create_topic(bootstrap(), &topic, 1, false)
+        .await
+        .unwrap();
     let p = producer(&[]);
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
-    for (i, ts) in [now_ms - 30_000, now_ms - 20_000, now_ms - 10_000].iter().enumerate() {
-        let rec = FutureRecord::to(&topic).key("k").payload("v").partition(0).timestamp(*ts);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (i, ts) in [now_ms - 30_000, now_ms - 20_000, now_ms - 10_000]
+        .iter()
+        .enumerate()
+    {
+        let rec = FutureRecord::to(&topic)
+            .key("k")
+            .payload("v")
+            .partition(0)
+            .timestamp(*ts);
         let d = p.send(rec, T).await.map_err(|(e, _)| e).unwrap();
         assert_eq!(d.offset, i as i64);
     }
@@ -234,10 +300,12 @@ async fn watermarks_and_offsets_for_times() {
         let c = consumer(&unique_name("tk_time"), &[]);
         let marks = c.fetch_watermarks(&topic2, 0, T).unwrap();
         let mut q = TopicPartitionList::new();
-        q.add_partition_offset(&topic2, 0, Offset::Offset(now_ms - 15_000)).unwrap();
+        q.add_partition_offset(&topic2, 0, Offset::Offset(now_ms - 15_000))
+            .unwrap();
         let found = c.offsets_for_times(q, T).unwrap();
         let mut q = TopicPartitionList::new();
-        q.add_partition_offset(&topic2, 0, Offset::Offset(now_ms + 60_000)).unwrap();
+        q.add_partition_offset(&topic2, 0, Offset::Offset(now_ms + 60_000))
+            .unwrap();
         let future = c.offsets_for_times(q, T).unwrap();
         (marks, found, future)
     })
@@ -245,18 +313,28 @@ async fn watermarks_and_offsets_for_times() {
     .unwrap();
     assert_eq!(marks, (0, 3));
     // The first record at or after the time is the third one.
-    assert_eq!(found.find_partition(&topic, 0).unwrap().offset(), Offset::Offset(2));
+    assert_eq!(
+        found.find_partition(&topic, 0).unwrap().offset(),
+        Offset::Offset(2)
+    );
     // After the last record: the end (-1 / End).
     let after = future.find_partition(&topic, 0).unwrap().offset();
-    assert!(matches!(after, Offset::End | Offset::Offset(-1) | Offset::Offset(3)), "{after:?}");
+    assert!(
+        matches!(after, Offset::End | Offset::Offset(-1) | Offset::Offset(3)),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
 async fn compacted_topic_is_created_and_keeps_tombstones() {
     let topic = unique_name("tk_compact");
-    kafka::create_topic(bootstrap(), &topic, 1, true).await.unwrap();
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    kafka::create_topic(bootstrap(), &topic, 1, true)
+        .await
+        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
     let policy = wait_until("cleanup.policy of the compacted topic", T, || {
         let admin = &admin;
         let topic = topic.clone();
@@ -264,7 +342,9 @@ async fn compacted_topic_is_created_and_keeps_tombstones() {
             let res = admin
                 .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
                 .await?;
-            let Some(Ok(r)) = res.into_iter().next() else { return Ok(None) };
+            let Some(Ok(r)) = res.into_iter().next() else {
+                return Ok(None);
+            };
             Ok(r.get("cleanup.policy").and_then(|e| e.value.clone()))
         }
     })
@@ -274,10 +354,13 @@ async fn compacted_topic_is_created_and_keeps_tombstones() {
 
     let p = producer(&[]);
     send(&p, &topic, Some(0), "a", "1").await;
-    p.send(FutureRecord::<str, str>::to(&topic).key("a").partition(0), T)
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    p.send(
+        FutureRecord::<str, str>::to(&topic).key("a").partition(0),
+        T,
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
     let got = kafka::consume_all(bootstrap(), &topic).await.unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].2.as_deref(), Some(&b"a"[..]));

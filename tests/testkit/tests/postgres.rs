@@ -2,6 +2,8 @@
 //! and accept what Ferry's exporter needs: replication-mode connections and logical
 //! slots with pgoutput.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,7 +16,11 @@ fn clusters() -> [&'static Cluster; 3] {
 
 fn psql() -> String {
     let debian = "/usr/lib/postgresql/15/bin/psql";
-    if std::path::Path::new(debian).exists() { debian.to_owned() } else { "psql".to_owned() }
+    if std::path::Path::new(debian).exists() {
+        debian.to_owned()
+    } else {
+        "psql".to_owned()
+    }
 }
 
 #[tokio::test]
@@ -25,15 +31,33 @@ async fn clusters_are_distinct_and_logical() {
         let client = c.connect("ferry").await.unwrap();
         let row = client.query_one("SHOW wal_level", &[]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), "logical", "cluster {}", c.name);
-        for (setting, want) in [("max_replication_slots", "64"), ("max_wal_senders", "64"), ("max_connections", "300")] {
-            let row = client.query_one(&format!("SHOW {setting}"), &[]).await.unwrap();
-            assert_eq!(row.get::<_, String>(0), want, "{setting} on cluster {}", c.name);
+        for (setting, want) in [
+            ("max_replication_slots", "64"),
+            ("max_wal_senders", "64"),
+            ("max_connections", "300"),
+        ] {
+            let row = client
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                row.get::<_, String>(0),
+                want,
+                "{setting} on cluster {}",
+                c.name
+            );
         }
         let row = client
-            .query_one("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+            .query_one(
+                "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
             .await
             .unwrap();
-        assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1), "ferry is superuser with replication");
+        assert!(
+            row.get::<_, bool>(0) && row.get::<_, bool>(1),
+            "ferry is superuser with replication"
+        );
         let v: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await
@@ -60,10 +84,16 @@ async fn create_database_gives_fresh_usable_databases() {
         assert!(a.starts_with("tk_"));
         let client = c.connect(&a).await.unwrap();
         client
-            .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')")
+            .batch_execute(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')",
+            )
             .await
             .unwrap();
-        let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 1);
     }
 }
@@ -90,30 +120,43 @@ async fn logical_slot_with_pgoutput_decodes_changes() {
             "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL,
                'proto_version', '1', 'publication_names', 'p')"
         );
-        let n = ferry_testkit::wait_until("pgoutput to decode the insert", Duration::from_secs(10), || {
-            let (client, sql) = (&client, &sql);
-            async move {
-                let n: i64 = client.query_one(sql.as_str(), &[]).await?.get(0);
-                Ok((n >= 5).then_some(n))
-            }
-        })
+        let n = ferry_testkit::wait_until(
+            "pgoutput to decode the insert",
+            Duration::from_secs(10),
+            || {
+                let (client, sql) = (&client, &sql);
+                async move {
+                    let n: i64 = client.query_one(sql.as_str(), &[]).await?.get(0);
+                    Ok((n >= 5).then_some(n))
+                }
+            },
+        )
         .await
         .unwrap();
         assert_eq!(n, 5, "cluster {}", c.name);
-        client.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')")).await.unwrap();
+        client
+            .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .await
+            .unwrap();
     }
 }
 
 #[test]
 fn replication_connection_over_tcp_with_password() {
     for c in clusters() {
-        let conn = format!("{} replication=database sslmode=disable", c.conn_string("ferry"));
+        let conn = format!(
+            "{} replication=database sslmode=disable",
+            c.conn_string("ferry")
+        );
         let slot = ferry_testkit::unique_name("repl");
         let out = Command::new(psql())
             .env_remove("PGPASSWORD")
             .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", &conn])
             .args(["-c", "IDENTIFY_SYSTEM"])
-            .args(["-c", &format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput")])
+            .args([
+                "-c",
+                &format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput"),
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
