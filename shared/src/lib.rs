@@ -6,3 +6,10 @@
 
 pub mod config;
 pub mod shutdown;
+pub mod catalog;
+pub mod position;
+pub mod topics;
+pub mod value;
+pub mod avro;
+pub mod envelope;
+pub mod registry;

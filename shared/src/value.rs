@@ -1,0 +1,742 @@
+//! Column values in flight ([`Datum`]) and their PostgreSQL text form.
+//!
+//! Values leave the source in PostgreSQL's text output form (COPY text and pgoutput both
+//! use the type's output function) and enter the destination through the type's input
+//! function (`$1::text::<type>`). In between they travel as Avro. [`parse_text`] turns the
+//! text into the typed value for the column's [`Kind`], and [`format_text`] gives back a
+//! text that the destination's input function reads as the same value.
+//!
+//! Exactness rests on the session settings in [`SESSION_SETTINGS`], applied to every
+//! connection that reads or writes row values (including the replication connection):
+//! ISO dates, UTC, shortest exact floats, hex bytea, C monetary locale.
+//!
+//! Values a typed Avro branch cannot hold (numeric `NaN`, date and timestamp `±infinity`,
+//! timestamps beyond the range of 64-bit microseconds since 1970, multi-dimensional arrays
+//! or arrays with explicit bounds) stay as [`Datum::String`] with their exact text; the
+//! Avro schema has a `string` branch for them.
+
+use std::fmt::Write as _;
+
+use num_bigint::{BigInt, Sign};
+
+use crate::catalog::Kind;
+
+/// Settings that make text forms exact and identical on every server. Applied with one
+/// `SET` per setting at connection start (see [`session_settings_sql`]), or as startup
+/// options on the replication connection ([`session_settings_options`]).
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+    ("client_encoding", "UTF8"),
+];
+
+/// `SET ...;` statements for [`SESSION_SETTINGS`], to run with `batch_execute`.
+pub fn session_settings_sql() -> String {
+    let mut sql = String::new();
+    for (name, value) in SESSION_SETTINGS {
+        let _ = write!(sql, "SET {name} = '{value}';");
+    }
+    sql
+}
+
+/// [`SESSION_SETTINGS`] as a libpq `options` string (`-c name=value ...`).
+pub fn session_settings_options() -> String {
+    SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {}={}", name, value.replace(' ', "\\ ")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One value, shaped like the Avro branch it travels in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Datum {
+    /// SQL NULL.
+    Null,
+    /// `boolean`.
+    Bool(bool),
+    /// Avro `int`: `smallint`, `integer`.
+    Int(i32),
+    /// Avro `long`: `bigint`.
+    Long(i64),
+    /// Avro `float`: `real`.
+    Float(f32),
+    /// Avro `double`: `double precision`.
+    Double(f64),
+    /// Avro `bytes`: `bytea`.
+    Bytes(Vec<u8>),
+    /// Avro `string`: text types, text forms of other types, and special values.
+    String(String),
+    /// Avro `decimal`: `numeric(p,s)`.
+    Decimal(Decimal),
+    /// Avro `date`: days since 1970-01-01 (proleptic Gregorian).
+    Date(i32),
+    /// Avro `time-micros`: microseconds after midnight (up to 24:00:00).
+    Time(i64),
+    /// Avro `local-timestamp-micros`: `timestamp` as microseconds since 1970-01-01 00:00.
+    Timestamp(i64),
+    /// Avro `timestamp-micros`: `timestamptz` as microseconds since 1970-01-01 00:00 UTC.
+    TimestampTz(i64),
+    /// Avro `array`: a one-dimensional array with lower bound 1.
+    Array(Vec<Datum>),
+    /// Avro `record`: fields in schema order.
+    Record(Vec<Datum>),
+}
+
+/// An exact decimal: `unscaled × 10^-scale`, the unscaled value in big-endian two's
+/// complement as Avro's `decimal` logical type stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decimal {
+    /// Big-endian two's complement bytes of the unscaled value.
+    pub unscaled: Vec<u8>,
+    /// Digits after the decimal point.
+    pub scale: u32,
+}
+
+/// A text that is not a valid value of its column's type (never expected from PostgreSQL's
+/// own output; a sign of wrong session settings or a decoder bug).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read {text:?} as {what}")]
+pub struct ValueError {
+    /// The offending text (row values are not logged; callers decide whether to show it).
+    pub text: String,
+    /// What it was read as.
+    pub what: &'static str,
+}
+
+fn bad(text: &str, what: &'static str) -> ValueError {
+    ValueError {
+        text: text.to_owned(),
+        what,
+    }
+}
+
+const MICROS_PER_SECOND: i64 = 1_000_000;
+const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
+
+/// Reads PostgreSQL's text output of a value of `kind` (with [`SESSION_SETTINGS`]).
+pub fn parse_text(kind: &Kind, text: &str) -> Result<Datum, ValueError> {
+    Ok(match kind {
+        Kind::Bool => match text {
+            "t" | "true" => Datum::Bool(true),
+            "f" | "false" => Datum::Bool(false),
+            _ => return Err(bad(text, "boolean")),
+        },
+        Kind::Int16 | Kind::Int32 => Datum::Int(text.parse().map_err(|_| bad(text, "integer"))?),
+        Kind::Int64 => Datum::Long(text.parse().map_err(|_| bad(text, "bigint"))?),
+        Kind::Float32 => Datum::Float(parse_float(text)? as f32),
+        Kind::Float64 => Datum::Double(parse_float(text)?),
+        Kind::Decimal { scale, .. } => match parse_decimal(text, *scale) {
+            Some(d) => Datum::Decimal(d),
+            None if is_numeric_special(text) => Datum::String(text.to_owned()),
+            None => return Err(bad(text, "numeric")),
+        },
+        Kind::Text => Datum::String(text.to_owned()),
+        Kind::Bytes => Datum::Bytes(parse_bytea(text)?),
+        Kind::Date => match parse_date(text) {
+            Some(days) => Datum::Date(days),
+            None if is_infinity(text) => Datum::String(text.to_owned()),
+            None => return Err(bad(text, "date")),
+        },
+        Kind::Time => Datum::Time(parse_time(text).ok_or_else(|| bad(text, "time"))?),
+        Kind::Timestamp => match parse_timestamp(text, false) {
+            Some(Ok(micros)) => Datum::Timestamp(micros),
+            Some(Err(OutOfRange)) => Datum::String(text.to_owned()),
+            None if is_infinity(text) => Datum::String(text.to_owned()),
+            None => return Err(bad(text, "timestamp")),
+        },
+        Kind::TimestampTz => match parse_timestamp(text, true) {
+            Some(Ok(micros)) => Datum::TimestampTz(micros),
+            Some(Err(OutOfRange)) => Datum::String(text.to_owned()),
+            None if is_infinity(text) => Datum::String(text.to_owned()),
+            None => return Err(bad(text, "timestamptz")),
+        },
+        Kind::Uuid => Datum::String(text.to_owned()),
+        Kind::Array(element) => match parse_array(text)? {
+            Some(items) => Datum::Array(
+                items
+                    .into_iter()
+                    .map(|item| match item {
+                        None => Ok(Datum::Null),
+                        Some(t) => parse_text(element, &t),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            None => Datum::String(text.to_owned()),
+        },
+    })
+}
+
+/// The text a PostgreSQL input function reads back as the same value; `None` for NULL.
+pub fn format_text(datum: &Datum) -> Option<String> {
+    let mut out = String::new();
+    if write_text(datum, &mut out) {
+        Some(out)
+    } else {
+        None
+    }
+}
+
+/// Appends the text form of `datum` to `out`; false (and nothing appended) for NULL.
+pub fn write_text(datum: &Datum, out: &mut String) -> bool {
+    match datum {
+        Datum::Null => return false,
+        Datum::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+        Datum::Int(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Datum::Long(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Datum::Float(v) => write_float(f64::from(*v), Some(*v), out),
+        Datum::Double(v) => write_float(*v, None, out),
+        Datum::Bytes(b) => {
+            out.push_str("\\x");
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+        }
+        Datum::String(s) => out.push_str(s),
+        Datum::Decimal(d) => out.push_str(&d.to_string()),
+        Datum::Date(days) => write_date(i64::from(*days), out),
+        Datum::Time(micros) => write_time(*micros, out),
+        Datum::Timestamp(micros) => write_timestamp(*micros, false, out),
+        Datum::TimestampTz(micros) => write_timestamp(*micros, true, out),
+        Datum::Array(items) => {
+            out.push('{');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let mut element = String::new();
+                if write_text(item, &mut element) {
+                    out.push('"');
+                    for c in element.chars() {
+                        if c == '"' || c == '\\' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                    out.push('"');
+                } else {
+                    out.push_str("NULL");
+                }
+            }
+            out.push('}');
+        }
+        Datum::Record(fields) => {
+            // Records are not column values; show them as a PostgreSQL row literal.
+            out.push('(');
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if let Some(t) = format_text(f) {
+                    let _ = write!(out, "\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""));
+                }
+            }
+            out.push(')');
+        }
+    }
+    true
+}
+
+fn is_infinity(text: &str) -> bool {
+    text == "infinity" || text == "-infinity"
+}
+
+fn is_numeric_special(text: &str) -> bool {
+    matches!(text, "NaN" | "Infinity" | "-Infinity")
+}
+
+fn parse_float(text: &str) -> Result<f64, ValueError> {
+    match text {
+        "NaN" => Ok(f64::NAN),
+        "Infinity" => Ok(f64::INFINITY),
+        "-Infinity" => Ok(f64::NEG_INFINITY),
+        _ => text.parse().map_err(|_| bad(text, "floating-point number")),
+    }
+}
+
+fn write_float(v: f64, single: Option<f32>, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("Infinity");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Infinity");
+    } else if let Some(f) = single {
+        // Shortest text that reads back as the same f32 (PostgreSQL's float4in is exact).
+        let _ = write!(out, "{f:e}");
+    } else {
+        let _ = write!(out, "{v:e}");
+    }
+}
+
+impl Decimal {
+    /// The decimal as PostgreSQL prints `numeric(p,s)`: exactly `scale` digits after the point.
+    fn digits(&self) -> String {
+        let unscaled = BigInt::from_signed_bytes_be(&self.unscaled);
+        let negative = unscaled.sign() == Sign::Minus;
+        let magnitude = unscaled.magnitude().to_str_radix(10);
+        let scale = self.scale as usize;
+        let mut out = String::with_capacity(magnitude.len() + 3);
+        if negative {
+            out.push('-');
+        }
+        if scale == 0 {
+            out.push_str(&magnitude);
+        } else if magnitude.len() > scale {
+            let (int, frac) = magnitude.split_at(magnitude.len() - scale);
+            out.push_str(int);
+            out.push('.');
+            out.push_str(frac);
+        } else {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', scale - magnitude.len()));
+            out.push_str(&magnitude);
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Decimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.digits())
+    }
+}
+
+/// Reads a plain decimal (`-12.340`) at a fixed scale; `None` if it isn't one or has more
+/// fractional digits than `scale` (which would lose digits).
+pub fn parse_decimal(text: &str, scale: u32) -> Option<Decimal> {
+    let (negative, body) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (int, frac) = match body.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (body, ""),
+    };
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > scale as usize
+    {
+        return None;
+    }
+    let mut digits = String::with_capacity(int.len() + scale as usize);
+    digits.push_str(int);
+    digits.push_str(frac);
+    digits.extend(std::iter::repeat_n('0', scale as usize - frac.len()));
+    let magnitude = BigInt::parse_bytes(digits.as_bytes(), 10).unwrap_or_default();
+    let unscaled = if negative { -magnitude } else { magnitude };
+    Some(Decimal {
+        unscaled: unscaled.to_signed_bytes_be(),
+        scale,
+    })
+}
+
+fn parse_bytea(text: &str) -> Result<Vec<u8>, ValueError> {
+    let hex = text
+        .strip_prefix("\\x")
+        .ok_or_else(|| bad(text, "bytea in hex form"))?;
+    if hex.len() % 2 != 0 {
+        return Err(bad(text, "bytea in hex form"));
+    }
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let hi = (pair[0] as char).to_digit(16);
+            let lo = (pair[1] as char).to_digit(16);
+            match (hi, lo) {
+                (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
+                _ => Err(bad(text, "bytea in hex form")),
+            }
+        })
+        .collect()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date; `year` is astronomical (1 BC = 0).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian (astronomical year, month, day) of days since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `YYYY-MM-DD` (year may have more digits), returning astronomical year, month, day.
+fn parse_ymd(text: &str) -> Option<(i64, u32, u32)> {
+    let mut parts = text.splitn(3, '-');
+    let y = parts.next()?;
+    let m = parts.next()?;
+    let d = parts.next()?;
+    if y.len() < 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let year: i64 = y.parse().ok()?;
+    let month: u32 = m.parse().ok()?;
+    let day: u32 = d.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year < 1 {
+        return None;
+    }
+    Some((year, month, day))
+}
+
+/// Strips a trailing ` BC`, returning the rest and whether it was there.
+fn strip_bc(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+fn parse_date(text: &str) -> Option<i32> {
+    let (body, bc) = strip_bc(text);
+    let (year, month, day) = parse_ymd(body)?;
+    let year = if bc { 1 - year } else { year };
+    i32::try_from(days_from_civil(year, month, day)).ok()
+}
+
+fn write_year_month_day(days: i64, out: &mut String) -> bool {
+    let (year, month, day) = civil_from_days(days);
+    let (shown, bc) = if year <= 0 {
+        (1 - year, true)
+    } else {
+        (year, false)
+    };
+    let _ = write!(out, "{shown:04}-{month:02}-{day:02}");
+    bc
+}
+
+fn write_date(days: i64, out: &mut String) {
+    if write_year_month_day(days, out) {
+        out.push_str(" BC");
+    }
+}
+
+/// `HH:MM:SS[.ffffff]` as microseconds after midnight.
+fn parse_time(text: &str) -> Option<i64> {
+    let (hms, frac) = match text.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (text, ""),
+    };
+    let mut parts = hms.split(':');
+    let h: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let s: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut micros: i64 = 0;
+    for (i, b) in frac.bytes().enumerate() {
+        micros += i64::from(b - b'0') * 10_i64.pow(5 - i as u32);
+    }
+    let total = ((h * 60 + m) * 60 + s) * MICROS_PER_SECOND + micros;
+    (0..=MICROS_PER_DAY).contains(&total).then_some(total)
+}
+
+fn write_time(micros: i64, out: &mut String) {
+    let secs = micros.div_euclid(MICROS_PER_SECOND);
+    let frac = micros.rem_euclid(MICROS_PER_SECOND);
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if frac != 0 {
+        let _ = write!(out, ".{frac:06}");
+    }
+}
+
+/// Marks a timestamp that PostgreSQL holds but 64-bit microseconds since 1970 can't.
+struct OutOfRange;
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]`; `None` if not of that shape.
+fn parse_timestamp(text: &str, with_zone: bool) -> Option<Result<i64, OutOfRange>> {
+    let (body, bc) = strip_bc(text);
+    let (date, rest) = body.split_once(' ')?;
+    let (year, month, day) = parse_ymd(date)?;
+    let year = if bc { 1 - year } else { year };
+    let (time, offset_secs) = if with_zone {
+        let at = rest.rfind(['+', '-'])?;
+        let (time, zone) = rest.split_at(at);
+        (time, parse_zone(zone)?)
+    } else {
+        (rest, 0)
+    };
+    let time = parse_time(time)?;
+    let days = days_from_civil(year, month, day);
+    let micros = i128::from(days) * i128::from(MICROS_PER_DAY) + i128::from(time)
+        - i128::from(offset_secs) * i128::from(MICROS_PER_SECOND);
+    Some(i64::try_from(micros).map_err(|_| OutOfRange))
+}
+
+/// `+HH`, `+HH:MM` or `+HH:MM:SS` (or `-`) as seconds east of UTC.
+fn parse_zone(zone: &str) -> Option<i64> {
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let mut secs = 0;
+    for (i, part) in zone[1..].split(':').enumerate() {
+        if i > 2 || part.len() != 2 {
+            return None;
+        }
+        let v: i64 = part.parse().ok()?;
+        secs += v * [3600, 60, 1][i];
+    }
+    Some(sign * secs)
+}
+
+fn write_timestamp(micros: i64, with_zone: bool, out: &mut String) {
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let time = micros.rem_euclid(MICROS_PER_DAY);
+    let bc = write_year_month_day(days, out);
+    out.push(' ');
+    write_time(time, out);
+    if with_zone {
+        out.push_str("+00");
+    }
+    if bc {
+        out.push_str(" BC");
+    }
+}
+
+/// Reads a one-dimensional array literal with default bounds (`{a,"b c",NULL}`) into its
+/// elements' texts. `Ok(None)` for the shapes an Avro array can't hold exactly
+/// (explicit bounds `[0:1]={...}`, nested braces): those travel as text.
+fn parse_array(text: &str) -> Result<Option<Vec<Option<String>>>, ValueError> {
+    if text.starts_with('[') {
+        return Ok(None);
+    }
+    let inner = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .ok_or_else(|| bad(text, "array"))?;
+    if inner.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let mut items = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        match chars.peek() {
+            Some('{') => return Ok(None),
+            Some('"') => {
+                chars.next();
+                let mut item = String::new();
+                loop {
+                    match chars.next() {
+                        Some('\\') => item.push(chars.next().ok_or_else(|| bad(text, "array"))?),
+                        Some('"') => break,
+                        Some(c) => item.push(c),
+                        None => return Err(bad(text, "array")),
+                    }
+                }
+                items.push(Some(item));
+            }
+            _ => {
+                let mut item = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ',' {
+                        break;
+                    }
+                    chars.next();
+                    if c == '\\' {
+                        item.push(chars.next().ok_or_else(|| bad(text, "array"))?);
+                    } else {
+                        item.push(c);
+                    }
+                }
+                let item = item.trim().to_owned();
+                items.push(if item.eq_ignore_ascii_case("NULL") {
+                    None
+                } else {
+                    Some(item)
+                });
+            }
+        }
+        match chars.next() {
+            Some(',') => continue,
+            None => break,
+            Some(_) => return Err(bad(text, "array")),
+        }
+    }
+    Ok(Some(items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(kind: &Kind, text: &str) -> String {
+        let datum = parse_text(kind, text).unwrap();
+        format_text(&datum).unwrap()
+    }
+
+    #[test]
+    fn dates_follow_the_proleptic_gregorian_calendar() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2000-03-01"), Some(11_017));
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        for text in [
+            "1970-01-01",
+            "2024-02-29",
+            "0001-01-01",
+            "0001-12-31 BC",
+            "4713-01-01 BC",
+            "5874897-12-31",
+            "1582-10-10",
+        ] {
+            assert_eq!(round_trip(&Kind::Date, text), text);
+        }
+        assert_eq!(
+            parse_text(&Kind::Date, "infinity").unwrap(),
+            Datum::String("infinity".into())
+        );
+    }
+
+    #[test]
+    fn timestamps_keep_microseconds_zones_and_extremes() {
+        assert_eq!(
+            parse_text(&Kind::TimestampTz, "1970-01-01 01:00:00+01").unwrap(),
+            Datum::TimestampTz(0)
+        );
+        assert_eq!(
+            round_trip(&Kind::TimestampTz, "2024-05-06 07:08:09.123456+05:30"),
+            "2024-05-06 01:38:09.123456+00"
+        );
+        for text in [
+            "2024-05-06 07:08:09.000001",
+            "4713-01-01 00:00:00 BC",
+            "0001-01-01 00:00:00 BC",
+            "1999-12-31 23:59:59.999999",
+        ] {
+            assert_eq!(round_trip(&Kind::Timestamp, text), text);
+        }
+        // Beyond i64 microseconds since 1970: kept as text.
+        assert_eq!(
+            parse_text(&Kind::Timestamp, "294276-12-31 23:59:59.999999").unwrap(),
+            Datum::String("294276-12-31 23:59:59.999999".into())
+        );
+        assert_eq!(
+            parse_text(&Kind::TimestampTz, "-infinity").unwrap(),
+            Datum::String("-infinity".into())
+        );
+    }
+
+    #[test]
+    fn times_and_floats_are_exact() {
+        assert_eq!(round_trip(&Kind::Time, "24:00:00"), "24:00:00");
+        assert_eq!(round_trip(&Kind::Time, "00:00:00.5"), "00:00:00.500000");
+        for (text, expected) in [
+            ("NaN", "NaN"),
+            ("-Infinity", "-Infinity"),
+            ("-0", "-0e0"),
+            ("1.7976931348623157e+308", "1.7976931348623157e308"),
+            ("5e-324", "5e-324"),
+            ("0.1", "1e-1"),
+        ] {
+            assert_eq!(round_trip(&Kind::Float64, text), expected);
+        }
+        assert_eq!(round_trip(&Kind::Float32, "3.4028235e+38"), "3.4028235e38");
+        assert_eq!(round_trip(&Kind::Float32, "1.1"), "1.1e0");
+    }
+
+    #[test]
+    fn decimals_keep_every_digit() {
+        let kind = Kind::Decimal {
+            precision: 10,
+            scale: 3,
+        };
+        for (text, expected) in [
+            ("-12.345", "-12.345"),
+            ("0.001", "0.001"),
+            ("-0.010", "-0.010"),
+            ("1234567.000", "1234567.000"),
+        ] {
+            assert_eq!(round_trip(&kind, text), expected);
+        }
+        assert_eq!(
+            parse_text(&kind, "NaN").unwrap(),
+            Datum::String("NaN".into())
+        );
+        let big = "9".repeat(1000);
+        let kind = Kind::Decimal {
+            precision: 1000,
+            scale: 0,
+        };
+        assert_eq!(round_trip(&kind, &big), big);
+        assert!(parse_text(&kind, "1.5").is_err());
+    }
+
+    #[test]
+    fn arrays_with_nulls_quotes_and_odd_shapes() {
+        let kind = Kind::Array(Box::new(Kind::Text));
+        let datum = parse_text(&kind, r#"{a,"b c",NULL,"NULL","x\"y\\z",""}"#).unwrap();
+        assert_eq!(
+            datum,
+            Datum::Array(vec![
+                Datum::String("a".into()),
+                Datum::String("b c".into()),
+                Datum::Null,
+                Datum::String("NULL".into()),
+                Datum::String("x\"y\\z".into()),
+                Datum::String(String::new()),
+            ])
+        );
+        assert_eq!(
+            format_text(&datum).unwrap(),
+            r#"{"a","b c",NULL,"NULL","x\"y\\z",""}"#
+        );
+        let ints = Kind::Array(Box::new(Kind::Int32));
+        assert_eq!(parse_text(&ints, "{}").unwrap(), Datum::Array(vec![]));
+        assert_eq!(
+            parse_text(&ints, "{{1,2},{3,4}}").unwrap(),
+            Datum::String("{{1,2},{3,4}}".into())
+        );
+        assert_eq!(
+            parse_text(&ints, "[0:1]={1,2}").unwrap(),
+            Datum::String("[0:1]={1,2}".into())
+        );
+    }
+
+    #[test]
+    fn bytea_round_trips_and_rejects_garbage() {
+        assert_eq!(round_trip(&Kind::Bytes, "\\x00ff10"), "\\x00ff10");
+        assert_eq!(round_trip(&Kind::Bytes, "\\x"), "\\x");
+        assert!(parse_text(&Kind::Bytes, "\\x0").is_err());
+        assert!(parse_text(&Kind::Bytes, "abc").is_err());
+    }
+
+    #[test]
+    fn options_escape_spaces() {
+        assert!(session_settings_options().contains("-c DateStyle=ISO,\\ YMD"));
+        assert!(session_settings_sql().contains("SET TimeZone = 'UTC';"));
+    }
+}
