@@ -346,6 +346,28 @@ async fn registry_serves_confluent_clients_and_enforces_compatibility() -> Resul
             .contains("AVRO"),
         "{body}"
     );
+    let (status, _, body) = call(
+        "GET",
+        &format!("{}/subjects/{subject}/versions/1/schema", served.url),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::from_str::<Json>(USER_V1)?);
+    let (status, _, body) = call(
+        "GET",
+        &format!("{}/schemas/ids/2?subject={subject}", served.url),
+        None,
+    )
+    .await?;
+    assert_eq!((status, body), (200, json!({"schema": USER_V2})));
+    let (status, _, body) = call(
+        "GET",
+        &format!("{}/schemas/ids/2?subject={other}", served.url),
+        None,
+    )
+    .await?;
+    assert_eq!((status, body["error_code"].clone()), (404, json!(40403)));
     let (_, _, body) = call(
         "GET",
         &format!("{}/schemas/ids/1/versions", served.url),
