@@ -1,5 +1,191 @@
 //! `ferry`, the operator's command line.
+//!
+//! Exit codes: 0 on success, 1 when a command fails while running, 2 for usage and
+//! configuration errors and for verbs that are not available yet.
 
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::FAILURE
+mod verbs;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferry_shared::config::{Config, ConfigErrors};
+use ferry_shared::shutdown;
+use tracing_subscriber::EnvFilter;
+
+use verbs::{
+    Cli, ConfigVerb, CutoverTo, Database, Export, ExportDatabase, ExportFrom, Import, ImportTo,
+    Initiate, Verb,
+};
+
+/// What a verb does when it runs.
+enum Action {
+    /// Runs the exporter of the source stream in this process.
+    ExportFromSource,
+    /// Runs the importer that applies the source stream to the target.
+    ImportToTarget,
+    /// Runs the coordinator in this process.
+    Coordinator,
+    /// Prints the effective configuration.
+    ConfigCheck,
+    /// Not built yet.
+    NotAvailable,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let phrase = cli.verb.phrase();
+    let action = match action(&cli.verb) {
+        Ok(action) => action,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Action::NotAvailable = action {
+        eprintln!("error: \"{phrase}\" is not available yet");
+        return ExitCode::from(2);
+    }
+
+    let config = match cli.config.load() {
+        Ok(config) => config,
+        Err(errors) => return config_errors(&errors),
+    };
+    match action {
+        Action::ConfigCheck => {
+            println!(
+                "# effective configuration from {}, the FERRY_* environment and --set flags (secrets masked)",
+                cli.config.config_path().display()
+            );
+            print!("{}", config.to_masked_toml());
+            ExitCode::SUCCESS
+        }
+        Action::ExportFromSource => {
+            if let Err(e) = config.require_source() {
+                return config_errors(&e.into());
+            }
+            run_service(config, |config, shutdown| async move {
+                ferry_exporter::run(config, shutdown).await.map_err(boxed)
+            })
+        }
+        Action::ImportToTarget => {
+            if let Err(e) = config.require_target() {
+                return config_errors(&e.into());
+            }
+            run_service(config, |config, shutdown| async move {
+                ferry_importer::run(config, shutdown).await.map_err(boxed)
+            })
+        }
+        Action::Coordinator => run_service(config, |config, shutdown| async move {
+            ferry_coordinator::run(config, shutdown)
+                .await
+                .map_err(boxed)
+        }),
+        Action::NotAvailable => ExitCode::from(2),
+    }
+}
+
+/// Maps a verb to what it does; Err for a combination of flags that makes no sense.
+fn action(verb: &Verb) -> Result<Action, String> {
+    Ok(match verb {
+        Verb::Export {
+            what:
+                Export::Data {
+                    from:
+                        ExportFrom::From {
+                            database: ExportDatabase::Source,
+                        },
+                },
+        } => Action::ExportFromSource,
+        Verb::Import {
+            what:
+                Import::Data {
+                    to:
+                        ImportTo::To {
+                            database: Database::Target,
+                        },
+                },
+        } => Action::ImportToTarget,
+        Verb::Initiate {
+            what:
+                Initiate::Cutover {
+                    to:
+                        CutoverTo::To {
+                            database,
+                            prepare_for_fall_back,
+                            prepare_for_fall_forward,
+                        },
+                },
+        } => {
+            if *database != Database::Target
+                && (*prepare_for_fall_back || *prepare_for_fall_forward)
+            {
+                let flag = if *prepare_for_fall_back {
+                    "--prepare-for-fall-back"
+                } else {
+                    "--prepare-for-fall-forward"
+                };
+                return Err(format!(
+                    "{flag} applies only to \"ferry initiate cutover to target\": remove it"
+                ));
+            }
+            Action::NotAvailable
+        }
+        Verb::Coordinator => Action::Coordinator,
+        Verb::Config {
+            what: ConfigVerb::Check,
+        } => Action::ConfigCheck,
+        _ => Action::NotAvailable,
+    })
+}
+
+fn config_errors(errors: &ConfigErrors) -> ExitCode {
+    for error in errors.iter() {
+        eprintln!("error: {error}");
+    }
+    ExitCode::from(2)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
+    Box::new(e)
+}
+
+/// Runs a service library on a multi-thread runtime until it returns or a signal
+/// stops it; prints its error chain on failure.
+fn run_service<F, Fut>(config: Config, run: F) -> ExitCode
+where
+    F: FnOnce(Config, shutdown::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async { run(config, shutdown::on_signals()).await });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
