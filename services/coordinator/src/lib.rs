@@ -1,19 +1,74 @@
-//! ferry-coordinator.
+//! ferry-coordinator: owns the migration state and serves the HTTP API.
+//!
+//! Built so far: the built-in Confluent-compatible schema registry ([`registry`]),
+//! served under the coordinator's address unless `schema_registry.url` names an external
+//! registry, and `GET /healthz`. Migration state, positions, cutover and metrics come
+//! with the coordinator issue.
 
 pub mod registry;
 
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
 use ferry_shared::config::Config;
 use ferry_shared::shutdown::Shutdown;
+use ferry_shared::topics::Topics;
 
 /// What stops the coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Not built yet.
-    #[error("the coordinator is not implemented yet")]
-    NotImplemented,
+    /// The built-in registry could not load its topic.
+    #[error("starting the built-in schema registry")]
+    Registry(#[source] registry::RegistryError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {listen} (setting \"coordinator.listen\"): choose a free address")]
+    Bind {
+        /// The configured address.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("serving HTTP on {listen}")]
+    Serve {
+        /// The configured address.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The coordinator's HTTP routes for `config`, including the built-in registry when no
+/// external one is configured.
+pub async fn router(config: &Config) -> Result<Router, Error> {
+    let mut app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    if config.schema_registry.url.is_none() {
+        let topics = Topics::new(config.migration.topic_prefix());
+        let registry = registry::Registry::open(config.kafka.client_config(), topics.schemas())
+            .await
+            .map_err(Error::Registry)?;
+        tracing::info!(topic = %topics.schemas(), "built-in schema registry loaded");
+        app = app.merge(registry::router(Arc::new(registry)));
+    }
+    Ok(app)
 }
 
 /// Runs the coordinator until `shutdown` fires or a definite error stops it.
-pub async fn run(_config: Config, _shutdown: Shutdown) -> Result<(), Error> {
-    Err(Error::NotImplemented)
+pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
+    let app = router(&config).await?;
+    let listen = config.coordinator.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|source| Error::Bind {
+            listen: listen.clone(),
+            source,
+        })?;
+    tracing::info!(%listen, url = %config.coordinator.url(), "coordinator serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|source| Error::Serve { listen, source })
 }

@@ -1,0 +1,66 @@
+//! The coordinator process serves the built-in registry from its Kafka topic: schemas
+//! registered through it keep their ids after the coordinator is stopped and started again.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry_shared::config::Config;
+use ferry_shared::registry::RegistryClient;
+use ferry_shared::shutdown;
+use ferry_testkit::{free_port, unique_name, wait_until, Stack};
+
+fn config(migration: &str, listen: &str) -> Result<Config> {
+    let stack = Stack::get();
+    let text = stack.config_toml(migration, "ferry", "ferry", "ferry", listen);
+    Config::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn start(config: Config) -> Result<(shutdown::ShutdownTrigger, tokio::task::JoinHandle<()>)> {
+    let (trigger, shutdown) = shutdown::channel();
+    let listen = config.coordinator.listen.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = ferry_coordinator::run(config, shutdown).await {
+            panic!("coordinator failed: {e}");
+        }
+    });
+    wait_until("the coordinator to listen", Duration::from_secs(30), || {
+        let listen = listen.clone();
+        async move {
+            Ok(tokio::net::TcpStream::connect(listen)
+                .await
+                .ok()
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    Ok((trigger, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_ids_survive_a_coordinator_restart() -> Result<()> {
+    let migration = unique_name("restart");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let schema_a = r#"{"type":"record","name":"A","fields":[{"name":"x","type":"long"}]}"#;
+    let schema_b = r#"{"type":"record","name":"B","fields":[{"name":"y","type":"string"}]}"#;
+
+    let (trigger, task) = start(config(&migration, &listen)?).await?;
+    let client = RegistryClient::new(&url, None)?;
+    let id_a = client.register("t-a-value", schema_a).await?;
+    let id_b = client.register("t-b-value", schema_b).await?;
+    assert_ne!(id_a, id_b);
+    trigger.trigger();
+    task.await?;
+
+    let (trigger, task) = start(config(&migration, &listen)?).await?;
+    let client = RegistryClient::new(&url, None)?;
+    // Registering the same schemas again returns the ids they had before the restart.
+    assert_eq!(client.register("t-a-value", schema_a).await?, id_a);
+    assert_eq!(client.register("t-b-value", schema_b).await?, id_b);
+    // And a fresh client reads them by id.
+    let fresh = RegistryClient::new(&url, None)?;
+    assert!(fresh.schema(id_a).await.is_ok());
+    trigger.trigger();
+    task.await?;
+    Ok(())
+}
