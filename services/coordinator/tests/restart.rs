@@ -15,14 +15,12 @@ fn config(migration: &str, listen: &str) -> Result<Config> {
     Config::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn start(config: Config) -> Result<(shutdown::ShutdownTrigger, tokio::task::JoinHandle<()>)> {
+type Running = tokio::task::JoinHandle<Result<(), ferry_coordinator::Error>>;
+
+async fn start(config: Config) -> Result<(shutdown::ShutdownTrigger, Running)> {
     let (trigger, shutdown) = shutdown::channel();
     let listen = config.coordinator.listen.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = ferry_coordinator::run(config, shutdown).await {
-            panic!("coordinator failed: {e}");
-        }
-    });
+    let task = tokio::spawn(ferry_coordinator::run(config, shutdown));
     wait_until("the coordinator to listen", Duration::from_secs(30), || {
         let listen = listen.clone();
         async move {
@@ -50,7 +48,7 @@ async fn schema_ids_survive_a_coordinator_restart() -> Result<()> {
     let id_b = client.register("t-b-value", schema_b).await?;
     assert_ne!(id_a, id_b);
     trigger.trigger();
-    task.await?;
+    task.await??;
 
     let (trigger, task) = start(config(&migration, &listen)?).await?;
     let client = RegistryClient::new(&url, None)?;
@@ -61,6 +59,6 @@ async fn schema_ids_survive_a_coordinator_restart() -> Result<()> {
     let fresh = RegistryClient::new(&url, None)?;
     assert!(fresh.schema(id_a).await.is_ok());
     trigger.trigger();
-    task.await?;
+    task.await??;
     Ok(())
 }
