@@ -1,5 +1,7 @@
 //! ferry-exporter.
 
+pub mod pgoutput;
+
 use ferry_shared::config::Config;
 use ferry_shared::shutdown::Shutdown;
 
