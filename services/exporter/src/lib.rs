@@ -1,5 +1,6 @@
 //! ferry-exporter.
 
+pub mod check;
 pub mod pgoutput;
 
 use ferry_shared::config::Config;

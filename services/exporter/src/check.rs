@@ -1,0 +1,193 @@
+//! Source preflight: everything that would stop the export later is checked before any
+//! slot, topic or schema is created, and every problem is reported at once, each with
+//! what to do about it.
+
+use std::fmt;
+
+use ferry_shared::catalog::{self, CatalogError, TableName, TableSchema, TypeCatalog};
+use ferry_shared::config::MigrationConfig;
+use tokio_postgres::Client;
+
+/// One thing wrong with the source, and the fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.message, self.fix)
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The source is not ready; all problems at once.
+    #[error("the source is not ready for export:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    NotReady(Vec<Problem>),
+    /// A catalog query failed.
+    #[error("checking the source")]
+    Query(#[source] tokio_postgres::Error),
+    /// The catalog could not be read.
+    #[error("checking the source")]
+    Catalog(#[source] CatalogError),
+}
+
+impl CheckError {
+    /// The problems, when the source is not ready.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            CheckError::NotReady(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+/// What the preflight needs to know besides the connection.
+#[derive(Clone, Debug)]
+pub struct CheckInput<'a> {
+    /// Include/exclude filter.
+    pub migration: &'a MigrationConfig,
+    /// Schemas to look in.
+    pub schemas: &'a [String],
+    /// The slot Ferry will use: when it exists already it needs no free slot.
+    pub slot_name: &'a str,
+    /// Whether a replication slot and a wal sender are needed (not for snapshot-only).
+    pub needs_replication: bool,
+}
+
+/// Checks the source and returns the selected tables, or every problem at once.
+pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<TableSchema>, CheckError> {
+    let mut problems = Vec::new();
+
+    // Logical decoding is needed even for snapshot-only: the consistent snapshot comes
+    // from the slot. (Snapshot-only could use a plain snapshot; we keep one path.)
+    let wal_level: String = one(client, "SHOW wal_level").await?.get(0);
+    if wal_level != "logical" {
+        problems.push(Problem {
+            message: format!("wal_level is {wal_level}, logical decoding needs logical"),
+            fix: "set wal_level = logical in postgresql.conf and restart the server".into(),
+        });
+    }
+
+    let role = one(
+        client,
+        "SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
+    )
+    .await?;
+    let (user, superuser, replication): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    if !superuser && !replication {
+        problems.push(Problem {
+            message: format!("role {user} may not use replication"),
+            fix: format!("run ALTER ROLE {} REPLICATION", catalog::quote_ident(&user)),
+        });
+    }
+
+    if input.needs_replication {
+        let row = client
+            .query_one(
+                "SELECT current_setting('max_replication_slots')::int, \
+                        (SELECT count(*)::int FROM pg_replication_slots), \
+                        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1::text)",
+                &[&input.slot_name],
+            )
+            .await
+            .map_err(CheckError::Query)?;
+        let (max, used, ours): (i32, i32, bool) = (row.get(0), row.get(1), row.get(2));
+        if !ours && used >= max {
+            problems.push(Problem {
+                message: format!("all {max} replication slots are in use"),
+                fix: "raise max_replication_slots in postgresql.conf and restart the server, or drop an unused slot with pg_drop_replication_slot".into(),
+            });
+        }
+        let row = one(
+            client,
+            "SELECT current_setting('max_wal_senders')::int, \
+                    (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'walsender')",
+        )
+        .await?;
+        let (max, used): (i32, i32) = (row.get(0), row.get(1));
+        if used >= max {
+            problems.push(Problem {
+                message: format!("all {max} wal senders are in use"),
+                fix: "raise max_wal_senders in postgresql.conf and restart the server".into(),
+            });
+        }
+    }
+
+    let types = TypeCatalog::load(client).await.map_err(CheckError::Catalog)?;
+    let names: Vec<TableName> = catalog::list_tables(client, input.schemas)
+        .await
+        .map_err(CheckError::Catalog)?
+        .into_iter()
+        .filter(|t| input.migration.selects(&t.schema, &t.name))
+        .collect();
+    if names.is_empty() {
+        problems.push(Problem {
+            message: format!(
+                "no table is selected in schemas {}",
+                input.schemas.join(", ")
+            ),
+            fix: "check source.schemas and migration.include_tables / exclude_tables".into(),
+        });
+    }
+    let mut tables = Vec::with_capacity(names.len());
+    for name in &names {
+        match catalog::load_table(client, &types, name).await {
+            Ok(table) => {
+                if table.primary_key.is_empty() {
+                    problems.push(Problem {
+                        message: format!("table {name} has no primary key"),
+                        fix: "add one or list the table in migration.exclude_tables".into(),
+                    });
+                }
+                if table.replica_identity != 'f' {
+                    problems.push(Problem {
+                        message: format!(
+                            "table {name} has replica identity {}, Ferry needs FULL to send unchanged TOAST values and old rows",
+                            identity_name(table.replica_identity)
+                        ),
+                        fix: format!("run ALTER TABLE {} REPLICA IDENTITY FULL", table.qualified()),
+                    });
+                }
+                tables.push(table);
+            }
+            Err(CatalogError::Unsupported(columns)) => {
+                for c in columns {
+                    problems.push(Problem {
+                        message: format!(
+                            "column {}.{}.{} has type {}, which Ferry cannot move",
+                            c.schema, c.table, c.column, c.type_name
+                        ),
+                        fix: c.reason,
+                    });
+                }
+            }
+            Err(CatalogError::NoSuchTable(_)) => {} // dropped meanwhile
+            Err(e) => return Err(CheckError::Catalog(e)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(tables)
+    } else {
+        Err(CheckError::NotReady(problems))
+    }
+}
+
+async fn one(client: &Client, sql: &str) -> Result<tokio_postgres::Row, CheckError> {
+    client.query_one(sql, &[]).await.map_err(CheckError::Query)
+}
+
+fn identity_name(c: char) -> &'static str {
+    match c {
+        'd' => "DEFAULT",
+        'n' => "NOTHING",
+        'i' => "USING INDEX",
+        'f' => "FULL",
+        _ => "unknown",
+    }
+}

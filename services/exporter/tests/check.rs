@@ -1,0 +1,83 @@
+//! Source preflight against a real PostgreSQL: every problem is reported at once, each
+//! with its fix.
+
+use ferry_exporter::check::{preflight, CheckInput};
+use ferry_shared::config::Config;
+use ferry_testkit::{unique_name, Stack};
+
+#[tokio::test]
+async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let db = stack.source.create_database("check").await?;
+    let admin = stack.source.connect(&db).await?;
+    let role = unique_name("norepl");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE good (id int PRIMARY KEY, v text);
+             ALTER TABLE good REPLICA IDENTITY FULL;
+             CREATE TABLE nokey (v text);
+             ALTER TABLE nokey REPLICA IDENTITY FULL;
+             CREATE TABLE plain (id int PRIMARY KEY);
+             CREATE TABLE odd (id int PRIMARY KEY, r regclass);
+             ALTER TABLE odd REPLICA IDENTITY FULL;
+             CREATE TABLE skipped (v text);
+             CREATE ROLE {role} LOGIN PASSWORD 'pw';
+             GRANT USAGE ON SCHEMA public TO {role};"
+        ))
+        .await?;
+    let toml = stack.config_toml("chk", &db, "t", "r", "127.0.0.1:1");
+    let mut config = Config::from_toml_str(&toml).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    config.migration.exclude_tables = vec!["skipped".into()];
+    let schemas = vec!["public".to_owned()];
+    let input = CheckInput {
+        migration: &config.migration,
+        schemas: &schemas,
+        slot_name: "ferry_chk_source",
+        needs_replication: true,
+    };
+
+    // As a role without REPLICATION.
+    let conn = format!(
+        "host={} port={} user={role} password=pw dbname={db}",
+        stack.source.host, stack.source.port
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let err = preflight(&client, &input).await.expect_err("must fail");
+    let text = err.to_string();
+    println!("{text}");
+    let expect = [
+        format!("role {role} may not use replication; run ALTER ROLE \"{role}\" REPLICATION"),
+        "table public.nokey has no primary key; add one or list the table in migration.exclude_tables".to_owned(),
+        "table public.plain has replica identity DEFAULT, Ferry needs FULL to send unchanged TOAST values and old rows; run ALTER TABLE \"public\".\"plain\" REPLICA IDENTITY FULL".to_owned(),
+        "column public.odd.r has type regclass, which Ferry cannot move; regclass values are object identifiers".to_owned(),
+    ];
+    for e in &expect {
+        assert!(text.contains(e.as_str()), "missing {e:?} in\n{text}");
+    }
+    assert!(!text.contains("skipped"), "{text}");
+    assert!(!text.contains("good"), "{text}");
+    assert_eq!(err.problems().len(), 4, "{text}");
+
+    // As the superuser, after fixing the tables: only what is left.
+    admin
+        .batch_execute("ALTER TABLE plain REPLICA IDENTITY FULL; DROP TABLE odd; ALTER TABLE nokey ADD PRIMARY KEY (v);")
+        .await?;
+    let tables = preflight(&admin, &input).await?;
+    let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    assert_eq!(names, ["public.good", "public.nokey", "public.plain"]);
+
+    // Nothing selected.
+    let mut migration = config.migration.clone();
+    migration.include_tables = vec!["nothing_here".into()];
+    let input = CheckInput {
+        migration: &migration,
+        ..input
+    };
+    let err = preflight(&admin, &input).await.expect_err("must fail");
+    assert!(
+        err.to_string().contains("no table is selected in schemas public; check source.schemas and migration.include_tables / exclude_tables"),
+        "{err}"
+    );
+    Ok(())
+}
