@@ -70,6 +70,14 @@ const ENV_PREFIX: &str = "FERRY_";
 const NOT_UTF8: &str = "\u{0}not-utf-8";
 /// `FERRY_` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["FERRY_CONFIG", "FERRY_LOG"];
+/// `FERRY_STACK_*` describe the local stack (`scripts/stack`, exported by `scripts/test`
+/// and `.ci/run`), not Ferry's configuration.
+const STACK_PREFIX: &str = "FERRY_STACK_";
+
+/// True for a `FERRY_*` variable that names a setting.
+fn is_setting_var(name: &str) -> bool {
+    name.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&name) && !name.starts_with(STACK_PREFIX)
+}
 
 /// Loads the file at `path` (default `./ferry.toml`), then applies `env` and `sets`.
 ///
@@ -86,9 +94,7 @@ where
         Ok(text) => load_from(&name, &text, env, sets),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let env: Vec<(String, String)> = env.into_iter().collect();
-            let has_settings = env
-                .iter()
-                .any(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&k.as_str()));
+            let has_settings = env.iter().any(|(k, _)| is_setting_var(k));
             if explicit || (!has_settings && sets.is_empty()) {
                 return Err(ConfigError::new(
                     name.clone(),
@@ -131,10 +137,8 @@ where
         reported: BTreeSet::new(),
     };
 
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&k.as_str()))
-        .collect();
+    let mut env: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| is_setting_var(k)).collect();
     env.sort();
     for (var, raw) in env {
         loader.apply_env(&mut tree, &var, &raw);

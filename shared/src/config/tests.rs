@@ -275,6 +275,9 @@ fn unknown_key_from_env_and_flag() {
         "{e}"
     );
 
+    // The local stack's variables are not settings (scripts/test exports them).
+    assert!(load(MINIMAL, &[("FERRY_STACK_DIR", "/tmp/x")], &[]).is_ok());
+
     let e = one_error(MINIMAL, &[], &["importer.bach_rows=5"]);
     assert!(
         e.starts_with(
