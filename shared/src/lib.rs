@@ -4,12 +4,14 @@
 //! Everything that crosses a process boundary (topic names, record layouts, positions)
 //! is defined here once, so that the exporter, importer, coordinator and CLI agree.
 
-pub mod config;
-pub mod shutdown;
+pub mod avro;
 pub mod catalog;
+pub mod config;
+pub mod envelope;
 pub mod position;
+pub mod registry;
+pub mod shutdown;
 pub mod topics;
 pub mod value;
-pub mod avro;
-pub mod envelope;
-pub mod registry;
+pub mod kafka;
+pub mod checkpoint;
