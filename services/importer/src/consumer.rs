@@ -1,0 +1,292 @@
+//! The Kafka side: one thread owns the consumer, polls it and hands records to the
+//! applier over a bounded channel (backpressure: a full channel stops polling).
+//!
+//! Rebalances run in that thread, inside `poll`. On an assignment the thread reads the
+//! partitions' positions from the destination (`ferry_metadata`) and assigns the
+//! partitions *at those offsets*, so no record before the stored position is fetched
+//! and Kafka's committed offsets are never used to position the consumer. It then
+//! sends [`Item::Assigned`] through the same channel as the records, so the applier
+//! learns the positions before it sees any record fetched from them.
+//!
+//! Kafka offsets are committed (asynchronously, for monitoring and tools) only on the
+//! applier's request, after the destination transaction that stored them committed.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::error::Failure;
+use crate::metadata::{self, Stored};
+
+/// One record as the applier needs it.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What the consumer thread tells the applier, in order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A record of an assigned partition.
+    Record(Record),
+    /// Partitions assigned at these stored positions.
+    Assigned(Vec<Stored>),
+    /// All partitions revoked.
+    Revoked,
+    /// The consumer can't go on; the session restarts.
+    Failed(Failure),
+}
+
+/// Requests from the applier to the consumer thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Commit these next offsets to Kafka.
+    Commit(Vec<(String, i32, i64)>),
+}
+
+struct Ctx {
+    runtime: tokio::runtime::Handle,
+    db: Arc<tokio_postgres::Client>,
+    group: String,
+    items: mpsc::Sender<Item>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let loaded = self.runtime.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(60),
+                        metadata::load_positions(&self.db, &self.group, &parts),
+                    )
+                    .await
+                });
+                let positions = match loaded {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(f)) => {
+                        let _ = self.items.blocking_send(Item::Failed(f));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = self.items.blocking_send(Item::Failed(Failure::Transient(
+                            "reading positions from ferry_metadata took over 60 s".into(),
+                        )));
+                        return;
+                    }
+                };
+                let mut at = TopicPartitionList::new();
+                for p in &positions {
+                    if let Err(e) = at.add_partition_offset(
+                        &p.topic,
+                        p.partition,
+                        Offset::Offset(p.next_offset),
+                    ) {
+                        let _ = self.items.blocking_send(Item::Failed(kafka_failure(
+                            "building the assignment",
+                            &e,
+                        )));
+                        return;
+                    }
+                }
+                if let Err(e) = consumer.assign(&at) {
+                    let _ = self
+                        .items
+                        .blocking_send(Item::Failed(kafka_failure("assigning partitions", &e)));
+                    return;
+                }
+                tracing::info!(
+                    partitions = positions.len(),
+                    "partitions assigned at the positions stored in the destination"
+                );
+                let _ = self.items.blocking_send(Item::Assigned(positions));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let _ = consumer.unassign();
+                // try_send: this also runs when the consumer closes, possibly on a runtime
+                // thread; a full channel means the applier restarts anyway.
+                let _ = self.items.try_send(Item::Revoked);
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                let _ = self.items.try_send(Item::Revoked);
+            }
+        }
+    }
+}
+
+pub(crate) fn kafka_failure(what: &str, e: &KafkaError) -> Failure {
+    // Kafka errors surfacing here are transport or group-coordination problems;
+    // librdkafka retries most itself, and a fresh session fixes the rest.
+    Failure::Transient(format!("kafka: {what}: {e}"))
+}
+
+/// `^<prefix>\.<stream>\..*`, the regex subscription to every table topic of a stream.
+pub(crate) fn topic_pattern(prefix: &str, stream: &str) -> String {
+    let mut out = String::from("^");
+    for c in format!("{prefix}.{stream}.").chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            out.push(c);
+        } else {
+            out.push('\\');
+            out.push(c);
+        }
+    }
+    out.push_str(".*");
+    out
+}
+
+/// The running consumer thread.
+pub(crate) struct ConsumerThread {
+    pub items: mpsc::Receiver<Item>,
+    pub commands: std_mpsc::Sender<Command>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConsumerThread {
+    /// Subscribes to `pattern` in `group` and starts polling.
+    pub(crate) fn start(
+        mut config: ClientConfig,
+        group: &str,
+        pattern: &str,
+        db: Arc<tokio_postgres::Client>,
+        capacity: usize,
+    ) -> Result<ConsumerThread, Failure> {
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            .set("partition.assignment.strategy", "range,roundrobin");
+        let (tx, rx) = mpsc::channel(capacity.max(16));
+        let ctx = Ctx {
+            runtime: tokio::runtime::Handle::current(),
+            db,
+            group: group.to_owned(),
+            items: tx.clone(),
+        };
+        let consumer: BaseConsumer<Ctx> = config
+            .create_with_context(ctx)
+            .map_err(|e| kafka_failure("creating the consumer", &e))?;
+        consumer
+            .subscribe(&[pattern])
+            .map_err(|e| kafka_failure("subscribing", &e))?;
+        let (cmd_tx, cmd_rx) = std_mpsc::channel::<Command>();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-importer-consumer".into())
+            .spawn(move || poll_loop(consumer, tx, cmd_rx, stop2))
+            .map_err(|e| Failure::Transient(format!("cannot start the consumer thread: {e}")))?;
+        Ok(ConsumerThread {
+            items: rx,
+            commands: cmd_tx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops polling, closes the consumer (leaving the group) and joins the thread.
+    pub(crate) async fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Unblock a blocking_send by closing the receiving side.
+        self.items.close();
+        while self.items.try_recv().is_ok() {}
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for ConsumerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.items.close();
+    }
+}
+
+fn poll_loop(
+    consumer: BaseConsumer<Ctx>,
+    items: mpsc::Sender<Item>,
+    commands: std_mpsc::Receiver<Command>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Commit(offsets) => {
+                    let mut tpl = TopicPartitionList::new();
+                    for (t, p, o) in &offsets {
+                        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                    }
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                        tracing::debug!(error = %e, "committing offsets to kafka (monitoring only)");
+                    }
+                }
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                let record = Record {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                };
+                drop(m);
+                if items.blocking_send(Item::Record(record)).is_err() {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+            }
+        }
+    }
+    let _ = consumer.unassign();
+    consumer.unsubscribe();
+    drop(consumer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_escapes_dots() {
+        assert_eq!(
+            topic_pattern("ferry.m_1-x", "source"),
+            "^ferry\\.m_1-x\\.source\\..*"
+        );
+    }
+}

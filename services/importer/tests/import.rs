@@ -1,0 +1,555 @@
+//! The importer against real PostgreSQL and the local broker: synthetic streams made
+//! with `TableCodec` (snapshot rows, then inserts, updates and deletes, VSNs increasing,
+//! partition chosen from the key), applied by in-process importers (`run_for` in
+//! spawned tasks) or the `ferry-importer` binary killed with SIGKILL. Every test
+//! compares the destination table row by row with the expected contents and checks
+//! the counts in `ferry_metadata` exactly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferry_coordinator::registry::{self, Registry};
+use ferry_shared::catalog::{self, TableName, TypeCatalog};
+use ferry_shared::config::Config;
+use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
+use ferry_shared::position::Vsn;
+use ferry_shared::registry::{RegistryClient, TableCodec};
+use ferry_shared::shutdown::{self, ShutdownTrigger};
+use ferry_shared::topics::{Destination, Stream, Topics};
+use ferry_shared::value::Datum;
+use ferry_testkit::{free_port, kafka, unique_name, wait_until, Stack};
+use rand::Rng;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn serve_registry(topic: &str) -> Result<String> {
+    let stack = Stack::get();
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set("bootstrap.servers", &stack.kafka_bootstrap);
+    let registry = Arc::new(Registry::open(kafka, topic.to_owned()).await?);
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, registry::router(registry)).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// Expected contents of a table `(id bigint primary key, <text columns>)`.
+type Rows = BTreeMap<i64, Vec<Option<String>>>;
+
+/// One test's migration: databases, topic, registry, producer and the expected state.
+struct Fixture {
+    id: String,
+    target_db: String,
+    config_toml: String,
+    topic: String,
+    partitions: i32,
+    codec: TableCodec,
+    producer: FutureProducer,
+    next_vsn: u64,
+    /// Produced events, for re-producing duplicates: (partition, key, value).
+    produced: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    expected: Rows,
+    counts: [i64; 4],
+    columns: usize,
+}
+
+impl Fixture {
+    /// `source_ddl` creates table `t` on the source (whose schema the stream carries);
+    /// `target_ddl` creates it on the target.
+    async fn new(
+        prefix: &str,
+        source_ddl: &str,
+        target_ddl: &str,
+        partitions: i32,
+        batch_rows: u32,
+    ) -> Result<Fixture> {
+        let stack = Stack::get();
+        let id = unique_name(prefix);
+        let source_db = stack.source.create_database(prefix).await?;
+        let target_db = stack.target.create_database(prefix).await?;
+        let source = stack.source.connect(&source_db).await?;
+        source.batch_execute(source_ddl).await?;
+        stack
+            .target
+            .connect(&target_db)
+            .await?
+            .batch_execute(target_ddl)
+            .await?;
+        let types = TypeCatalog::load(&source).await?;
+        let table = catalog::load_table(
+            &source,
+            &types,
+            &TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+        )
+        .await?;
+        let registry_url = serve_registry(&unique_name("schemas")).await?;
+        let topics = Topics::new(format!("ferry.{id}"));
+        let topic = topics.table(Stream::Source, "public", "t");
+        kafka::create_topic(&stack.kafka_bootstrap, &topic, partitions, false).await?;
+        let codec =
+            TableCodec::register(&RegistryClient::new(&registry_url, None)?, &topic, &table)
+                .await?;
+        let mut config_toml = stack.config_toml(
+            &id,
+            &source_db,
+            &target_db,
+            &source_db,
+            &format!("127.0.0.1:{}", free_port()),
+        );
+        config_toml.push_str(&format!(
+            "\n[schema_registry]\nurl = \"{registry_url}\"\n\n[importer]\nbatch_rows = {batch_rows}\nbatch_max_ms = 50\n\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
+        ));
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &stack.kafka_bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()?;
+        Ok(Fixture {
+            id,
+            target_db,
+            config_toml,
+            topic,
+            partitions,
+            codec,
+            producer,
+            next_vsn: 1,
+            produced: Vec::new(),
+            expected: Rows::new(),
+            counts: [0; 4],
+            columns: table.columns.len() - 1,
+        })
+    }
+
+    fn config(&self) -> Config {
+        Config::from_toml_str(&self.config_toml).unwrap()
+    }
+
+    fn group(&self) -> String {
+        Topics::new(format!("ferry.{}", self.id)).import_group(Destination::Target)
+    }
+
+    fn row(id: i64, values: &[Option<String>]) -> Vec<Datum> {
+        let mut row = vec![Datum::Long(id)];
+        // Odd columns (c2, c4, ..) are integers, the others text.
+        row.extend(values.iter().enumerate().map(|(i, v)| match v {
+            None => Datum::Null,
+            Some(v) if i % 2 == 1 => Datum::Int(v.parse().unwrap()),
+            Some(v) => Datum::String(v.clone()),
+        }));
+        row
+    }
+
+    /// Produces one event (in VSN order) and updates the expected state.
+    async fn event(&mut self, op: Op, id: i64, values: Option<Vec<Option<String>>>) -> Result<()> {
+        let before = self.expected.get(&id).map(|v| Self::row(id, v));
+        let after = values.as_ref().map(|v| Self::row(id, v));
+        let event = ChangeEvent {
+            key: vec![Datum::Long(id)],
+            before: if op == Op::Update || op == Op::Delete {
+                before
+            } else {
+                None
+            },
+            after,
+            op,
+            ts_ms: 0,
+            vsn: Vsn(self.next_vsn),
+            source: SourceInfo {
+                db: "src".into(),
+                schema: "public".into(),
+                table: "t".into(),
+                snapshot: op == Op::Read,
+                lsn_or_scn: "0/0".into(),
+                txid: None,
+                commit_ts_ms: 0,
+            },
+        };
+        self.next_vsn += 1;
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        self.codec.encode_key(&event.key, &mut key)?;
+        self.codec.encode_value(&event, &mut value)?;
+        let partition = (id.rem_euclid(i64::from(self.partitions))) as i32;
+        self.send(partition, &key, &value).await?;
+        self.produced.push((partition, key, value));
+        match op {
+            Op::Read => self.counts[0] += 1,
+            Op::Create => self.counts[1] += 1,
+            Op::Update => self.counts[2] += 1,
+            Op::Delete => self.counts[3] += 1,
+        }
+        match values {
+            Some(v) => {
+                self.expected.insert(id, v);
+            }
+            None => {
+                self.expected.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, partition: i32, key: &[u8], value: &[u8]) -> Result<()> {
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .partition(partition)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
+    fn random_values(&self, rng: &mut impl Rng) -> Vec<Option<String>> {
+        (0..self.columns)
+            .map(|c| {
+                if rng.random_bool(0.1) {
+                    None
+                } else {
+                    Some(match c % 2 {
+                        0 => format!("v{}\t\\ '\"\n{}", rng.random_range(0..1000), "é"),
+                        _ => rng.random_range(-1000..1000).to_string(),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// `n` snapshot rows with ids `1..=n`.
+    async fn snapshot(&mut self, n: i64) -> Result<()> {
+        let mut rng = rand::rng();
+        for id in 1..=n {
+            let v = self.random_values(&mut rng);
+            self.event(Op::Read, id, Some(v)).await?;
+        }
+        Ok(())
+    }
+
+    /// `n` random inserts, updates and deletes over ids up to `max_id`.
+    async fn changes(&mut self, n: usize, max_id: i64) -> Result<()> {
+        let mut rng = rand::rng();
+        for _ in 0..n {
+            let id = rng.random_range(1..=max_id);
+            let v = self.random_values(&mut rng);
+            if self.expected.contains_key(&id) {
+                if rng.random_bool(0.3) {
+                    self.event(Op::Delete, id, None).await?;
+                } else {
+                    self.event(Op::Update, id, Some(v)).await?;
+                }
+            } else {
+                self.event(Op::Create, id, Some(v)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces again `n` events chosen at random from those produced (the same bytes,
+    /// so the same VSNs): the importer must skip them.
+    async fn duplicates(&mut self, n: usize) -> Result<()> {
+        let mut rng = rand::rng();
+        for _ in 0..n {
+            let i = rng.random_range(0..self.produced.len());
+            let (p, k, v) = self.produced[i].clone();
+            self.send(p, &k, &v).await?;
+        }
+        Ok(())
+    }
+
+    fn total(&self) -> i64 {
+        self.counts.iter().sum()
+    }
+
+    async fn target(&self) -> Result<tokio_postgres::Client> {
+        Stack::get().target.connect(&self.target_db).await
+    }
+
+    async fn stored_counts(&self) -> Result<[i64; 4]> {
+        let rows = self
+            .target()
+            .await?
+            .query(
+                "SELECT snapshot_rows, inserts, updates, deletes FROM ferry_metadata.table_counts \
+                 WHERE consumer_group = $1 AND schema_name = 'public' AND table_name = 't'",
+                &[&self.group()],
+            )
+            .await?;
+        Ok(match rows.first() {
+            Some(r) => [r.get(0), r.get(1), r.get(2), r.get(3)],
+            None => [0; 4],
+        })
+    }
+
+    /// Waits until every produced event is counted as applied, then compares.
+    async fn wait_caught_up(&self) -> Result<()> {
+        let want = self.total();
+        wait_until("the importer to catch up", WAIT, || async {
+            let c = self.stored_counts().await?;
+            Ok((c.iter().sum::<i64>() >= want).then_some(()))
+        })
+        .await?;
+        self.assert_equal().await
+    }
+
+    async fn assert_equal(&self) -> Result<()> {
+        assert_eq!(
+            self.stored_counts().await?,
+            self.counts,
+            "counts in ferry_metadata"
+        );
+        let cols: Vec<String> = (0..self.columns)
+            .map(|i| format!("c{}::text", i + 1))
+            .collect();
+        let rows = self
+            .target()
+            .await?
+            .query(
+                &format!("SELECT id, {} FROM t ORDER BY id", cols.join(", ")),
+                &[],
+            )
+            .await?;
+        let mut actual = Rows::new();
+        for r in rows {
+            actual.insert(
+                r.get(0),
+                (1..=self.columns)
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect(),
+            );
+        }
+        if actual != self.expected {
+            let missing: Vec<_> = self
+                .expected
+                .keys()
+                .filter(|k| !actual.contains_key(k))
+                .take(10)
+                .collect();
+            let extra: Vec<_> = actual
+                .keys()
+                .filter(|k| !self.expected.contains_key(k))
+                .take(10)
+                .collect();
+            let differ: Vec<_> = actual
+                .iter()
+                .filter(|(k, v)| self.expected.get(k).is_some_and(|e| e != *v))
+                .map(|(k, _)| k)
+                .take(10)
+                .collect();
+            panic!(
+                "destination differs: {} rows expected, {} present; missing {missing:?}, extra {extra:?}, different {differ:?}",
+                self.expected.len(),
+                actual.len()
+            );
+        }
+        Ok(())
+    }
+
+    fn start(&self) -> Importer {
+        let (trigger, shutdown) = shutdown::channel();
+        let config = self.config();
+        Importer {
+            trigger,
+            task: tokio::spawn(ferry_importer::run_for(
+                Destination::Target,
+                config,
+                shutdown,
+            )),
+        }
+    }
+}
+
+struct Importer {
+    trigger: ShutdownTrigger,
+    task: JoinHandle<Result<(), ferry_importer::Error>>,
+}
+
+impl Importer {
+    async fn stop(self) -> Result<()> {
+        self.trigger.trigger();
+        tokio::time::timeout(WAIT, self.task)
+            .await??
+            .context("importer failed")?;
+        Ok(())
+    }
+
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+const DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, c1 text, c2 integer, c3 text)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_then_changes_apply_exactly_once_and_duplicates_are_skipped() -> Result<()> {
+    let mut f = Fixture::new("imp_basic", DDL, DDL, 4, 200).await?;
+    f.snapshot(500).await?;
+    f.changes(1500, 700).await?;
+    let importer = f.start();
+    f.wait_caught_up().await?;
+    // Already-applied events delivered again, then more changes.
+    f.duplicates(200).await?;
+    f.changes(300, 700).await?;
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    // A restart reads nothing twice.
+    f.duplicates(50).await?;
+    let importer = f.start();
+    f.changes(100, 700).await?;
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    // Positions stored in the destination match the topic's end.
+    let target = f.target().await?;
+    let stored: i64 = target
+        .query_one(
+            "SELECT sum(next_offset)::bigint FROM ferry_metadata.positions WHERE consumer_group = $1",
+            &[&f.group()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(stored as usize, f.produced.len() + 250);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_at_random_moments_ends_equal_with_exact_counts() -> Result<()> {
+    let mut f = Fixture::new("imp_kill", DDL, DDL, 3, 50).await?;
+    f.snapshot(300).await?;
+    let mut rng = rand::rng();
+    for round in 0..10 {
+        let importer = f.start();
+        f.changes(150, 500).await?;
+        if round % 3 == 0 {
+            f.duplicates(30).await?;
+        }
+        let ms = rng.random_range(0..1500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        importer.kill().await;
+    }
+    let importer = f.start();
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_partitions_through_kills_and_joins() -> Result<()> {
+    let mut f = Fixture::new("imp_replicas", DDL, DDL, 6, 100).await?;
+    f.snapshot(400).await?;
+    let a = f.start();
+    let b = f.start();
+    let c = f.start();
+    f.changes(800, 600).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill().await;
+    f.changes(800, 600).await?;
+    let d = f.start();
+    f.changes(400, 600).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = f.start();
+    f.duplicates(100).await?;
+    f.changes(400, 600).await?;
+    f.wait_caught_up().await?;
+    for i in [a, b, c, d] {
+        i.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_column_stops_with_table_column_and_vsn_then_resumes() -> Result<()> {
+    let mut f = Fixture::new(
+        "imp_missing",
+        DDL,
+        "CREATE TABLE t (id bigint PRIMARY KEY, c1 text, c2 integer)",
+        2,
+        100,
+    )
+    .await?;
+    f.snapshot(50).await?;
+    f.changes(100, 80).await?;
+    let importer = f.start();
+    let err = tokio::time::timeout(WAIT, importer.task)
+        .await??
+        .expect_err("the importer must stop");
+    let message = err.to_string();
+    assert!(
+        message.contains("table \"public.t\" on the target has no column \"c3\" (event vsn "),
+        "{message}"
+    );
+    assert!(message.contains("add the column"), "{message}");
+    assert!(message.contains("resumes where it stopped"), "{message}");
+    f.target()
+        .await?
+        .batch_execute("ALTER TABLE t ADD COLUMN c3 text")
+        .await?;
+    let importer = f.start();
+    f.changes(100, 80).await?;
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_disable_triggers_is_refused_at_start_with_the_fix() -> Result<()> {
+    let f = Fixture::new("imp_role", DDL, DDL, 1, 100).await?;
+    let role = unique_name("plain");
+    f.target()
+        .await?
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT ALL ON SCHEMA public TO {role}"
+        ))
+        .await?;
+    let toml = f.config_toml.replacen(
+        &format!("user = \"{}\"", Stack::get().target.user),
+        "user = \"__X__\"",
+        2,
+    );
+    // Only the [target] section (the second database) gets the plain role.
+    let mut parts = toml.split("[target]");
+    let head = parts
+        .next()
+        .unwrap_or_default()
+        .replace("__X__", &Stack::get().source.user);
+    let tail = parts
+        .next()
+        .unwrap_or_default()
+        .replacen("__X__", &role, 1)
+        .replacen(
+            &format!("password = \"{}\"", Stack::get().target.password),
+            "password = \"pw\"",
+            1,
+        )
+        .replace("__X__", &Stack::get().source_replica.user);
+    let config = Config::from_toml_str(&format!("{head}[target]{tail}"))?;
+    let err = ferry_importer::run_for(Destination::Target, config, shutdown::Shutdown::never())
+        .await
+        .expect_err("must refuse");
+    let message = err.to_string();
+    assert!(
+        message.contains("may not set session_replication_role"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "GRANT SET ON PARAMETER session_replication_role TO {role}"
+        )),
+        "{message}"
+    );
+    Ok(())
+}
