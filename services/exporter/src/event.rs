@@ -1,0 +1,191 @@
+//! Turning rows into framed Kafka records, everywhere except the VSN.
+//!
+//! Snapshot readers and the change stream encode events in parallel; only the single
+//! stamping task ([`crate::sequencer`]) knows VSNs. An Avro record is the concatenation of
+//! its fields, and `vsn` is the fifth field of the envelope, so an event is encoded as a
+//! head (`before`, `after`, `op`, `ts_ms`) and a tail (`source`); the stamper writes
+//! head + vsn + tail.
+
+use std::sync::Arc;
+
+use ferry_shared::avro::{self, AvroError, AvroType};
+use ferry_shared::catalog::TableSchema;
+use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
+use ferry_shared::kafka::partition_for_key;
+use ferry_shared::position::Vsn;
+use ferry_shared::registry::{write_header, RegistryClient, RegistryError, TableCodec};
+use ferry_shared::value::Datum;
+
+/// One table's topic, schemas and partitioning.
+#[derive(Debug)]
+pub struct TableEncoder {
+    /// The table.
+    pub table: TableSchema,
+    /// `schema.table`, as in checkpoints.
+    pub name: String,
+    /// Index of the table's topic in the stamper's topic list.
+    pub topic_index: usize,
+    /// The topic.
+    pub topic: String,
+    /// Its partition count.
+    pub partitions: i32,
+    /// Database name, for `source.db`.
+    pub db: String,
+    key_id: u32,
+    value_id: u32,
+    key_type: AvroType,
+    value_fields: Vec<AvroType>,
+}
+
+/// An encoded event waiting for its VSN.
+#[derive(Debug)]
+pub struct Pending {
+    /// Index of the topic.
+    pub topic_index: usize,
+    /// Partition (murmur2 of the framed key).
+    pub partition: i32,
+    /// Framed key.
+    pub key: Vec<u8>,
+    /// Header + `before`, `after`, `op`, `ts_ms`.
+    pub head: Vec<u8>,
+    /// `source`.
+    pub tail: Vec<u8>,
+}
+
+impl TableEncoder {
+    /// Registers the table's schemas and prepares its encoder.
+    pub async fn new(
+        registry: &RegistryClient,
+        table: TableSchema,
+        topic: String,
+        topic_index: usize,
+        partitions: i32,
+        db: String,
+    ) -> Result<TableEncoder, RegistryError> {
+        let codec = TableCodec::register(registry, &topic, &table).await?;
+        let (key_id, value_id) = codec.ids();
+        let key_type = avro::parse_schema(&avro::key_schema(&table).to_string())?;
+        let value_type = avro::parse_schema(&avro::value_schema(&table).to_string())?;
+        let AvroType::Record(record) = value_type else {
+            return Err(RegistryError::Envelope("value schema is not a record".into()));
+        };
+        let value_fields: Vec<AvroType> = record.fields.iter().map(|f| f.ty.clone()).collect();
+        if value_fields.len() != 6 || record.fields[4].name != "vsn" {
+            return Err(RegistryError::Envelope(
+                "value schema does not have the envelope layout".into(),
+            ));
+        }
+        Ok(TableEncoder {
+            name: format!("{}.{}", table.schema, table.name),
+            table,
+            topic_index,
+            topic,
+            partitions,
+            db,
+            key_id,
+            value_id,
+            key_type,
+            value_fields,
+        })
+    }
+
+    /// The primary-key values of a row, in key order.
+    pub fn key_of(&self, row: &[Datum]) -> Vec<Datum> {
+        self.table
+            .primary_key
+            .iter()
+            .map(|&i| row.get(i).cloned().unwrap_or(Datum::Null))
+            .collect()
+    }
+
+    /// Encodes one event (its `vsn` is ignored).
+    pub fn encode(&self, event: &ChangeEvent) -> Result<Pending, AvroError> {
+        let mut key = Vec::with_capacity(32);
+        write_header(self.key_id, &mut key);
+        avro::encode(&self.key_type, &Datum::Record(event.key.clone()), &mut key)?;
+        let Datum::Record(fields) = event.to_datum() else {
+            return Err(AvroError::Mismatch("envelope is not a record".into()));
+        };
+        let mut head = Vec::with_capacity(128);
+        write_header(self.value_id, &mut head);
+        for (ty, datum) in self.value_fields.iter().zip(&fields).take(4) {
+            avro::encode(ty, datum, &mut head)?;
+        }
+        let mut tail = Vec::with_capacity(64);
+        avro::encode(&self.value_fields[5], &fields[5], &mut tail)?;
+        Ok(Pending {
+            topic_index: self.topic_index,
+            partition: partition_for_key(&key, self.partitions),
+            key,
+            head,
+            tail,
+        })
+    }
+
+    /// A [`ChangeEvent`] of this table (VSN to be stamped).
+    pub fn event(
+        &self,
+        op: Op,
+        key: Vec<Datum>,
+        before: Option<Vec<Datum>>,
+        after: Option<Vec<Datum>>,
+        source: SourceTemplate<'_>,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            key,
+            before,
+            after,
+            op,
+            ts_ms: now_ms(),
+            vsn: Vsn::ZERO,
+            source: SourceInfo {
+                db: self.db.clone(),
+                schema: self.table.schema.clone(),
+                table: self.table.name.clone(),
+                snapshot: op == Op::Read,
+                lsn_or_scn: source.lsn.to_owned(),
+                txid: source.txid,
+                commit_ts_ms: source.commit_ts_ms,
+            },
+        }
+    }
+}
+
+/// The transaction-level part of `source`.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceTemplate<'a> {
+    /// Commit LSN (changes) or the snapshot's LSN.
+    pub lsn: &'a str,
+    /// Transaction id.
+    pub txid: Option<i64>,
+    /// Commit time.
+    pub commit_ts_ms: i64,
+}
+
+/// Appends `head + vsn + tail`: the complete framed value.
+pub fn stamp(pending: &Pending, vsn: Vsn, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&pending.head);
+    // Avro long: zigzag varint.
+    let mut n = ((vsn.as_i64() << 1) ^ (vsn.as_i64() >> 63)) as u64;
+    loop {
+        if n & !0x7f == 0 {
+            out.push(n as u8);
+            break;
+        }
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.extend_from_slice(&pending.tail);
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Shared handle.
+pub type Encoders = Vec<Arc<TableEncoder>>;

@@ -1,0 +1,434 @@
+//! The single stamping task, the producer and the checkpoint writer.
+//!
+//! Invariants kept here (DESIGN.md §4, §4a):
+//!
+//! - One task assigns VSNs, in the order items arrive, and hands each event to one
+//!   idempotent producer (`enable.idempotence`, `acks=all`) before stamping the next,
+//!   so VSNs strictly increase along the stream and inside every partition.
+//! - VSNs of one run are contiguous; an [`AckWindow`] tracks the highest VSN below
+//!   which Kafka acknowledged everything.
+//! - A checkpoint is a marker taken by the stamper between two events (after a commit,
+//!   a finished snapshot chunk, the end of the snapshot). It is written to `_state` only
+//!   once every VSN before it is acknowledged; only after `_state` acknowledged it is its
+//!   LSN published on [`Pipeline::durable`] for the slot's flush position.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
+use ferry_shared::kafka::idempotent_producer_config;
+use ferry_shared::position::{Lsn, Vsn};
+use ferry_shared::topics::Stream;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
+};
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::event::{now_ms, stamp, Pending};
+
+/// The Kafka header carrying an event's VSN (8 bytes, big-endian), so that the last
+/// VSN of a partition can be read without the registry.
+pub const VSN_HEADER: &str = "ferry.vsn";
+
+/// What the stamper receives, in stream order.
+#[derive(Debug)]
+pub enum Item {
+    /// An event to stamp and produce.
+    Event(Pending),
+    /// Every event of this snapshot chunk was sent before this item.
+    ChunkDone {
+        /// `schema.table`.
+        table: String,
+        /// Chunk index.
+        chunk: usize,
+    },
+    /// Every snapshot chunk is done.
+    SnapshotDone,
+    /// Every event of the transaction ending at `end_lsn` was sent before this item.
+    Commit {
+        /// The commit's end LSN.
+        end_lsn: Lsn,
+    },
+}
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// The producer could not be created or refused a record.
+    #[error("producing to kafka")]
+    Produce(#[source] KafkaError),
+    /// Kafka did not acknowledge an event.
+    #[error("kafka did not acknowledge event {vsn} (topic {topic}): {message}")]
+    Delivery {
+        /// The event's VSN.
+        vsn: u64,
+        /// Topic.
+        topic: String,
+        /// The error.
+        message: String,
+    },
+    /// The checkpoint could not be stored.
+    #[error("storing the exporter checkpoint in {topic}")]
+    Checkpoint {
+        /// `_state` topic.
+        topic: String,
+        /// The error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A task ended abnormally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Acknowledged VSNs of this run.
+#[derive(Debug)]
+struct AckWindow {
+    /// VSN of `window[0]`.
+    base: u64,
+    window: VecDeque<bool>,
+    error: Option<(u64, String, String)>,
+}
+
+impl AckWindow {
+    fn acked_through(&self) -> u64 {
+        self.base.saturating_sub(1)
+    }
+}
+
+struct AckContext {
+    acks: Arc<Mutex<AckWindow>>,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, vsn: usize) {
+        let vsn = vsn as u64;
+        let Ok(mut acks) = self.acks.lock() else { return };
+        match result {
+            Ok(_) => {
+                if vsn >= acks.base {
+                    let i = (vsn - acks.base) as usize;
+                    if let Some(slot) = acks.window.get_mut(i) {
+                        *slot = true;
+                    }
+                    while acks.window.front() == Some(&true) {
+                        acks.window.pop_front();
+                        acks.base += 1;
+                    }
+                }
+            }
+            Err((e, m)) => {
+                if acks.error.is_none() {
+                    use rdkafka::Message;
+                    acks.error = Some((vsn, m.topic().to_owned(), e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Marker {
+    /// Every VSN up to this one must be acknowledged.
+    through: u64,
+    checkpoint: ExporterCheckpoint,
+}
+
+/// A running stamper and checkpoint writer.
+pub struct Pipeline {
+    /// Where snapshot readers and the change stream send items.
+    pub items: mpsc::Sender<Vec<Item>>,
+    /// The LSN of the last stored checkpoint: the slot may be confirmed up to it.
+    pub durable: watch::Receiver<Lsn>,
+    /// The last stored checkpoint.
+    pub written: watch::Receiver<Option<ExporterCheckpoint>>,
+    stamper: JoinHandle<Result<u64, SequencerError>>,
+    checkpointer: JoinHandle<Result<(), SequencerError>>,
+    finish_tx: watch::Sender<Option<u64>>,
+}
+
+/// Settings of a pipeline.
+pub struct PipelineConfig {
+    /// librdkafka settings (bootstrap, security).
+    pub kafka: ClientConfig,
+    /// Topic names, by index.
+    pub topics: Vec<String>,
+    /// `_state` topic.
+    pub state_topic: String,
+    /// Stream (names the checkpoint key).
+    pub stream: Stream,
+    /// The checkpoint to continue from; its `next_vsn` is the first VSN stamped.
+    pub start: ExporterCheckpoint,
+}
+
+impl Pipeline {
+    /// Starts the stamper and the checkpoint writer.
+    pub fn start(cfg: PipelineConfig) -> Result<Pipeline, SequencerError> {
+        let first = cfg.start.next_vsn.0.max(1);
+        let acks = Arc::new(Mutex::new(AckWindow {
+            base: first,
+            window: VecDeque::new(),
+            error: None,
+        }));
+        let producer: ThreadedProducer<AckContext> = idempotent_producer_config(&cfg.kafka)
+            .create_with_context(AckContext { acks: acks.clone() })
+            .map_err(SequencerError::Produce)?;
+        let state_producer: FutureProducer = idempotent_producer_config(&cfg.kafka)
+            .set("linger.ms", "0")
+            .create()
+            .map_err(SequencerError::Produce)?;
+        let (items_tx, items_rx) = mpsc::channel::<Vec<Item>>(64);
+        let markers = Arc::new(Mutex::new(VecDeque::<Marker>::new()));
+        let (durable_tx, durable_rx) = watch::channel(cfg.start.lsn);
+        let (written_tx, written_rx) = watch::channel(None);
+        let (finish_tx, finish_rx) = watch::channel(None);
+
+        let stamper = tokio::spawn(stamp_loop(
+            items_rx,
+            producer,
+            acks.clone(),
+            markers.clone(),
+            cfg.topics,
+            cfg.start.clone(),
+            first,
+        ));
+        let checkpointer = tokio::spawn(checkpoint_loop(
+            state_producer,
+            cfg.state_topic,
+            checkpoint_key(cfg.stream),
+            acks,
+            markers,
+            durable_tx,
+            written_tx,
+            finish_rx,
+        ));
+        Ok(Pipeline {
+            items: items_tx,
+            durable: durable_rx,
+            written: written_rx,
+            stamper,
+            checkpointer,
+            finish_tx,
+        })
+    }
+
+    /// Stops intake, waits until Kafka acknowledged everything sent, stores the last
+    /// checkpoint and returns it.
+    pub async fn finish(self) -> Result<Option<ExporterCheckpoint>, SequencerError> {
+        let Pipeline {
+            items,
+            written,
+            stamper,
+            checkpointer,
+            finish_tx,
+            ..
+        } = self;
+        drop(items);
+        let stamped = stamper
+            .await
+            .map_err(|e| SequencerError::Internal(format!("stamper: {e}")));
+        let last = match stamped {
+            Ok(Ok(last)) => last,
+            Ok(Err(e)) | Err(e) => {
+                checkpointer.abort();
+                return Err(e);
+            }
+        };
+        finish_tx.send_replace(Some(last));
+        let written_result = checkpointer
+            .await
+            .map_err(|e| SequencerError::Internal(format!("checkpointer: {e}")))?;
+        written_result?;
+        let last = written.borrow().clone();
+        Ok(last)
+    }
+
+    /// True when the stamper or checkpointer ended (with an error: see [`Pipeline::finish`]).
+    pub fn failed(&self) -> bool {
+        self.stamper.is_finished() || self.checkpointer.is_finished()
+    }
+}
+
+async fn stamp_loop(
+    mut rx: mpsc::Receiver<Vec<Item>>,
+    producer: ThreadedProducer<AckContext>,
+    acks: Arc<Mutex<AckWindow>>,
+    markers: Arc<Mutex<VecDeque<Marker>>>,
+    topics: Vec<String>,
+    mut checkpoint: ExporterCheckpoint,
+    first: u64,
+) -> Result<u64, SequencerError> {
+    let mut next = first;
+    let mut value = Vec::with_capacity(256);
+    let push_marker = |through: u64, checkpoint: &ExporterCheckpoint| {
+        if let Ok(mut m) = markers.lock() {
+            m.push_back(Marker {
+                through,
+                checkpoint: checkpoint.clone(),
+            });
+        }
+    };
+    while let Some(batch) = rx.recv().await {
+        for item in batch {
+            match item {
+                Item::Event(p) => {
+                    let vsn = Vsn(next);
+                    stamp(&p, vsn, &mut value);
+                    if let Ok(mut a) = acks.lock() {
+                        a.window.push_back(false);
+                    }
+                    let topic = topics.get(p.topic_index).map(String::as_str).unwrap_or("");
+                    loop {
+                        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                            key: VSN_HEADER,
+                            value: Some(&next.to_be_bytes()),
+                        });
+                        let record = BaseRecord::with_opaque_to(topic, next as usize)
+                            .partition(p.partition)
+                            .key(&p.key)
+                            .payload(&value)
+                            .headers(headers);
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                                // A full local queue means wait, not fail.
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            }
+                            Err((e, _)) => return Err(SequencerError::Produce(e)),
+                        }
+                    }
+                    next += 1;
+                }
+                Item::ChunkDone { table, chunk } => {
+                    if let Some(t) = checkpoint.snapshot.tables.get_mut(&table) {
+                        if let Some(d) = t.done.get_mut(chunk) {
+                            *d = true;
+                        }
+                    }
+                    checkpoint.next_vsn = Vsn(next);
+                    push_marker(next - 1, &checkpoint);
+                }
+                Item::SnapshotDone => {
+                    checkpoint.snapshot.done = true;
+                    checkpoint.snapshot.tables.clear();
+                    checkpoint.next_vsn = Vsn(next);
+                    push_marker(next - 1, &checkpoint);
+                }
+                Item::Commit { end_lsn } => {
+                    checkpoint.lsn = end_lsn;
+                    checkpoint.next_vsn = Vsn(next);
+                    push_marker(next - 1, &checkpoint);
+                }
+            }
+        }
+        if let Ok(a) = acks.lock() {
+            if let Some((vsn, topic, message)) = &a.error {
+                return Err(SequencerError::Delivery {
+                    vsn: *vsn,
+                    topic: topic.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+    // Intake closed: wait for the producer's queue to drain.
+    let producer = Arc::new(producer);
+    let p = producer.clone();
+    let flushed = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(300)))
+        .await
+        .map_err(|e| SequencerError::Internal(format!("flush: {e}")))?;
+    flushed.map_err(SequencerError::Produce)?;
+    if let Ok(a) = acks.lock() {
+        if let Some((vsn, topic, message)) = &a.error {
+            return Err(SequencerError::Delivery {
+                vsn: *vsn,
+                topic: topic.clone(),
+                message: message.clone(),
+            });
+        }
+    }
+    Ok(next - 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn checkpoint_loop(
+    producer: FutureProducer,
+    topic: String,
+    key: String,
+    acks: Arc<Mutex<AckWindow>>,
+    markers: Arc<Mutex<VecDeque<Marker>>>,
+    durable: watch::Sender<Lsn>,
+    written: watch::Sender<Option<ExporterCheckpoint>>,
+    mut finish: watch::Receiver<Option<u64>>,
+) -> Result<(), SequencerError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let finishing = *finish.borrow();
+        let (acked, error) = match acks.lock() {
+            Ok(a) => (a.acked_through(), a.error.clone()),
+            Err(_) => return Err(SequencerError::Internal("ack window poisoned".into())),
+        };
+        if let Some((vsn, t, message)) = error {
+            return Err(SequencerError::Delivery {
+                vsn,
+                topic: t,
+                message,
+            });
+        }
+        let ready = {
+            let Ok(mut m) = markers.lock() else {
+                return Err(SequencerError::Internal("marker queue poisoned".into()));
+            };
+            let mut ready = None;
+            while m.front().is_some_and(|f| f.through <= acked) {
+                ready = m.pop_front();
+            }
+            ready
+        };
+        if let Some(marker) = ready {
+            let mut cp = marker.checkpoint;
+            cp.written_at_ms = now_ms();
+            let payload = cp.to_json();
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(source, _)| SequencerError::Checkpoint {
+                    topic: topic.clone(),
+                    source,
+                })?;
+            tracing::debug!(lsn = %cp.lsn, next_vsn = %cp.next_vsn, "checkpoint stored");
+            durable.send_replace(cp.lsn);
+            written.send_replace(Some(cp));
+        }
+        if let Some(last) = finishing {
+            let empty = markers.lock().map(|m| m.is_empty()).unwrap_or(true);
+            if acked >= last && empty {
+                return Ok(());
+            }
+            if acked < last {
+                // The stamper flushed: whatever is not acknowledged now failed.
+                let stuck = acks.lock().map(|a| a.error.is_none()).unwrap_or(false);
+                if stuck {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = finish.changed() => {}
+        }
+    }
+}

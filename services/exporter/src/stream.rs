@@ -1,0 +1,354 @@
+//! The change stream: pgoutput from the replication slot to events.
+//!
+//! - Changes arrive whole transactions at a time, in commit order; every event of a
+//!   transaction is sent to the stamper before the transaction's [`Item::Commit`], whose
+//!   end LSN is where a restarted stream resumes.
+//! - The slot's flush position is raised only to the LSN of a stored checkpoint
+//!   ([`crate::sequencer::Pipeline::durable`]); the replication client sends standby
+//!   status updates on a timer, also when idle.
+//! - With REPLICA IDENTITY FULL the old row comes whole, so unchanged TOAST values
+//!   (`u`) in the new row are taken from it. An update that changes the primary key is a
+//!   delete of the old key and a create of the new one, so that every key's events stay
+//!   in that key's partition.
+//! - TRUNCATE and a Relation message that no longer matches the table stop the stream
+//!   with an error naming the table: Ferry never skips data silently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_shared::envelope::Op;
+use ferry_shared::position::Lsn;
+use ferry_shared::shutdown::Shutdown;
+use ferry_shared::value::{parse_text, Datum};
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+
+use crate::event::{SourceTemplate, TableEncoder};
+use crate::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
+use crate::sequencer::Item;
+use crate::Error;
+
+/// Events per batch inside a large transaction.
+const BATCH: usize = 2000;
+
+/// Streams changes until shutdown or an error.
+pub async fn run(
+    mut client: ReplicationClient,
+    tables: &HashMap<(String, String), Arc<TableEncoder>>,
+    slot: &str,
+    publication: &str,
+    items: mpsc::Sender<Vec<Item>>,
+    mut durable: watch::Receiver<Lsn>,
+    mut shutdown: Shutdown,
+) -> Result<(), Error> {
+    let mut relations: HashMap<u32, Option<Arc<TableEncoder>>> = HashMap::new();
+    let mut batch: Vec<Item> = Vec::new();
+    let mut tx: Option<(String, i64, i64)> = None; // (commit lsn text, xid, commit ms)
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            changed = durable.changed() => {
+                if changed.is_ok() {
+                    let lsn = *durable.borrow_and_update();
+                    client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+                }
+                continue;
+            }
+            ev = client.recv() => ev,
+        };
+        let event = match event {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => return Err(replication_error(e, slot, publication)),
+        };
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                tx = Some((
+                    Lsn(final_lsn.0).to_string(),
+                    i64::from(xid),
+                    pgoutput::pg_time_to_unix_ms(commit_time_micros),
+                ));
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                batch.push(Item::Commit {
+                    end_lsn: Lsn(end_lsn.0),
+                });
+                tx = None;
+                if items.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Err(Error::Internal("the stamper stopped".into()));
+                }
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message = pgoutput::decode(data).map_err(Error::Decode)?;
+                handle(message, tables, &mut relations, tx.as_ref(), &mut batch)?;
+                if batch.len() >= BATCH && items.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Err(Error::Internal("the stamper stopped".into()));
+                }
+            }
+            ReplicationEvent::KeepAlive { .. }
+            | ReplicationEvent::Message { .. }
+            | ReplicationEvent::StoppedAt { .. } => {}
+        }
+    }
+    // Events of an unfinished transaction are dropped: the stream resumes at its start.
+    client.stop();
+    let _ = client.shutdown().await;
+    Ok(())
+}
+
+pub(crate) fn replication_error(e: PgWireError, slot: &str, publication: &str) -> Error {
+    let text = e.to_string();
+    if text.contains("replication slot") && text.contains("does not exist") {
+        Error::SlotDropped {
+            slot: slot.to_owned(),
+        }
+    } else if text.contains("publication") && text.contains("does not exist") {
+        Error::PublicationDropped {
+            publication: publication.to_owned(),
+        }
+    } else {
+        Error::Replication {
+            what: "streaming changes from the replication slot".into(),
+            source: e,
+        }
+    }
+}
+
+fn handle(
+    message: Message,
+    tables: &HashMap<(String, String), Arc<TableEncoder>>,
+    relations: &mut HashMap<u32, Option<Arc<TableEncoder>>>,
+    tx: Option<&(String, i64, i64)>,
+    batch: &mut Vec<Item>,
+) -> Result<(), Error> {
+    let template = |tx: Option<&(String, i64, i64)>| -> Result<(String, i64, i64), Error> {
+        tx.cloned()
+            .ok_or_else(|| Error::Internal("a change arrived outside a transaction".into()))
+    };
+    match message {
+        Message::Relation(rel) => {
+            let enc = tables
+                .get(&(rel.namespace.clone(), rel.name.clone()))
+                .cloned();
+            if let Some(enc) = &enc {
+                check_relation(enc, &rel)?;
+            }
+            relations.insert(rel.relid, enc);
+        }
+        Message::Truncate { relids, .. } => {
+            let names: Vec<String> = relids
+                .iter()
+                .map(|r| match relations.get(r) {
+                    Some(Some(enc)) => enc.name.clone(),
+                    _ => format!("relation {r}"),
+                })
+                .collect();
+            return Err(Error::Truncate {
+                table: names.join(", "),
+            });
+        }
+        Message::Insert { relid, new } => {
+            let Some(enc) = relation(relations, relid)? else {
+                return Ok(());
+            };
+            let (lsn, xid, ms) = template(tx)?;
+            let row = to_row(&enc, &new, None)?;
+            let key = enc.key_of(&row);
+            push(batch, &enc, Op::Create, key, None, Some(row), &lsn, xid, ms)?;
+        }
+        Message::Update { relid, old, new } => {
+            let Some(enc) = relation(relations, relid)? else {
+                return Ok(());
+            };
+            let (lsn, xid, ms) = template(tx)?;
+            let before = match &old {
+                Some(OldTuple::Full(t)) => Some(to_row(&enc, t, None)?),
+                _ => None,
+            };
+            let after = to_row(&enc, &new, old.as_ref())?;
+            let new_key = enc.key_of(&after);
+            let old_key = match &old {
+                Some(OldTuple::Full(_)) => before.as_ref().map(|b| enc.key_of(b)),
+                Some(OldTuple::Key(t)) => Some(enc.key_of(&to_row_lenient(&enc, t)?)),
+                None => None,
+            };
+            match old_key {
+                Some(old_key) if old_key != new_key => {
+                    push(batch, &enc, Op::Delete, old_key, before, None, &lsn, xid, ms)?;
+                    push(batch, &enc, Op::Create, new_key, None, Some(after), &lsn, xid, ms)?;
+                }
+                _ => push(batch, &enc, Op::Update, new_key, before, Some(after), &lsn, xid, ms)?,
+            }
+        }
+        Message::Delete { relid, old } => {
+            let Some(enc) = relation(relations, relid)? else {
+                return Ok(());
+            };
+            let (lsn, xid, ms) = template(tx)?;
+            let (key, before) = match &old {
+                OldTuple::Full(t) => {
+                    let row = to_row(&enc, t, None)?;
+                    (enc.key_of(&row), Some(row))
+                }
+                OldTuple::Key(t) => (enc.key_of(&to_row_lenient(&enc, t)?), None),
+            };
+            push(batch, &enc, Op::Delete, key, before, None, &lsn, xid, ms)?;
+        }
+        Message::Begin { .. }
+        | Message::Commit { .. }
+        | Message::Origin { .. }
+        | Message::Type { .. }
+        | Message::LogicalMessage { .. } => {}
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push(
+    batch: &mut Vec<Item>,
+    enc: &TableEncoder,
+    op: Op,
+    key: Vec<Datum>,
+    before: Option<Vec<Datum>>,
+    after: Option<Vec<Datum>>,
+    lsn: &str,
+    xid: i64,
+    commit_ms: i64,
+) -> Result<(), Error> {
+    let event = enc.event(
+        op,
+        key,
+        before,
+        after,
+        SourceTemplate {
+            lsn,
+            txid: Some(xid),
+            commit_ts_ms: commit_ms,
+        },
+    );
+    let p = enc.encode(&event).map_err(|e| Error::Encode {
+        table: enc.name.clone(),
+        source: e,
+    })?;
+    batch.push(Item::Event(p));
+    Ok(())
+}
+
+fn relation(
+    relations: &HashMap<u32, Option<Arc<TableEncoder>>>,
+    relid: u32,
+) -> Result<Option<Arc<TableEncoder>>, Error> {
+    match relations.get(&relid) {
+        Some(enc) => Ok(enc.clone()),
+        None => Err(Error::Internal(format!(
+            "a change of relation {relid} arrived before its Relation message"
+        ))),
+    }
+}
+
+/// The table as pgoutput describes it must be the table Ferry registered.
+fn check_relation(enc: &TableEncoder, rel: &Relation) -> Result<(), Error> {
+    let ours: Vec<(&str, u32)> = enc
+        .table
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid))
+        .collect();
+    let theirs: Vec<(&str, u32)> = rel
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid))
+        .collect();
+    if ours != theirs {
+        let describe = |cols: &[(&str, u32)]| {
+            cols.iter()
+                .map(|(n, t)| format!("{n} (type {t})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Error::SchemaChanged {
+            table: enc.name.clone(),
+            detail: format!(
+                "columns were [{}], the change stream now has [{}]",
+                describe(&ours),
+                describe(&theirs)
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn to_row(enc: &TableEncoder, tuple: &Tuple, old: Option<&OldTuple>) -> Result<Vec<Datum>, Error> {
+    let table = &enc.table;
+    if tuple.0.len() != table.columns.len() {
+        return Err(Error::SchemaChanged {
+            table: enc.name.clone(),
+            detail: format!(
+                "a row has {} columns, the table has {}",
+                tuple.0.len(),
+                table.columns.len()
+            ),
+        });
+    }
+    let mut row = Vec::with_capacity(tuple.0.len());
+    for (i, (value, column)) in tuple.0.iter().zip(&table.columns).enumerate() {
+        let value = match value {
+            TupleValue::UnchangedToast => match old {
+                Some(OldTuple::Full(t)) => match t.0.get(i) {
+                    Some(v @ (TupleValue::Text(_) | TupleValue::Null)) => v,
+                    _ => return Err(toast_error(enc, &column.name)),
+                },
+                _ => return Err(toast_error(enc, &column.name)),
+            },
+            v => v,
+        };
+        row.push(match value {
+            TupleValue::Null => Datum::Null,
+            TupleValue::Text(b) => {
+                let text = std::str::from_utf8(b).map_err(|_| {
+                    Error::Internal(format!("table {} column {}: text is not UTF-8", enc.name, column.name))
+                })?;
+                parse_text(&column.kind, text).map_err(|e| Error::Value {
+                    table: enc.name.clone(),
+                    column: column.name.clone(),
+                    source: e,
+                })?
+            }
+            TupleValue::Binary(_) | TupleValue::UnchangedToast => {
+                return Err(Error::Internal(format!(
+                    "table {} column {}: unexpected value form",
+                    enc.name, column.name
+                )))
+            }
+        });
+    }
+    Ok(row)
+}
+
+/// A key-only old tuple: non-key columns are null and may be marked unchanged.
+fn to_row_lenient(enc: &TableEncoder, tuple: &Tuple) -> Result<Vec<Datum>, Error> {
+    let cleaned = Tuple(
+        tuple
+            .0
+            .iter()
+            .map(|v| match v {
+                TupleValue::UnchangedToast => TupleValue::Null,
+                v => v.clone(),
+            })
+            .collect(),
+    );
+    to_row(enc, &cleaned, None)
+}
+
+fn toast_error(enc: &TableEncoder, column: &str) -> Error {
+    Error::UnchangedToast {
+        table: enc.name.clone(),
+        column: column.to_owned(),
+        fix: format!("ALTER TABLE {} REPLICA IDENTITY FULL", enc.table.qualified()),
+    }
+}
