@@ -117,3 +117,34 @@ mod tests {
         assert_eq!(checkpoint_key(Stream::Source), "exporter.source");
     }
 }
+
+/// An exporter's heartbeat in `<prefix>._status` (key: [`heartbeat_key`]), JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExporterHeartbeat {
+    /// Always `exporter`.
+    pub role: String,
+    /// The stream it produces.
+    pub stream: Stream,
+    /// `host:pid` of the process.
+    pub instance: String,
+    /// `starting`, `snapshot`, `streaming` or `stopped`.
+    pub phase: String,
+    /// Source position of the last stored checkpoint.
+    pub lsn: Lsn,
+    /// The last VSN stamped (every event of the stream counts, including re-read
+    /// snapshot chunks).
+    pub last_vsn: Vsn,
+    /// Events produced by this run.
+    pub events_this_run: u64,
+    /// Events per second over the last 3 minutes (or since the start, if shorter).
+    pub rate_3m: f64,
+    /// Events per second over the last 10 minutes (or since the start, if shorter).
+    pub rate_10m: f64,
+    /// When it was sent, milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+/// The `_status` key of a stream's exporter heartbeat.
+pub fn heartbeat_key(stream: Stream) -> String {
+    format!("exporter.{stream}")
+}

@@ -17,6 +17,7 @@
 pub mod check;
 pub mod event;
 pub mod pgoutput;
+pub mod progress;
 pub mod sequencer;
 pub mod snapshot;
 pub mod stream;
@@ -260,6 +261,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     }
     tracing::info!(tables = encoders.len(), max_vsn, checkpoint = checkpoint.is_some(), "exporter starting");
 
+    let progress = Arc::new(progress::Progress::default());
+    let (report_stop, report_shutdown) = ferry_shared::shutdown::channel();
+    let reporter = tokio::spawn(progress::report(
+        progress.clone(),
+        kafka_config.clone(),
+        topics.status(),
+        stream,
+        report_shutdown,
+    ));
     let ctx = Ctx {
         config: &config,
         source: &source,
@@ -271,13 +281,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         state_topic: topics.state(),
         stream,
         shutdown: shutdown.clone(),
+        progress,
     };
-    match export_type {
+    let result = match export_type {
         ExportType::SnapshotOnly => ctx.snapshot_only(checkpoint, max_vsn).await,
         ExportType::ChangesOnly | ExportType::SnapshotAndChanges => {
             ctx.with_changes(checkpoint, max_vsn, export_type).await
         }
-    }
+    };
+    report_stop.trigger();
+    let _ = reporter.await;
+    result
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -299,6 +313,7 @@ struct Ctx<'a> {
     state_topic: String,
     stream: Stream,
     shutdown: Shutdown,
+    progress: Arc<progress::Progress>,
 }
 
 impl Ctx<'_> {
@@ -309,6 +324,7 @@ impl Ctx<'_> {
             state_topic: self.state_topic.clone(),
             stream: self.stream,
             start,
+            progress: self.progress.clone(),
         })?)
     }
 
@@ -344,6 +360,7 @@ impl Ctx<'_> {
         work: Vec<snapshot::Work>,
     ) -> Result<bool, Error> {
         let chunks = work.len();
+        self.progress.set_phase("snapshot");
         tracing::info!(chunks, snapshot = snapshot_name, lsn = %snapshot_lsn, "reading the snapshot");
         snapshot::read(
             self.source,
@@ -557,6 +574,7 @@ impl Ctx<'_> {
             return Err(stream::replication_error(e, self.slot, self.publication));
         }
         tracing::info!(slot = self.slot, lsn = %start.lsn, next_vsn = %start.next_vsn, "streaming changes");
+        self.progress.set_phase("streaming");
         let by_name: HashMap<(String, String), Arc<TableEncoder>> = self
             .encoders
             .iter()

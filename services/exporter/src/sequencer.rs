@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::event::{now_ms, stamp, Pending};
+use crate::progress::Progress;
+use std::sync::atomic::Ordering;
 
 /// The Kafka header carrying an event's VSN (8 bytes, big-endian), so that the last
 /// VSN of a partition can be read without the registry.
@@ -169,6 +171,8 @@ pub struct PipelineConfig {
     pub stream: Stream,
     /// The checkpoint to continue from; its `next_vsn` is the first VSN stamped.
     pub start: ExporterCheckpoint,
+    /// Counters for the progress table and heartbeats.
+    pub progress: Arc<Progress>,
 }
 
 impl Pipeline {
@@ -201,6 +205,7 @@ impl Pipeline {
             cfg.topics,
             cfg.start.clone(),
             first,
+            cfg.progress.clone(),
         ));
         let checkpointer = tokio::spawn(checkpoint_loop(
             state_producer,
@@ -211,6 +216,7 @@ impl Pipeline {
             durable_tx,
             written_tx,
             finish_rx,
+            cfg.progress,
         ));
         Ok(Pipeline {
             items: items_tx,
@@ -259,6 +265,7 @@ impl Pipeline {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stamp_loop(
     mut rx: mpsc::Receiver<Vec<Item>>,
     producer: ThreadedProducer<AckContext>,
@@ -267,6 +274,7 @@ async fn stamp_loop(
     topics: Vec<String>,
     mut checkpoint: ExporterCheckpoint,
     first: u64,
+    progress: Arc<Progress>,
 ) -> Result<u64, SequencerError> {
     let mut next = first;
     let mut value = Vec::with_capacity(256);
@@ -307,6 +315,8 @@ async fn stamp_loop(
                             Err((e, _)) => return Err(SequencerError::Produce(e)),
                         }
                     }
+                    progress.events.fetch_add(1, Ordering::Relaxed);
+                    progress.last_vsn.store(next, Ordering::Relaxed);
                     next += 1;
                 }
                 Item::ChunkDone { table, chunk } => {
@@ -370,6 +380,7 @@ async fn checkpoint_loop(
     durable: watch::Sender<Lsn>,
     written: watch::Sender<Option<ExporterCheckpoint>>,
     mut finish: watch::Receiver<Option<u64>>,
+    progress: Arc<Progress>,
 ) -> Result<(), SequencerError> {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -410,6 +421,7 @@ async fn checkpoint_loop(
                     source,
                 })?;
             tracing::debug!(lsn = %cp.lsn, next_vsn = %cp.next_vsn, "checkpoint stored");
+            progress.lsn.store(cp.lsn.0, Ordering::Relaxed);
             durable.send_replace(cp.lsn);
             written.send_replace(Some(cp));
         }

@@ -44,6 +44,7 @@ pub async fn run(
     let mut relations: HashMap<u32, Option<Arc<TableEncoder>>> = HashMap::new();
     let mut batch: Vec<Item> = Vec::new();
     let mut tx: Option<(String, i64, i64)> = None; // (commit lsn text, xid, commit ms)
+    let mut last_end = *durable.borrow();
     loop {
         let event = tokio::select! {
             biased;
@@ -75,9 +76,8 @@ pub async fn run(
                 ));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                batch.push(Item::Commit {
-                    end_lsn: Lsn(end_lsn.0),
-                });
+                last_end = Lsn(end_lsn.0);
+                batch.push(Item::Commit { end_lsn: last_end });
                 tx = None;
                 if items.send(std::mem::take(&mut batch)).await.is_err() {
                     return Err(Error::Internal("the stamper stopped".into()));
@@ -90,8 +90,20 @@ pub async fn run(
                     return Err(Error::Internal("the stamper stopped".into()));
                 }
             }
-            ReplicationEvent::KeepAlive { .. }
-            | ReplicationEvent::Message { .. }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // Between transactions, everything the server decoded up to `wal_end`
+                // was sent before this keepalive: the position may advance past WAL of
+                // tables outside the publication, so the slot does not hold WAL forever
+                // on a source whose selected tables are idle.
+                let wal_end = Lsn(wal_end.0);
+                if tx.is_none() && batch.is_empty() && wal_end > last_end {
+                    last_end = wal_end;
+                    if items.send(vec![Item::Commit { end_lsn: wal_end }]).await.is_err() {
+                        return Err(Error::Internal("the stamper stopped".into()));
+                    }
+                }
+            }
+            ReplicationEvent::Message { .. }
             | ReplicationEvent::StoppedAt { .. } => {}
         }
     }

@@ -143,3 +143,45 @@ async fn unchanged_toast_values_arrive_complete() -> Result<()> {
     check_tables(&m, &["docs"]).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()> {
+    let m = Migration::new("idle", 1, "").await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE watched (id int PRIMARY KEY);
+         ALTER TABLE watched REPLICA IDENTITY FULL;",
+    )
+    .await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
+    m.sync(&c, "INSERT INTO watched VALUES (1)", Duration::from_secs(60)).await?;
+
+    // WAL of a table outside the publication only: the checkpoint and then the slot's
+    // confirmed position move past it anyway.
+    c.batch_execute("CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 10000);")
+        .await?;
+    let row = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?;
+    let after: ferry_shared::position::Lsn = row.get::<_, String>(0).parse()?;
+    let cp = m.wait_checkpoint_past(ferry_shared::position::Lsn(after.0 - 1), Duration::from_secs(60)).await?;
+    assert!(cp.lsn >= after);
+    let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
+    ferry_testkit::wait_until("the slot to confirm the checkpoint", Duration::from_secs(30), || async {
+        let row = c
+            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await?;
+        let confirmed: ferry_shared::position::Lsn = row.get::<_, String>(0).parse()?;
+        Ok((confirmed >= after).then_some(()))
+    })
+    .await?;
+
+    trigger.trigger();
+    exporter.await??;
+    let status = ferry_shared::kafka::read_compacted(&m.kafka(), &m.topics().status()).await?;
+    let beat = status.get("exporter.source".as_bytes()).expect("a heartbeat");
+    let beat: ferry_shared::checkpoint::ExporterHeartbeat = serde_json::from_slice(beat)?;
+    assert_eq!(beat.phase, "stopped");
+    assert_eq!(beat.last_vsn.0, 1);
+    assert!(beat.lsn >= after);
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! What the exporter shows while it runs: a small table refreshed in place on a
+//! terminal (a log line otherwise), and heartbeats with positions to `_status`.
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_shared::checkpoint::{heartbeat_key, ExporterHeartbeat};
+use ferry_shared::position::{Lsn, Vsn};
+use ferry_shared::shutdown::Shutdown;
+use ferry_shared::topics::Stream;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::event::now_ms;
+
+/// Counters shared by the stamper, the checkpoint writer and the reporter.
+#[derive(Debug)]
+pub struct Progress {
+    /// Events stamped by this run.
+    pub events: AtomicU64,
+    /// Last VSN stamped.
+    pub last_vsn: AtomicU64,
+    /// LSN of the last stored checkpoint.
+    pub lsn: AtomicU64,
+    phase: Mutex<&'static str>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            events: AtomicU64::new(0),
+            last_vsn: AtomicU64::new(0),
+            lsn: AtomicU64::new(0),
+            phase: Mutex::new("starting"),
+        }
+    }
+}
+
+impl Progress {
+    /// Sets the phase shown and reported.
+    pub fn set_phase(&self, phase: &'static str) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase;
+        }
+    }
+
+    fn phase(&self) -> &'static str {
+        self.phase.lock().map(|p| *p).unwrap_or("unknown")
+    }
+}
+
+/// Events per second over the last `window`, from `(time, count)` samples.
+fn rate(samples: &VecDeque<(Instant, u64)>, window: Duration) -> f64 {
+    let Some(&(now, latest)) = samples.back() else { return 0.0 };
+    let from = samples
+        .iter()
+        .find(|(t, _)| now.duration_since(*t) <= window)
+        .copied()
+        .unwrap_or((now, latest));
+    let secs = now.duration_since(from.0).as_secs_f64();
+    if secs <= 0.0 {
+        0.0
+    } else {
+        (latest - from.1) as f64 / secs
+    }
+}
+
+/// Refreshes the table every second and sends a heartbeat every 10 s (and a last one
+/// when stopping), until `shutdown`.
+pub async fn report(
+    progress: Arc<Progress>,
+    kafka: ClientConfig,
+    status_topic: String,
+    stream: Stream,
+    mut shutdown: Shutdown,
+) {
+    let producer: Option<FutureProducer> = kafka.create().ok();
+    let instance = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        std::process::id()
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drawn = false;
+    let mut n = 0u64;
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            _ = shutdown.wait() => true,
+            _ = tick.tick() => false,
+        };
+        let now = Instant::now();
+        samples.push_back((now, progress.events.load(Ordering::Relaxed)));
+        while samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(600))
+        {
+            samples.pop_front();
+        }
+        let beat = ExporterHeartbeat {
+            role: "exporter".into(),
+            stream,
+            instance: instance.clone(),
+            phase: if stopping { "stopped".into() } else { progress.phase().into() },
+            lsn: Lsn(progress.lsn.load(Ordering::Relaxed)),
+            last_vsn: Vsn(progress.last_vsn.load(Ordering::Relaxed)),
+            events_this_run: progress.events.load(Ordering::Relaxed),
+            rate_3m: rate(&samples, Duration::from_secs(180)),
+            rate_10m: rate(&samples, Duration::from_secs(600)),
+            at_ms: now_ms(),
+        };
+        let lines = [
+            format!("ferry-exporter  stream {}  phase {}", stream, beat.phase),
+            format!("  {:<28} {:>14}", "exported events (total)", beat.last_vsn.0),
+            format!("  {:<28} {:>14}", "exported events (this run)", beat.events_this_run),
+            format!("  {:<28} {:>14.0}", "events/s, last 3 min", beat.rate_3m),
+            format!("  {:<28} {:>14.0}", "events/s, last 10 min", beat.rate_10m),
+            format!("  {:<28} {:>14}", "checkpointed LSN", beat.lsn.to_string()),
+        ];
+        if terminal {
+            let mut err = std::io::stderr().lock();
+            if drawn {
+                let _ = write!(err, "\x1b[{}A", lines.len());
+            }
+            for l in &lines {
+                let _ = writeln!(err, "\x1b[2K{l}");
+            }
+            drawn = true;
+        } else if n % 30 == 0 || stopping {
+            tracing::info!(
+                phase = beat.phase,
+                total = beat.last_vsn.0,
+                this_run = beat.events_this_run,
+                rate_3m = beat.rate_3m as u64,
+                rate_10m = beat.rate_10m as u64,
+                lsn = %beat.lsn,
+                "export progress"
+            );
+        }
+        if n % 10 == 0 || stopping {
+            if let (Some(p), Ok(json)) = (&producer, serde_json::to_vec(&beat)) {
+                let key = heartbeat_key(stream);
+                let _ = p
+                    .send(
+                        FutureRecord::to(&status_topic).key(&key).payload(&json),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+            }
+        }
+        n += 1;
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_use_the_window() {
+        let t0 = Instant::now();
+        let mut s = VecDeque::new();
+        s.push_back((t0, 0));
+        s.push_back((t0 + Duration::from_secs(100), 1000));
+        s.push_back((t0 + Duration::from_secs(300), 1000));
+        // Last 3 minutes: from t=100 (the first sample inside the window) to t=300.
+        assert_eq!(rate(&s, Duration::from_secs(180)), 0.0);
+        assert!((rate(&s, Duration::from_secs(600)) - 1000.0 / 300.0).abs() < 1e-9);
+    }
+}
