@@ -148,12 +148,32 @@ pub enum Error {
         #[source]
         source: ferry_shared::avro::AvroError,
     },
+    /// The replication connection cannot use TLS yet.
+    #[error("source.sslmode is {0}, but the replication connection of this build cannot use TLS; set source.sslmode = \"disable\" or \"prefer\" on a trusted network, or use a build with TLS for replication")]
+    ReplicationTls(&'static str),
     /// A bug or an unexpected state.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
+    /// True when retrying later may succeed (a server or the network was unavailable);
+    /// false for definite errors that need the operator (a fact about the source, a
+    /// table or the configuration), whose message says what to do.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::Kafka(_) | Error::Sequencer(_) => true,
+            Error::Replication { source, .. } => {
+                matches!(source, PgWireError::Io(_) | PgWireError::Task(_))
+            }
+            Error::Sql { source, .. } => source.code().is_none(),
+            Error::Registry { source, .. } => {
+                matches!(source, RegistryError::Registry { retriable: true, .. })
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn sql(what: impl Into<String>, source: tokio_postgres::Error) -> Self {
         Error::Sql {
             what: what.into(),
@@ -424,6 +444,10 @@ impl Ctx<'_> {
         max_vsn: u64,
         export_type: ExportType,
     ) -> Result<(), Error> {
+        use ferry_shared::config::SslMode;
+        if matches!(self.source.sslmode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+            return Err(Error::ReplicationTls(self.source.sslmode.as_str()));
+        }
         let tables: Vec<String> = self.encoders.iter().map(|e| e.table.qualified()).collect();
         let pub_exists = self
             .client

@@ -185,3 +185,64 @@ async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()
     assert!(beat.lsn >= after);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_only_reads_once_and_exits_without_a_slot() -> Result<()> {
+    let m = Migration::new("snaponly", 2, "export_type = \"snapshot-only\"\nchunk_rows = 1000").await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         ALTER TABLE s REPLICA IDENTITY FULL;
+         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 5000) g;",
+    )
+    .await?;
+    let run = |m: &Migration| ferry_exporter::run(m.config.clone(), shutdown::Shutdown::never());
+    tokio::time::timeout(Duration::from_secs(120), run(&m)).await??;
+    let topic = m.topics().table(Stream::Source, "public", "s");
+    let events = read_topic(&m, &topic).await?;
+    assert_eq!(events.len(), 5000);
+    assert!(events.iter().all(|e| e.op == Op::Read));
+    check_tables(&m, &["s"]).await?;
+    let slots: i64 = c
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await?
+        .get(0);
+    assert_eq!(slots, 0);
+    // A second run finds the snapshot complete and produces nothing.
+    tokio::time::timeout(Duration::from_secs(60), run(&m)).await??;
+    assert_eq!(read_topic(&m, &topic).await?.len(), 5000);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_only_sends_no_snapshot_rows() -> Result<()> {
+    let m = Migration::new("chgonly", 2, "export_type = \"changes-only\"").await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         ALTER TABLE s REPLICA IDENTITY FULL;
+         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
+    let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
+    ferry_testkit::wait_until("the slot", Duration::from_secs(60), || async {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await?
+            .get(0);
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+    m.sync(&c, "UPDATE s SET v = 'x' WHERE id = 7; DELETE FROM s WHERE id = 8", Duration::from_secs(60))
+        .await?;
+    trigger.trigger();
+    exporter.await??;
+    let mut events = read_topic(&m, &m.topics().table(Stream::Source, "public", "s")).await?;
+    events.sort_by_key(|e| e.vsn);
+    let ops: Vec<Op> = events.iter().map(|e| e.op).collect();
+    assert_eq!(ops, [Op::Update, Op::Delete]);
+    assert_eq!(events[0].before.as_ref().map(|b| b[1].clone()), Some(Datum::String("v7".into())));
+    Ok(())
+}
