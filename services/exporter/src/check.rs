@@ -154,6 +154,30 @@ pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<Ta
                         fix: format!("run ALTER TABLE {} REPLICA IDENTITY FULL", table.qualified()),
                     });
                 }
+                // Partitions of a partitioned table carry their own replica identity.
+                let leaves = client
+                    .query(
+                        "SELECT n.nspname::text, c.relname::text FROM pg_partition_tree($1::text::regclass) t \
+                         JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE t.isleaf AND t.level > 0 AND c.relreplident <> 'f' ORDER BY 1, 2",
+                        &[&table.qualified()],
+                    )
+                    .await
+                    .map_err(CheckError::Query)?;
+                for leaf in leaves {
+                    let (schema, name): (String, String) = (leaf.get(0), leaf.get(1));
+                    problems.push(Problem {
+                        message: format!(
+                            "partition {schema}.{name} of table {} does not have replica identity FULL",
+                            table
+                        ),
+                        fix: format!(
+                            "run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                            catalog::quote_ident(&schema),
+                            catalog::quote_ident(&name)
+                        ),
+                    });
+                }
                 tables.push(table);
             }
             Err(CatalogError::Unsupported(columns)) => {

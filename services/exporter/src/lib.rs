@@ -148,6 +148,14 @@ pub enum Error {
         #[source]
         source: ferry_shared::avro::AvroError,
     },
+    /// The selected tables are not the ones the migration started with.
+    #[error("publication \"{publication}\" does not include table {tables}: the table selection changed after the migration started; restore migration.include_tables / exclude_tables, or migrate the new tables in a new migration")]
+    TablesChanged {
+        /// Publication name.
+        publication: String,
+        /// `schema.table`, comma-separated.
+        tables: String,
+    },
     /// The replication connection cannot use TLS yet.
     #[error("source.sslmode is {0}, but the replication connection of this build cannot use TLS; set source.sslmode = \"disable\" or \"prefer\" on a trusted network, or use a build with TLS for replication")]
     ReplicationTls(&'static str),
@@ -474,14 +482,52 @@ impl Ctx<'_> {
             }
         }
         if !pub_exists {
+            // Changes of partitions are published as changes of the selected
+            // (partitioned) table, whose schema and topic Ferry knows (PostgreSQL 13+).
+            let version: i32 = self
+                .client
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await
+                .map_err(|e| Error::sql("reading the server version", e))?
+                .get(0);
+            let with = if version >= 130000 {
+                " WITH (publish_via_partition_root = true)"
+            } else {
+                ""
+            };
             self.client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    "CREATE PUBLICATION {} FOR TABLE {}{with}",
                     quote_ident(self.publication),
                     tables.join(", ")
                 ))
                 .await
                 .map_err(|e| Error::sql(format!("creating publication {}", self.publication), e))?;
+        } else {
+            // A table selected now but missing from the publication would lose its
+            // changes silently.
+            let rows = self
+                .client
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                    &[&self.publication],
+                )
+                .await
+                .map_err(|e| Error::sql("reading the publication's tables", e))?;
+            let published: std::collections::HashSet<(String, String)> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let missing: Vec<String> = self
+                .encoders
+                .iter()
+                .filter(|e| !published.contains(&(e.table.schema.clone(), e.table.name.clone())))
+                .map(|e| e.name.clone())
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::TablesChanged {
+                    publication: self.publication.to_owned(),
+                    tables: missing.join(", "),
+                });
+            }
         }
 
         let repl_config = |start: Lsn| {

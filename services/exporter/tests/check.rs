@@ -21,6 +21,9 @@ async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
              CREATE TABLE odd (id int PRIMARY KEY, r regclass);
              ALTER TABLE odd REPLICA IDENTITY FULL;
              CREATE TABLE skipped (v text);
+             CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+             ALTER TABLE parted REPLICA IDENTITY FULL;
+             CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
              CREATE ROLE {role} LOGIN PASSWORD 'pw';
              GRANT USAGE ON SCHEMA public TO {role};"
         ))
@@ -51,21 +54,22 @@ async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
         "table public.nokey has no primary key; add one or list the table in migration.exclude_tables".to_owned(),
         "table public.plain has replica identity DEFAULT, Ferry needs FULL to send unchanged TOAST values and old rows; run ALTER TABLE \"public\".\"plain\" REPLICA IDENTITY FULL".to_owned(),
         "column public.odd.r has type regclass, which Ferry cannot move; regclass values are object identifiers".to_owned(),
+        "partition public.parted_1 of table public.parted does not have replica identity FULL; run ALTER TABLE \"public\".\"parted_1\" REPLICA IDENTITY FULL".to_owned(),
     ];
     for e in &expect {
         assert!(text.contains(e.as_str()), "missing {e:?} in\n{text}");
     }
     assert!(!text.contains("skipped"), "{text}");
     assert!(!text.contains("good"), "{text}");
-    assert_eq!(err.problems().len(), 4, "{text}");
+    assert_eq!(err.problems().len(), 5, "{text}");
 
     // As the superuser, after fixing the tables: only what is left.
     admin
-        .batch_execute("ALTER TABLE plain REPLICA IDENTITY FULL; DROP TABLE odd; ALTER TABLE nokey ADD PRIMARY KEY (v);")
+        .batch_execute("ALTER TABLE plain REPLICA IDENTITY FULL; DROP TABLE odd; ALTER TABLE nokey ADD PRIMARY KEY (v); ALTER TABLE parted_1 REPLICA IDENTITY FULL;")
         .await?;
     let tables = preflight(&admin, &input).await?;
     let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-    assert_eq!(names, ["public.good", "public.nokey", "public.plain"]);
+    assert_eq!(names, ["public.good", "public.nokey", "public.parted", "public.plain"]);
 
     // Nothing selected.
     let mut migration = config.migration.clone();

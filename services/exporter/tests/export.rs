@@ -246,3 +246,31 @@ async fn changes_only_sends_no_snapshot_rows() -> Result<()> {
     assert_eq!(events[0].before.as_ref().map(|b| b[1].clone()), Some(Datum::String("v7".into())));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_tables_travel_as_their_root() -> Result<()> {
+    let m = Migration::new("parted", 2, "").await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE p (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM (1000) TO (3000);
+         ALTER TABLE p REPLICA IDENTITY FULL;
+         ALTER TABLE p_1 REPLICA IDENTITY FULL;
+         ALTER TABLE p_2 REPLICA IDENTITY FULL;
+         INSERT INTO p SELECT g, 'v' FROM generate_series(1, 1999) g;",
+    )
+    .await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
+    m.sync(
+        &c,
+        "UPDATE p SET v = 'moved', id = id + 2000 WHERE id < 10; DELETE FROM p WHERE id BETWEEN 1500 AND 1510; INSERT INTO p VALUES (0, 'zero')",
+        Duration::from_secs(60),
+    )
+    .await?;
+    trigger.trigger();
+    exporter.await??;
+    check_tables(&m, &["p"]).await?;
+    Ok(())
+}

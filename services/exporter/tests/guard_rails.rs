@@ -106,3 +106,19 @@ async fn a_dropped_publication_stops_the_stream() -> Result<()> {
     assert!(message.starts_with(&format!("publication \"{publication}\" does not exist")), "{message}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_selected_after_the_start_is_refused() -> Result<()> {
+    let m = Migration::new("added", 1, "").await?;
+    let (trigger, exporter) = start(&m).await?;
+    trigger.trigger();
+    exporter.await??;
+    m.source()
+        .await?
+        .batch_execute("CREATE TABLE t2 (id int PRIMARY KEY); ALTER TABLE t2 REPLICA IDENTITY FULL;")
+        .await?;
+    let (_trigger, shutdown) = shutdown::channel();
+    let message = stopped_with(tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown))).await?;
+    assert!(message.contains("does not include table public.t2: the table selection changed"), "{message}");
+    Ok(())
+}
