@@ -624,7 +624,23 @@ impl Ctx<'_> {
         if let Some((name, lsn)) = &snap {
             let read = self.read_snapshot(&pipeline, name, *lsn, work).await;
             match read {
-                Ok(true) => {}
+                Ok(true) => {
+                    // No change may be stamped before the checkpoint saying the
+                    // snapshot is complete is stored: otherwise a crash in between
+                    // would redo snapshot chunks and then stamp the same changes
+                    // again with other VSNs.
+                    let mut written = pipeline.written.clone();
+                    let mut shutdown = self.shutdown.clone();
+                    let stored = tokio::select! {
+                        biased;
+                        _ = shutdown.wait() => false,
+                        r = written.wait_for(|w| w.as_ref().is_some_and(|c| c.snapshot.done)) => r.is_ok(),
+                    };
+                    if !stored {
+                        pipeline.finish().await?;
+                        return Ok(());
+                    }
+                }
                 Ok(false) => {
                     pipeline.finish().await?;
                     return Ok(());
