@@ -179,6 +179,7 @@ impl Pipeline {
     /// Starts the stamper and the checkpoint writer.
     pub fn start(cfg: PipelineConfig) -> Result<Pipeline, SequencerError> {
         let first = cfg.start.next_vsn.0.max(1);
+        cfg.progress.last_vsn.store(first - 1, Ordering::Relaxed);
         let acks = Arc::new(Mutex::new(AckWindow {
             base: first,
             window: VecDeque::new(),

@@ -82,9 +82,24 @@ async fn kill_nine_at_random_moments_keeps_the_stream_exact() -> Result<()> {
     let kills = 12;
     for i in 0..kills {
         let mut child = spawn_exporter(&path)?;
-        // Early kills land in the snapshot, later ones in streaming.
-        let ms = if i < 5 {
-            rand::rng().random_range(800..3000)
+        // The first kills land while snapshot chunks are being read (when a snapshot
+        // is still running), later ones in streaming.
+        let ms = if i < 4 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
+                let copying: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY%' AND state = 'active'",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                if copying > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            rand::rng().random_range(0..1500)
         } else {
             rand::rng().random_range(1000..6000)
         };
