@@ -95,8 +95,14 @@ mod tests {
             "public.t".to_owned(),
             TableProgress {
                 chunks: vec![
-                    Chunk { start_block: 0, end_block: Some(10) },
-                    Chunk { start_block: 10, end_block: None },
+                    Chunk {
+                        start_block: 0,
+                        end_block: Some(10),
+                    },
+                    Chunk {
+                        start_block: 10,
+                        end_block: None,
+                    },
                 ],
                 done: vec![true, false],
             },
@@ -105,7 +111,10 @@ mod tests {
             slot: "ferry_m_source".into(),
             lsn: Lsn(0x1_0000_0010),
             next_vsn: Vsn(42),
-            snapshot: SnapshotProgress { done: false, tables },
+            snapshot: SnapshotProgress {
+                done: false,
+                tables,
+            },
             written_at_ms: 5,
         };
         let json = c.to_json();

@@ -124,7 +124,11 @@ pub async fn ensure_topics(
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication));
+            let topic = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(t.replication),
+            );
             if t.compacted {
                 topic.set("cleanup.policy", "compact")
             } else {
@@ -215,7 +219,8 @@ fn read_consumer(config: &ClientConfig) -> Result<BaseConsumer, Error> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed");
-    c.create().map_err(|e| Error::new("creating a kafka consumer", e))
+    c.create()
+        .map_err(|e| Error::new("creating a kafka consumer", e))
 }
 
 fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, Error> {
@@ -270,7 +275,12 @@ fn to_record<M: Message>(m: &M) -> Record {
         .headers()
         .map(|h| {
             h.iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -416,10 +426,18 @@ mod tests {
             (b"foobar", -790332482),
             (b"a-little-bit-long-string", -985981536),
             (b"a-little-bit-longer-string", -1486304829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
         ];
         for (input, expected) in cases {
-            assert_eq!(murmur2(input), expected, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                murmur2(input),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         assert_eq!(murmur2(b"abc"), 479470107);
     }

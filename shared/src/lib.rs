@@ -6,12 +6,12 @@
 
 pub mod avro;
 pub mod catalog;
+pub mod checkpoint;
 pub mod config;
 pub mod envelope;
+pub mod kafka;
 pub mod position;
 pub mod registry;
 pub mod shutdown;
 pub mod topics;
 pub mod value;
-pub mod kafka;
-pub mod checkpoint;

@@ -67,7 +67,9 @@ impl TableEncoder {
         let key_type = avro::parse_schema(&avro::key_schema(&table).to_string())?;
         let value_type = avro::parse_schema(&avro::value_schema(&table).to_string())?;
         let AvroType::Record(record) = value_type else {
-            return Err(RegistryError::Envelope("value schema is not a record".into()));
+            return Err(RegistryError::Envelope(
+                "value schema is not a record".into(),
+            ));
         };
         let value_fields: Vec<AvroType> = record.fields.iter().map(|f| f.ty.clone()).collect();
         if value_fields.len() != 6 || record.fields[4].name != "vsn" {

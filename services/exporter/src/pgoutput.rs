@@ -15,7 +15,9 @@ const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 /// A pgoutput time (microseconds since 2000-01-01) as milliseconds since 1970-01-01.
 pub fn pg_time_to_unix_ms(micros: i64) -> i64 {
-    micros.saturating_add(PG_EPOCH_OFFSET_MICROS).div_euclid(1000)
+    micros
+        .saturating_add(PG_EPOCH_OFFSET_MICROS)
+        .div_euclid(1000)
 }
 
 /// One decoded message.
@@ -223,7 +225,10 @@ impl Cursor {
                 self.pos = end;
                 Ok(out)
             }
-            None => Err(DecodeError::Truncated { tag: self.tag, what }),
+            None => Err(DecodeError::Truncated {
+                tag: self.tag,
+                what,
+            }),
         }
     }
 
@@ -261,7 +266,10 @@ impl Cursor {
     fn cstr(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let rest = &self.buf[self.pos..];
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
-            return Err(DecodeError::Truncated { tag: self.tag, what });
+            return Err(DecodeError::Truncated {
+                tag: self.tag,
+                what,
+            });
         };
         let text = String::from_utf8(rest[..nul].to_vec()).map_err(|_| DecodeError::Invalid {
             tag: self.tag,
@@ -676,7 +684,12 @@ mod tests {
         for (bytes, _) in samples() {
             for cut in 0..bytes.len() {
                 let r = decode(Bytes::copy_from_slice(&bytes[..cut]));
-                assert!(r.is_err(), "prefix of {} bytes of {:?} decoded", cut, bytes[0] as char);
+                assert!(
+                    r.is_err(),
+                    "prefix of {} bytes of {:?} decoded",
+                    cut,
+                    bytes[0] as char
+                );
             }
         }
     }

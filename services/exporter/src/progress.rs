@@ -54,7 +54,9 @@ impl Progress {
 
 /// Events per second over the last `window`, from `(time, count)` samples.
 fn rate(samples: &VecDeque<(Instant, u64)>, window: Duration) -> f64 {
-    let Some(&(now, latest)) = samples.back() else { return 0.0 };
+    let Some(&(now, latest)) = samples.back() else {
+        return 0.0;
+    };
     let from = samples
         .iter()
         .find(|(t, _)| now.duration_since(*t) <= window)
@@ -106,7 +108,11 @@ pub async fn report(
             role: "exporter".into(),
             stream,
             instance: instance.clone(),
-            phase: if stopping { "stopped".into() } else { progress.phase().into() },
+            phase: if stopping {
+                "stopped".into()
+            } else {
+                progress.phase().into()
+            },
             lsn: Lsn(progress.lsn.load(Ordering::Relaxed)),
             last_vsn: Vsn(progress.last_vsn.load(Ordering::Relaxed)),
             events_this_run: progress.events.load(Ordering::Relaxed),
@@ -116,8 +122,14 @@ pub async fn report(
         };
         let lines = [
             format!("ferry-exporter  stream {}  phase {}", stream, beat.phase),
-            format!("  {:<28} {:>14}", "exported events (total)", beat.last_vsn.0),
-            format!("  {:<28} {:>14}", "exported events (this run)", beat.events_this_run),
+            format!(
+                "  {:<28} {:>14}",
+                "exported events (total)", beat.last_vsn.0
+            ),
+            format!(
+                "  {:<28} {:>14}",
+                "exported events (this run)", beat.events_this_run
+            ),
             format!("  {:<28} {:>14.0}", "events/s, last 3 min", beat.rate_3m),
             format!("  {:<28} {:>14.0}", "events/s, last 10 min", beat.rate_10m),
             format!("  {:<28} {:>14}", "checkpointed LSN", beat.lsn.to_string()),

@@ -115,7 +115,9 @@ impl ProducerContext for AckContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, vsn: usize) {
         let vsn = vsn as u64;
-        let Ok(mut acks) = self.acks.lock() else { return };
+        let Ok(mut acks) = self.acks.lock() else {
+            return;
+        };
         match result {
             Ok(_) => {
                 if vsn >= acks.base {
@@ -309,7 +311,10 @@ async fn stamp_loop(
                             .headers(headers);
                         match producer.send(record) {
                             Ok(()) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                _,
+                            )) => {
                                 // A full local queue means wait, not fail.
                                 tokio::time::sleep(Duration::from_millis(2)).await;
                             }

@@ -30,7 +30,11 @@ const BATCH: usize = 2000;
 
 /// Splits a table into chunks of about `chunk_rows` rows, from its size on disk and
 /// its row estimate.
-pub async fn plan(client: &Client, table: &TableSchema, chunk_rows: u64) -> Result<Vec<Chunk>, Error> {
+pub async fn plan(
+    client: &Client,
+    table: &TableSchema,
+    chunk_rows: u64,
+) -> Result<Vec<Chunk>, Error> {
     let row = client
         .query_one(
             "SELECT (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint, \
@@ -99,12 +103,23 @@ pub async fn read(
         let snapshot_lsn = snapshot_lsn.to_owned();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            reader(&source, &snapshot_name, &snapshot_lsn, started, queue, items, shutdown).await
+            reader(
+                &source,
+                &snapshot_name,
+                &snapshot_lsn,
+                started,
+                queue,
+                items,
+                shutdown,
+            )
+            .await
         });
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
-        let r = r.map_err(|e| Error::Internal(format!("snapshot reader: {e}"))).and_then(|r| r);
+        let r = r
+            .map_err(|e| Error::Internal(format!("snapshot reader: {e}")))
+            .and_then(|r| r);
         if let Err(e) = r {
             if result.is_ok() {
                 result = Err(e);
@@ -132,7 +147,12 @@ async fn reader(
             snapshot_name.replace('\'', "''")
         ))
         .await
-        .map_err(|e| Error::sql("importing the exported snapshot (is the snapshot still open?)", e))?;
+        .map_err(|e| {
+            Error::sql(
+                "importing the exported snapshot (is the snapshot still open?)",
+                e,
+            )
+        })?;
     loop {
         let next = queue.lock().ok().and_then(|mut q| q.pop_front());
         let Some(work) = next else { break };
@@ -225,16 +245,21 @@ fn parse_copy_line(table: &TableSchema, line: &[u8]) -> Result<Vec<Datum>, Error
     let mut row = Vec::with_capacity(table.columns.len());
     for (i, field) in line.split(|&b| b == b'\t').enumerate() {
         let Some(column) = table.columns.get(i) else {
-            return Err(Error::Internal(format!("table {table}: COPY sent more columns than expected")));
+            return Err(Error::Internal(format!(
+                "table {table}: COPY sent more columns than expected"
+            )));
         };
         if field == b"\\N" {
             row.push(Datum::Null);
             continue;
         }
         let text = unescape(field);
-        let text = String::from_utf8(text).map_err(|_| Error::Internal(format!(
-            "table {table} column {}: COPY text is not UTF-8", column.name
-        )))?;
+        let text = String::from_utf8(text).map_err(|_| {
+            Error::Internal(format!(
+                "table {table} column {}: COPY text is not UTF-8",
+                column.name
+            ))
+        })?;
         row.push(parse_text(&column.kind, &text).map_err(|e| Error::Value {
             table: table.to_string(),
             column: column.name.clone(),

@@ -98,13 +98,16 @@ pub async fn run(
                 let wal_end = Lsn(wal_end.0);
                 if tx.is_none() && batch.is_empty() && wal_end > last_end {
                     last_end = wal_end;
-                    if items.send(vec![Item::Commit { end_lsn: wal_end }]).await.is_err() {
+                    if items
+                        .send(vec![Item::Commit { end_lsn: wal_end }])
+                        .await
+                        .is_err()
+                    {
                         return Err(Error::Internal("the stamper stopped".into()));
                     }
                 }
             }
-            ReplicationEvent::Message { .. }
-            | ReplicationEvent::StoppedAt { .. } => {}
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
     }
     // Events of an unfinished transaction are dropped: the stream resumes at its start.
@@ -191,10 +194,40 @@ fn handle(
             };
             match old_key {
                 Some(old_key) if old_key != new_key => {
-                    push(batch, &enc, Op::Delete, old_key, before, None, &lsn, xid, ms)?;
-                    push(batch, &enc, Op::Create, new_key, None, Some(after), &lsn, xid, ms)?;
+                    push(
+                        batch,
+                        &enc,
+                        Op::Delete,
+                        old_key,
+                        before,
+                        None,
+                        &lsn,
+                        xid,
+                        ms,
+                    )?;
+                    push(
+                        batch,
+                        &enc,
+                        Op::Create,
+                        new_key,
+                        None,
+                        Some(after),
+                        &lsn,
+                        xid,
+                        ms,
+                    )?;
                 }
-                _ => push(batch, &enc, Op::Update, new_key, before, Some(after), &lsn, xid, ms)?,
+                _ => push(
+                    batch,
+                    &enc,
+                    Op::Update,
+                    new_key,
+                    before,
+                    Some(after),
+                    &lsn,
+                    xid,
+                    ms,
+                )?,
             }
         }
         Message::Delete { relid, old } => {
@@ -323,7 +356,10 @@ fn to_row(enc: &TableEncoder, tuple: &Tuple, old: Option<&OldTuple>) -> Result<V
             TupleValue::Null => Datum::Null,
             TupleValue::Text(b) => {
                 let text = std::str::from_utf8(b).map_err(|_| {
-                    Error::Internal(format!("table {} column {}: text is not UTF-8", enc.name, column.name))
+                    Error::Internal(format!(
+                        "table {} column {}: text is not UTF-8",
+                        enc.name, column.name
+                    ))
                 })?;
                 parse_text(&column.kind, text).map_err(|e| Error::Value {
                     table: enc.name.clone(),
@@ -361,6 +397,9 @@ fn toast_error(enc: &TableEncoder, column: &str) -> Error {
     Error::UnchangedToast {
         table: enc.name.clone(),
         column: column.to_owned(),
-        fix: format!("ALTER TABLE {} REPLICA IDENTITY FULL", enc.table.qualified()),
+        fix: format!(
+            "ALTER TABLE {} REPLICA IDENTITY FULL",
+            enc.table.qualified()
+        ),
     }
 }

@@ -77,8 +77,15 @@ async fn snapshot_while_writing_then_changes_rebuild_the_source_exactly() -> Res
     let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
     let writer = write_load(&m, tokio::time::Instant::now() + Duration::from_secs(12)).await?;
     assert!(writer > 100, "the writer made only {writer} changes");
-    c.batch_execute("INSERT INTO items VALUES (999999, 'marker', 0, now(), NULL)").await?;
-    let cp = m.sync(&c, "UPDATE items SET name = 'synced' WHERE id = 999999", Duration::from_secs(180)).await?;
+    c.batch_execute("INSERT INTO items VALUES (999999, 'marker', 0, now(), NULL)")
+        .await?;
+    let cp = m
+        .sync(
+            &c,
+            "UPDATE items SET name = 'synced' WHERE id = 999999",
+            Duration::from_secs(180),
+        )
+        .await?;
     assert!(cp.snapshot.done);
     trigger.trigger();
     exporter.await??;
@@ -94,7 +101,10 @@ async fn snapshot_while_writing_then_changes_rebuild_the_source_exactly() -> Res
         .filter_map(|cp| cp.snapshot.tables.get("public.big").map(|t| t.chunks.len()))
         .max()
         .unwrap_or(0);
-    assert!(most_chunks >= 5, "public.big was read in {most_chunks} chunks");
+    assert!(
+        most_chunks >= 5,
+        "public.big was read in {most_chunks} chunks"
+    );
 
     // Every change carries its transaction.
     let events = read_topic(&m, &m.topics().table(Stream::Source, "public", "items")).await?;
@@ -102,7 +112,10 @@ async fn snapshot_while_writing_then_changes_rebuild_the_source_exactly() -> Res
     for e in events.iter().filter(|e| e.op != Op::Read) {
         assert!(e.txid.is_some() && e.lsn.contains('/'), "{e:?}");
     }
-    let synced: Vec<_> = events.iter().filter(|e| e.key == vec![Datum::Int(999999)]).collect();
+    let synced: Vec<_> = events
+        .iter()
+        .filter(|e| e.key == vec![Datum::Int(999999)])
+        .collect();
     assert_eq!(synced.len(), 2);
     assert_eq!(synced[1].op, Op::Update);
     Ok(())
@@ -120,13 +133,23 @@ async fn unchanged_toast_values_arrive_complete() -> Result<()> {
     .await?;
     let (trigger, shutdown) = shutdown::channel();
     let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
-    m.sync(&c, "UPDATE docs SET n = 1 WHERE id = 1", Duration::from_secs(60)).await?;
+    m.sync(
+        &c,
+        "UPDATE docs SET n = 1 WHERE id = 1",
+        Duration::from_secs(60),
+    )
+    .await?;
     // Incompressible, far above the TOAST threshold.
     c.batch_execute(
         "INSERT INTO docs SELECT 2, string_agg(md5(g::text), ''), 0 FROM generate_series(1, 8000) g",
     )
     .await?;
-    m.sync(&c, "UPDATE docs SET n = n + 1 WHERE id = 2", Duration::from_secs(60)).await?;
+    m.sync(
+        &c,
+        "UPDATE docs SET n = n + 1 WHERE id = 2",
+        Duration::from_secs(60),
+    )
+    .await?;
     trigger.trigger();
     exporter.await??;
 
@@ -136,8 +159,12 @@ async fn unchanged_toast_values_arrive_complete() -> Result<()> {
         .rev()
         .find(|e| e.key == vec![Datum::Int(2)] && e.op == Op::Update)
         .expect("the update of row 2");
-    let Some(after) = &update.after else { panic!("no after image") };
-    let Datum::String(body) = &after[1] else { panic!("body is {:?}", after[1]) };
+    let Some(after) = &update.after else {
+        panic!("no after image")
+    };
+    let Datum::String(body) = &after[1] else {
+        panic!("body is {:?}", after[1])
+    };
     assert_eq!(body.len(), 8000 * 32);
     assert_eq!(after[2], Datum::Int(1));
     check_tables(&m, &["docs"]).await?;
@@ -155,15 +182,29 @@ async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()
     .await?;
     let (trigger, shutdown) = shutdown::channel();
     let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
-    m.sync(&c, "INSERT INTO watched VALUES (1)", Duration::from_secs(60)).await?;
+    m.sync(
+        &c,
+        "INSERT INTO watched VALUES (1)",
+        Duration::from_secs(60),
+    )
+    .await?;
 
     // WAL of a table outside the publication only: the checkpoint and then the slot's
     // confirmed position move past it anyway.
-    c.batch_execute("CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 10000);")
+    c.batch_execute(
+        "CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 10000);",
+    )
+    .await?;
+    let row = c
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await?;
-    let row = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?;
     let after: ferry_shared::position::Lsn = row.get::<_, String>(0).parse()?;
-    let cp = m.wait_checkpoint_past(ferry_shared::position::Lsn(after.0 - 1), Duration::from_secs(60)).await?;
+    let cp = m
+        .wait_checkpoint_past(
+            ferry_shared::position::Lsn(after.0 - 1),
+            Duration::from_secs(60),
+        )
+        .await?;
     assert!(cp.lsn >= after);
     let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
     ferry_testkit::wait_until("the slot to confirm the checkpoint", Duration::from_secs(30), || async {
@@ -178,7 +219,9 @@ async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()
     trigger.trigger();
     exporter.await??;
     let status = ferry_shared::kafka::read_compacted(&m.kafka(), &m.topics().status()).await?;
-    let beat = status.get("exporter.source".as_bytes()).expect("a heartbeat");
+    let beat = status
+        .get("exporter.source".as_bytes())
+        .expect("a heartbeat");
     let beat: ferry_shared::checkpoint::ExporterHeartbeat = serde_json::from_slice(beat)?;
     assert_eq!(beat.phase, "stopped");
     assert_eq!(beat.last_vsn.0, 1);
@@ -188,7 +231,12 @@ async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_only_reads_once_and_exits_without_a_slot() -> Result<()> {
-    let m = Migration::new("snaponly", 2, "export_type = \"snapshot-only\"\nchunk_rows = 1000").await?;
+    let m = Migration::new(
+        "snaponly",
+        2,
+        "export_type = \"snapshot-only\"\nchunk_rows = 1000",
+    )
+    .await?;
     let c = m.source().await?;
     c.batch_execute(
         "CREATE TABLE s (id int PRIMARY KEY, v text);
@@ -204,7 +252,10 @@ async fn snapshot_only_reads_once_and_exits_without_a_slot() -> Result<()> {
     assert!(events.iter().all(|e| e.op == Op::Read));
     check_tables(&m, &["s"]).await?;
     let slots: i64 = c
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(slots, 0);
@@ -229,21 +280,31 @@ async fn changes_only_sends_no_snapshot_rows() -> Result<()> {
     let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
     ferry_testkit::wait_until("the slot", Duration::from_secs(60), || async {
         let n: i64 = c
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await?
             .get(0);
         Ok((n == 1).then_some(()))
     })
     .await?;
-    m.sync(&c, "UPDATE s SET v = 'x' WHERE id = 7; DELETE FROM s WHERE id = 8", Duration::from_secs(60))
-        .await?;
+    m.sync(
+        &c,
+        "UPDATE s SET v = 'x' WHERE id = 7; DELETE FROM s WHERE id = 8",
+        Duration::from_secs(60),
+    )
+    .await?;
     trigger.trigger();
     exporter.await??;
     let mut events = read_topic(&m, &m.topics().table(Stream::Source, "public", "s")).await?;
     events.sort_by_key(|e| e.vsn);
     let ops: Vec<Op> = events.iter().map(|e| e.op).collect();
     assert_eq!(ops, [Op::Update, Op::Delete]);
-    assert_eq!(events[0].before.as_ref().map(|b| b[1].clone()), Some(Datum::String("v7".into())));
+    assert_eq!(
+        events[0].before.as_ref().map(|b| b[1].clone()),
+        Some(Datum::String("v7".into()))
+    );
     Ok(())
 }
 

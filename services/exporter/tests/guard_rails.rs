@@ -11,7 +11,12 @@ use common::*;
 use ferry_shared::shutdown;
 use ferry_shared::topics::Stream;
 
-async fn start(m: &Migration) -> Result<(shutdown::ShutdownTrigger, tokio::task::JoinHandle<Result<(), ferry_exporter::Error>>)> {
+async fn start(
+    m: &Migration,
+) -> Result<(
+    shutdown::ShutdownTrigger,
+    tokio::task::JoinHandle<Result<(), ferry_exporter::Error>>,
+)> {
     let c = m.source().await?;
     c.batch_execute(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
@@ -21,11 +26,14 @@ async fn start(m: &Migration) -> Result<(shutdown::ShutdownTrigger, tokio::task:
     .await?;
     let (trigger, shutdown) = shutdown::channel();
     let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
-    m.sync(&c, "INSERT INTO t VALUES (2, 'b')", Duration::from_secs(60)).await?;
+    m.sync(&c, "INSERT INTO t VALUES (2, 'b')", Duration::from_secs(60))
+        .await?;
     Ok((trigger, exporter))
 }
 
-async fn stopped_with(exporter: tokio::task::JoinHandle<Result<(), ferry_exporter::Error>>) -> Result<String> {
+async fn stopped_with(
+    exporter: tokio::task::JoinHandle<Result<(), ferry_exporter::Error>>,
+) -> Result<String> {
     let result = tokio::time::timeout(Duration::from_secs(60), exporter).await??;
     match result {
         Ok(()) => anyhow::bail!("the exporter stopped without an error"),
@@ -40,7 +48,9 @@ async fn truncate_stops_the_stream_naming_the_table() -> Result<()> {
     m.source().await?.batch_execute("TRUNCATE t").await?;
     let message = stopped_with(exporter).await?;
     assert!(
-        message.starts_with("table public.t was truncated on the source; Ferry does not replicate TRUNCATE"),
+        message.starts_with(
+            "table public.t was truncated on the source; Ferry does not replicate TRUNCATE"
+        ),
         "{message}"
     );
     Ok(())
@@ -55,7 +65,10 @@ async fn ddl_stops_the_stream_naming_the_table() -> Result<()> {
         .batch_execute("ALTER TABLE t ADD COLUMN extra int; INSERT INTO t VALUES (3, 'c', 7);")
         .await?;
     let message = stopped_with(exporter).await?;
-    assert!(message.starts_with("table public.t changed on the source (DDL)"), "{message}");
+    assert!(
+        message.starts_with("table public.t changed on the source (DDL)"),
+        "{message}"
+    );
     assert!(message.contains("extra"), "{message}");
     // Nothing after the change was produced.
     let events = read_topic(&m, &m.topics().table(Stream::Source, "public", "t")).await?;
@@ -71,15 +84,26 @@ async fn a_dropped_slot_is_not_silently_recreated() -> Result<()> {
     exporter.await??;
     let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
     let c = m.source().await?;
-    ferry_testkit::wait_until("the slot to be dropped", Duration::from_secs(30), || async {
-        c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await?;
-        Ok(Some(()))
-    })
+    ferry_testkit::wait_until(
+        "the slot to be dropped",
+        Duration::from_secs(30),
+        || async {
+            c.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await?;
+            Ok(Some(()))
+        },
+    )
     .await?;
     let (_trigger, shutdown) = shutdown::channel();
-    let message = stopped_with(tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown))).await?;
+    let message = stopped_with(tokio::spawn(ferry_exporter::run(
+        m.config.clone(),
+        shutdown,
+    )))
+    .await?;
     assert!(
-        message.starts_with(&format!("replication slot \"{slot}\" does not exist (was it dropped?)")),
+        message.starts_with(&format!(
+            "replication slot \"{slot}\" does not exist (was it dropped?)"
+        )),
         "{message}"
     );
     assert!(message.contains("ferry end migration"), "{message}");
@@ -93,17 +117,28 @@ async fn a_dropped_publication_stops_the_stream() -> Result<()> {
     let publication = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
     m.source()
         .await?
-        .batch_execute(&format!("DROP PUBLICATION \"{publication}\"; INSERT INTO t VALUES (9, 'z');"))
+        .batch_execute(&format!(
+            "DROP PUBLICATION \"{publication}\"; INSERT INTO t VALUES (9, 'z');"
+        ))
         .await?;
     let message = stopped_with(exporter).await?;
     assert!(
-        message.starts_with(&format!("publication \"{publication}\" does not exist (was it dropped?)")),
+        message.starts_with(&format!(
+            "publication \"{publication}\" does not exist (was it dropped?)"
+        )),
         "{message}"
     );
     // And again at start.
     let (_trigger, shutdown) = shutdown::channel();
-    let message = stopped_with(tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown))).await?;
-    assert!(message.starts_with(&format!("publication \"{publication}\" does not exist")), "{message}");
+    let message = stopped_with(tokio::spawn(ferry_exporter::run(
+        m.config.clone(),
+        shutdown,
+    )))
+    .await?;
+    assert!(
+        message.starts_with(&format!("publication \"{publication}\" does not exist")),
+        "{message}"
+    );
     Ok(())
 }
 
@@ -115,10 +150,19 @@ async fn a_table_selected_after_the_start_is_refused() -> Result<()> {
     exporter.await??;
     m.source()
         .await?
-        .batch_execute("CREATE TABLE t2 (id int PRIMARY KEY); ALTER TABLE t2 REPLICA IDENTITY FULL;")
+        .batch_execute(
+            "CREATE TABLE t2 (id int PRIMARY KEY); ALTER TABLE t2 REPLICA IDENTITY FULL;",
+        )
         .await?;
     let (_trigger, shutdown) = shutdown::channel();
-    let message = stopped_with(tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown))).await?;
-    assert!(message.contains("does not include table public.t2: the table selection changed"), "{message}");
+    let message = stopped_with(tokio::spawn(ferry_exporter::run(
+        m.config.clone(),
+        shutdown,
+    )))
+    .await?;
+    assert!(
+        message.contains("does not include table public.t2: the table selection changed"),
+        "{message}"
+    );
     Ok(())
 }

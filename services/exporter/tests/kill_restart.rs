@@ -20,14 +20,16 @@ use ferry_shared::value::session_settings_sql;
 use rand::Rng;
 
 fn spawn_exporter(config_path: &std::path::Path) -> Result<tokio::process::Child> {
-    Ok(tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-exporter"))
-        .arg("-c")
-        .arg(config_path)
-        .env("FERRY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+    Ok(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-exporter"))
+            .arg("-c")
+            .arg(config_path)
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,12 +118,22 @@ async fn kill_nine_at_random_moments_keeps_the_stream_exact() -> Result<()> {
 
     // A last run catches up, then stops cleanly.
     let mut child = spawn_exporter(&path)?;
-    m.sync(&c, "UPDATE small SET n = -1 WHERE id = 1; INSERT INTO small VALUES (1000, 1)", Duration::from_secs(300))
-        .await?;
+    m.sync(
+        &c,
+        "UPDATE small SET n = -1 WHERE id = 1; INSERT INTO small VALUES (1000, 1)",
+        Duration::from_secs(300),
+    )
+    .await?;
     let pid = child.id().unwrap_or_default();
-    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
     let status = child.wait().await?;
-    assert!(status.success(), "the exporter ended with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "the exporter ended with {status} after SIGTERM"
+    );
 
     let mut vsn_of_change: HashMap<String, u64> = HashMap::new();
     let mut event_of_vsn: HashMap<u64, String> = HashMap::new();
@@ -141,7 +153,10 @@ async fn kill_nine_at_random_moments_keeps_the_stream_exact() -> Result<()> {
             let mut max = 0u64;
             let mut seen: HashMap<u64, String> = HashMap::new();
             for e in list {
-                let identity = format!("{:?}|{:?}|{:?}|{:?}|{}", e.op, e.key, e.before, e.after, e.lsn);
+                let identity = format!(
+                    "{:?}|{:?}|{:?}|{:?}|{}",
+                    e.op, e.key, e.before, e.after, e.lsn
+                );
                 if e.vsn.0 <= max {
                     assert_eq!(
                         seen.get(&e.vsn.0),
@@ -158,7 +173,10 @@ async fn kill_nine_at_random_moments_keeps_the_stream_exact() -> Result<()> {
             }
         }
         for e in &events {
-            let identity = format!("{topic}|{:?}|{:?}|{:?}|{:?}|{}", e.op, e.key, e.before, e.after, e.lsn);
+            let identity = format!(
+                "{topic}|{:?}|{:?}|{:?}|{:?}|{}",
+                e.op, e.key, e.before, e.after, e.lsn
+            );
             if let Some(other) = event_of_vsn.insert(e.vsn.0, identity.clone()) {
                 assert_eq!(other, identity, "VSN {} names two different events", e.vsn);
             }

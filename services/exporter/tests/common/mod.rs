@@ -50,14 +50,26 @@ impl Migration {
     pub async fn new(prefix: &str, partitions: u32, extra_exporter: &str) -> Result<Migration> {
         let stack = Stack::get();
         let db = stack.source.create_database(prefix).await?;
-        let id = unique_name(prefix).to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        let id = unique_name(prefix)
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
         let id: String = id.chars().take(40).collect();
         let registry = serve_registry().await?;
         let mut toml = stack.config_toml(&id, &db, "unused_t", "unused_r", &registry);
-        toml = toml.replacen("[migration]\n", &format!("[migration]\npartitions = {partitions}\n"), 1);
+        toml = toml.replacen(
+            "[migration]\n",
+            &format!("[migration]\npartitions = {partitions}\n"),
+            1,
+        );
         toml.push_str(&format!("\n[exporter]\n{extra_exporter}\n"));
         let config = Config::from_toml_str(&toml).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Ok(Migration { id, db, toml, config, registry })
+        Ok(Migration {
+            id,
+            db,
+            toml,
+            config,
+            registry,
+        })
     }
 
     pub async fn source(&self) -> Result<Client> {
@@ -84,16 +96,30 @@ impl Migration {
     }
 
     /// Waits until a checkpoint's LSN passed `lsn`.
-    pub async fn wait_checkpoint_past(&self, lsn: Lsn, deadline: Duration) -> Result<ExporterCheckpoint> {
+    pub async fn wait_checkpoint_past(
+        &self,
+        lsn: Lsn,
+        deadline: Duration,
+    ) -> Result<ExporterCheckpoint> {
         ferry_testkit::wait_until(&format!("a checkpoint past {lsn}"), deadline, || async {
-            Ok(self.checkpoint().await?.filter(|c| c.lsn > lsn && c.snapshot.done))
+            Ok(self
+                .checkpoint()
+                .await?
+                .filter(|c| c.lsn > lsn && c.snapshot.done))
         })
         .await
     }
 
     /// Commits a marker write to `table` and waits until the exporter checkpointed past it.
-    pub async fn sync(&self, client: &Client, sql: &str, deadline: Duration) -> Result<ExporterCheckpoint> {
-        let row = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?;
+    pub async fn sync(
+        &self,
+        client: &Client,
+        sql: &str,
+        deadline: Duration,
+    ) -> Result<ExporterCheckpoint> {
+        let row = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await?;
         let lsn: Lsn = row.get::<_, String>(0).parse()?;
         client.batch_execute(sql).await?;
         self.wait_checkpoint_past(lsn, deadline).await
@@ -116,12 +142,19 @@ pub struct Read {
 
 /// Every event of a topic, decoded.
 pub async fn read_topic(m: &Migration, topic: &str) -> Result<Vec<Read>> {
-    let decoder = EventDecoder::new(RegistryClient::new(&format!("http://{}", m.registry), None)?);
+    let decoder = EventDecoder::new(RegistryClient::new(
+        &format!("http://{}", m.registry),
+        None,
+    )?);
     let records = kafka::read_all(&m.kafka(), topic).await?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let key = decoder.decode_key(r.key.as_deref().context("no key")?).await?;
-        let e = decoder.decode_event(r.value.as_deref().context("no value")?).await?;
+        let key = decoder
+            .decode_key(r.key.as_deref().context("no key")?)
+            .await?;
+        let e = decoder
+            .decode_event(r.value.as_deref().context("no value")?)
+            .await?;
         out.push(Read {
             partition: r.partition,
             offset: r.offset,
@@ -147,7 +180,11 @@ pub fn assert_vsns_increase_per_partition(topic: &str, events: &[Read]) {
             assert!(
                 e.vsn > *vsn,
                 "{topic}[{}]: VSN {} at offset {} is not above VSN {} at offset {}",
-                e.partition, e.vsn, e.offset, vsn, offset
+                e.partition,
+                e.vsn,
+                e.offset,
+                vsn,
+                offset
             );
         }
         last.insert(e.partition, (e.offset, e.vsn));
@@ -175,16 +212,36 @@ pub fn rebuild(events: &[Read]) -> BTreeMap<String, Vec<Datum>> {
 }
 
 /// The table's current contents, key -> row, values as the exporter produces them.
-pub async fn source_rows(client: &Client, table: &str) -> Result<(TableSchema, BTreeMap<String, Vec<Datum>>)> {
+pub async fn source_rows(
+    client: &Client,
+    table: &str,
+) -> Result<(TableSchema, BTreeMap<String, Vec<Datum>>)> {
     let types = TypeCatalog::load(client).await?;
-    let schema = load_table(client, &types, &TableName { schema: "public".into(), name: table.into() }).await?;
-    let cols: Vec<String> = schema.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+    let schema = load_table(
+        client,
+        &types,
+        &TableName {
+            schema: "public".into(),
+            name: table.into(),
+        },
+    )
+    .await?;
+    let cols: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
     let messages = client
-        .simple_query(&format!("SELECT {} FROM public.\"{table}\"", cols.join(", ")))
+        .simple_query(&format!(
+            "SELECT {} FROM public.\"{table}\"",
+            cols.join(", ")
+        ))
         .await?;
     let mut rows = BTreeMap::new();
     for m in messages {
-        let SimpleQueryMessage::Row(row) = m else { continue };
+        let SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
         let mut values = Vec::with_capacity(schema.columns.len());
         for (i, c) in schema.columns.iter().enumerate() {
             values.push(match row.get(i) {
@@ -192,16 +249,32 @@ pub async fn source_rows(client: &Client, table: &str) -> Result<(TableSchema, B
                 Some(t) => parse_text(&c.kind, t)?,
             });
         }
-        let key: Vec<Datum> = schema.primary_key.iter().map(|&i| values[i].clone()).collect();
+        let key: Vec<Datum> = schema
+            .primary_key
+            .iter()
+            .map(|&i| values[i].clone())
+            .collect();
         rows.insert(format!("{key:?}"), values);
     }
     Ok((schema, rows))
 }
 
 /// Compares rebuilt contents with the source, with a readable failure.
-pub fn assert_same(table: &str, source: &BTreeMap<String, Vec<Datum>>, rebuilt: &BTreeMap<String, Vec<Datum>>) {
-    let missing: Vec<&String> = source.keys().filter(|k| !rebuilt.contains_key(*k)).take(5).collect();
-    let extra: Vec<&String> = rebuilt.keys().filter(|k| !source.contains_key(*k)).take(5).collect();
+pub fn assert_same(
+    table: &str,
+    source: &BTreeMap<String, Vec<Datum>>,
+    rebuilt: &BTreeMap<String, Vec<Datum>>,
+) {
+    let missing: Vec<&String> = source
+        .keys()
+        .filter(|k| !rebuilt.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = rebuilt
+        .keys()
+        .filter(|k| !source.contains_key(*k))
+        .take(5)
+        .collect();
     let differ: Vec<&String> = source
         .iter()
         .filter(|(k, v)| rebuilt.get(*k).is_some_and(|r| r != *v))
