@@ -179,6 +179,32 @@ fn kind_branches(kind: &Kind) -> (Json, bool) {
     }
 }
 
+/// How a kind travels, in words (for reports): the Avro branch and whether special values
+/// ride in a string branch.
+pub fn describe_kind(kind: &Kind) -> String {
+    let (typed, with_string) = kind_branches(kind);
+    let typed = match &typed {
+        Json::String(s) => s.clone(),
+        Json::Object(o) => match (o.get("logicalType"), o.get("type")) {
+            (Some(Json::String(l)), _) => l.clone(),
+            (_, Some(Json::String(t))) if t == "array" => match kind {
+                Kind::Array(element) => format!("array of {}", describe_kind(element)),
+                _ => t.clone(),
+            },
+            (_, Some(Json::String(t))) => t.clone(),
+            _ => typed.to_string(),
+        },
+        other => other.to_string(),
+    };
+    if with_string {
+        format!("{typed} (special values as text)")
+    } else if matches!(kind, Kind::Text) {
+        "string (exact text form)".to_owned()
+    } else {
+        typed
+    }
+}
+
 /// The Avro type JSON of a column: a union of null (if nullable), typed, string (if needed).
 fn column_type(column: &Column) -> Json {
     let (typed, with_string) = kind_branches(&column.kind);

@@ -119,6 +119,8 @@ pub struct UnsupportedColumn {
     pub type_name: String,
     /// Why, and what to do.
     pub reason: String,
+    /// Whether the column is part of the primary key.
+    pub in_primary_key: bool,
 }
 
 /// Why a catalog could not be read or a table can't be moved.
@@ -376,6 +378,22 @@ pub async fn load_table(
     types: &TypeCatalog,
     table: &TableName,
 ) -> Result<TableSchema, CatalogError> {
+    let (schema, unsupported) = inspect_table(client, types, table).await?;
+    if unsupported.is_empty() {
+        Ok(schema)
+    } else {
+        Err(CatalogError::Unsupported(unsupported))
+    }
+}
+
+/// Reads one table like [`load_table`], but returns the columns whose type can't travel
+/// beside the table (which then lacks them) instead of failing, so that a preflight can
+/// report them together with the table's other problems.
+pub async fn inspect_table(
+    client: &Client,
+    types: &TypeCatalog,
+    table: &TableName,
+) -> Result<(TableSchema, Vec<UnsupportedColumn>), CatalogError> {
     let query_err = |source| CatalogError::Query {
         what: format!("table {table}"),
         source,
@@ -435,20 +453,19 @@ pub async fn load_table(
                 column: name,
                 type_name,
                 reason,
+                in_primary_key: key_pos.is_some(),
             }),
         }
     }
-    if !unsupported.is_empty() {
-        return Err(CatalogError::Unsupported(unsupported));
-    }
     key.sort();
-    Ok(TableSchema {
+    let schema = TableSchema {
         schema: table.schema.clone(),
         name: table.name.clone(),
         columns,
         primary_key: key.into_iter().map(|(_, i)| i).collect(),
         replica_identity: replident as u8 as char,
-    })
+    };
+    Ok((schema, unsupported))
 }
 
 #[cfg(test)]

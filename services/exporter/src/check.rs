@@ -61,7 +61,10 @@ pub struct CheckInput<'a> {
 }
 
 /// Checks the source and returns the selected tables, or every problem at once.
-pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<TableSchema>, CheckError> {
+pub async fn preflight(
+    client: &Client,
+    input: &CheckInput<'_>,
+) -> Result<Vec<TableSchema>, CheckError> {
     let mut problems = Vec::new();
 
     // Logical decoding is needed even for snapshot-only: the consistent snapshot comes
@@ -79,7 +82,8 @@ pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<Ta
         "SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
     )
     .await?;
-    let (user, superuser, replication): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    let (user, superuser, replication): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
     if !superuser && !replication {
         problems.push(Problem {
             message: format!("role {user} may not use replication"),
@@ -119,7 +123,9 @@ pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<Ta
         }
     }
 
-    let types = TypeCatalog::load(client).await.map_err(CheckError::Catalog)?;
+    let types = TypeCatalog::load(client)
+        .await
+        .map_err(CheckError::Catalog)?;
     let names: Vec<TableName> = catalog::list_tables(client, input.schemas)
         .await
         .map_err(CheckError::Catalog)?
@@ -137,9 +143,20 @@ pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<Ta
     }
     let mut tables = Vec::with_capacity(names.len());
     for name in &names {
-        match catalog::load_table(client, &types, name).await {
-            Ok(table) => {
-                if table.primary_key.is_empty() {
+        match catalog::inspect_table(client, &types, name).await {
+            Ok((table, unsupported)) => {
+                let ready = unsupported.is_empty();
+                let key_unsupported = unsupported.iter().any(|c| c.in_primary_key);
+                for c in unsupported {
+                    problems.push(Problem {
+                        message: format!(
+                            "column {}.{}.{} has type {}, which Ferry cannot move",
+                            c.schema, c.table, c.column, c.type_name
+                        ),
+                        fix: c.reason,
+                    });
+                }
+                if table.primary_key.is_empty() && !key_unsupported {
                     problems.push(Problem {
                         message: format!("table {name} has no primary key"),
                         fix: "add one or list the table in migration.exclude_tables".into(),
@@ -178,17 +195,8 @@ pub async fn preflight(client: &Client, input: &CheckInput<'_>) -> Result<Vec<Ta
                         ),
                     });
                 }
-                tables.push(table);
-            }
-            Err(CatalogError::Unsupported(columns)) => {
-                for c in columns {
-                    problems.push(Problem {
-                        message: format!(
-                            "column {}.{}.{} has type {}, which Ferry cannot move",
-                            c.schema, c.table, c.column, c.type_name
-                        ),
-                        fix: c.reason,
-                    });
+                if ready {
+                    tables.push(table);
                 }
             }
             Err(CatalogError::NoSuchTable(_)) => {} // dropped meanwhile

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_shared::catalog::{quote_ident, CatalogError};
-use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint, SnapshotProgress, TableProgress};
+use ferry_shared::checkpoint::{
+    checkpoint_key, ExporterCheckpoint, SnapshotProgress, TableProgress,
+};
 use ferry_shared::config::{Config, ConfigError, ConnectError, DatabaseConfig, ExportType};
 use ferry_shared::kafka::{self, TopicSpec};
 use ferry_shared::position::{Lsn, Vsn};
@@ -176,7 +178,13 @@ impl Error {
             }
             Error::Sql { source, .. } => source.code().is_none(),
             Error::Registry { source, .. } => {
-                matches!(source, RegistryError::Registry { retriable: true, .. })
+                matches!(
+                    source,
+                    RegistryError::Registry {
+                        retriable: true,
+                        ..
+                    }
+                )
             }
             _ => false,
         }
@@ -194,9 +202,49 @@ impl Error {
 pub fn slot_name(migration_id: &str, stream: Stream) -> String {
     let id: String = migration_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("ferry_{id}_{}", stream.as_str())
+}
+
+/// The source preflight of `run`, on an open session with Ferry's settings.
+async fn preflight(
+    client: &Client,
+    config: &Config,
+    source: &DatabaseConfig,
+    slot: &str,
+) -> Result<Vec<ferry_shared::catalog::TableSchema>, Error> {
+    Ok(check::preflight(
+        client,
+        &check::CheckInput {
+            migration: &config.migration,
+            schemas: &source.schemas,
+            slot_name: slot,
+            needs_replication: config.exporter.export_type != ExportType::SnapshotOnly,
+        },
+    )
+    .await?)
+}
+
+/// Checks the source exactly as `run` does before it creates anything (`ferry
+/// analyze-schema`): returns the selected tables with how each column travels, or every
+/// problem at once with its fix. Changes nothing on the source.
+pub async fn analyze(config: &Config) -> Result<Vec<ferry_shared::catalog::TableSchema>, Error> {
+    let source = config.require_source()?.clone();
+    let slot = slot_name(&config.migration.id, Stream::Source);
+    let (client, connection) = source.connect().await.map_err(Error::Connect)?;
+    let _connection = AbortOnDrop(connection);
+    client
+        .batch_execute(&session_settings_sql())
+        .await
+        .map_err(|e| Error::sql("setting the session", e))?;
+    preflight(&client, config, &source, &slot).await
 }
 
 /// Runs the exporter until `shutdown` fires or a definite error stops it.
@@ -213,16 +261,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         .batch_execute(&session_settings_sql())
         .await
         .map_err(|e| Error::sql("setting the session", e))?;
-    let tables = check::preflight(
-        &client,
-        &check::CheckInput {
-            migration: &config.migration,
-            schemas: &source.schemas,
-            slot_name: &slot,
-            needs_replication: export_type != ExportType::SnapshotOnly,
-        },
-    )
-    .await?;
+    let tables = preflight(&client, &config, &source, &slot).await?;
 
     // Topics and schemas.
     let topics = Topics::new(config.migration.topic_prefix());
@@ -247,24 +286,36 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         });
     }
     let counts = kafka::ensure_topics(&kafka_config, &specs).await?;
-    let auth = config
-        .schema_registry
-        .username
-        .as_deref()
-        .map(|u| (u, config.schema_registry.password.as_ref().map(|p| p.expose())));
-    let registry = RegistryClient::new(&config.registry_url(), auth).map_err(|e| Error::Registry {
-        table: "-".into(),
-        source: e,
-    })?;
+    let auth = config.schema_registry.username.as_deref().map(|u| {
+        (
+            u,
+            config.schema_registry.password.as_ref().map(|p| p.expose()),
+        )
+    });
+    let registry =
+        RegistryClient::new(&config.registry_url(), auth).map_err(|e| Error::Registry {
+            table: "-".into(),
+            source: e,
+        })?;
     let mut encoders = Vec::with_capacity(tables.len());
     let mut topic_names = Vec::with_capacity(tables.len());
     for (i, table) in tables.into_iter().enumerate() {
         let topic = topics.table(stream, &table.schema, &table.name);
         let n = counts.get(&topic).copied().unwrap_or(partitions);
         let name = table.to_string();
-        let enc = TableEncoder::new(&registry, table, topic.clone(), i, n, source.database.clone())
-            .await
-            .map_err(|e| Error::Registry { table: name, source: e })?;
+        let enc = TableEncoder::new(
+            &registry,
+            table,
+            topic.clone(),
+            i,
+            n,
+            source.database.clone(),
+        )
+        .await
+        .map_err(|e| Error::Registry {
+            table: name,
+            source: e,
+        })?;
         topic_names.push(topic);
         encoders.push(Arc::new(enc));
     }
@@ -273,7 +324,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let state = kafka::read_compacted(&kafka_config, &topics.state()).await?;
     let checkpoint = match state.get(checkpoint_key(stream).as_bytes()) {
         Some(bytes) => Some(ExporterCheckpoint::from_json(bytes).map_err(|e| {
-            Error::Internal(format!("the checkpoint in {} is not readable: {e}", topics.state()))
+            Error::Internal(format!(
+                "the checkpoint in {} is not readable: {e}",
+                topics.state()
+            ))
         })?),
         None => None,
     };
@@ -287,7 +341,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             }
         }
     }
-    tracing::info!(tables = encoders.len(), max_vsn, checkpoint = checkpoint.is_some(), "exporter starting");
+    tracing::info!(
+        tables = encoders.len(),
+        max_vsn,
+        checkpoint = checkpoint.is_some(),
+        "exporter starting"
+    );
 
     let progress = Arc::new(progress::Progress::default());
     let (report_stop, report_shutdown) = ferry_shared::shutdown::channel();
@@ -361,9 +420,13 @@ impl Ctx<'_> {
         let mut work = Vec::new();
         for enc in self.encoders {
             if !progress.tables.contains_key(&enc.name) {
-                let chunks = snapshot::plan(self.client, &enc.table, self.config.exporter.chunk_rows).await?;
+                let chunks =
+                    snapshot::plan(self.client, &enc.table, self.config.exporter.chunk_rows)
+                        .await?;
                 let done = vec![false; chunks.len()];
-                progress.tables.insert(enc.name.clone(), TableProgress { chunks, done });
+                progress
+                    .tables
+                    .insert(enc.name.clone(), TableProgress { chunks, done });
             }
             if let Some(t) = progress.tables.get(&enc.name) {
                 for (index, (chunk, done)) in t.chunks.iter().zip(&t.done).enumerate() {
@@ -413,14 +476,27 @@ impl Ctx<'_> {
     }
 
     /// A snapshot exported from an ordinary session (kept open while readers use it).
-    async fn plain_snapshot(&self) -> Result<(Client, AbortOnDrop<Result<(), tokio_postgres::Error>>, String, Lsn), Error> {
+    async fn plain_snapshot(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            AbortOnDrop<Result<(), tokio_postgres::Error>>,
+            String,
+            Lsn,
+        ),
+        Error,
+    > {
         let (client, connection) = self.source.connect().await.map_err(Error::Connect)?;
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| Error::sql("opening the snapshot", e))?;
         let row = client
-            .query_one("SELECT pg_export_snapshot(), pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text",
+                &[],
+            )
             .await
             .map_err(|e| Error::sql("exporting a snapshot", e))?;
         let name: String = row.get(0);
@@ -429,7 +505,11 @@ impl Ctx<'_> {
         Ok((client, AbortOnDrop(connection), name, lsn))
     }
 
-    async fn snapshot_only(&self, checkpoint: Option<ExporterCheckpoint>, max_vsn: u64) -> Result<(), Error> {
+    async fn snapshot_only(
+        &self,
+        checkpoint: Option<ExporterCheckpoint>,
+        max_vsn: u64,
+    ) -> Result<(), Error> {
         let mut start = checkpoint.unwrap_or_else(|| new_checkpoint(self.slot, Lsn::ZERO, max_vsn));
         if start.snapshot.done {
             tracing::info!("the snapshot is complete already; nothing to do");
@@ -453,13 +533,19 @@ impl Ctx<'_> {
         export_type: ExportType,
     ) -> Result<(), Error> {
         use ferry_shared::config::SslMode;
-        if matches!(self.source.sslmode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+        if matches!(
+            self.source.sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        ) {
             return Err(Error::ReplicationTls(self.source.sslmode.as_str()));
         }
         let tables: Vec<String> = self.encoders.iter().map(|e| e.table.qualified()).collect();
         let pub_exists = self
             .client
-            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&self.publication])
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.publication],
+            )
             .await
             .map_err(|e| Error::sql("looking up the publication", e))?
             .is_some();
@@ -473,7 +559,9 @@ impl Ctx<'_> {
             .map_err(|e| Error::sql("looking up the replication slot", e))?;
         if let Some(cp) = &checkpoint {
             if cp.slot == self.slot && slot_row.is_none() {
-                return Err(Error::SlotDropped { slot: self.slot.to_owned() });
+                return Err(Error::SlotDropped {
+                    slot: self.slot.to_owned(),
+                });
             }
             if !pub_exists {
                 return Err(Error::PublicationDropped {
@@ -568,7 +656,11 @@ impl Ctx<'_> {
                     .simple_query(&format!(
                         "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
                         quote_ident(self.slot),
-                        if export { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" }
+                        if export {
+                            "EXPORT_SNAPSHOT"
+                        } else {
+                            "NOEXPORT_SNAPSHOT"
+                        }
                     ))
                     .await
                     .map_err(repl_err("creating the replication slot"))?;
@@ -584,7 +676,11 @@ impl Ctx<'_> {
                 tracing::info!(slot = self.slot, lsn = %lsn, "replication slot created");
                 let mut cp = new_checkpoint(self.slot, lsn, max_vsn);
                 cp.snapshot.done = !export;
-                let snap = if export { text(2).map(|n| (n, lsn)) } else { None };
+                let snap = if export {
+                    text(2).map(|n| (n, lsn))
+                } else {
+                    None
+                };
                 (repl, cp, snap)
             }
             (Some(_), Some(cp)) if cp.snapshot.done => {
@@ -654,7 +750,9 @@ impl Ctx<'_> {
         }
         drop(holder);
 
-        repl.start().await.map_err(repl_err("starting replication"))?;
+        repl.start()
+            .await
+            .map_err(repl_err("starting replication"))?;
         if let Err(e) = repl.wait_started().await {
             let _ = pipeline.finish().await;
             return Err(stream::replication_error(e, self.slot, self.publication));
@@ -698,4 +796,3 @@ fn new_checkpoint(slot: &str, lsn: Lsn, max_vsn: u64) -> ExporterCheckpoint {
         written_at_ms: now_ms(),
     }
 }
-
