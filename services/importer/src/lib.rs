@@ -365,10 +365,12 @@ impl Importer {
                             .map_err(|e| registry_failure(&e, &at()))?;
                         match (ty.as_ref(), datum) {
                             (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
-                            _ => return Err(Failure::Definite(format!(
+                            _ => {
+                                return Err(Failure::Definite(format!(
                                 "record {} has a key that is not a record; the stream is damaged",
                                 at()
-                            ))),
+                            )))
+                            }
                         }
                     }
                     None => {

@@ -20,6 +20,7 @@ use crate::error::{classify_pg, describe_pg, Class, Failure};
 /// Creates the schema and tables if they don't exist. Safe to run from several
 /// importers at once (serialized by an advisory lock).
 pub(crate) const SETUP_SQL: &str = "
+SET client_min_messages = warning;
 BEGIN;
 SELECT pg_advisory_xact_lock(7283451290042);
 CREATE SCHEMA IF NOT EXISTS ferry_metadata;

@@ -110,7 +110,7 @@ impl Fixture {
             &format!("127.0.0.1:{}", free_port()),
         );
         config_toml.push_str(&format!(
-            "\n[schema_registry]\nurl = \"{registry_url}\"\n\n[importer]\nbatch_rows = {batch_rows}\nbatch_max_ms = 50\n\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
+            "\n[schema_registry]\nurl = \"{registry_url}\"\n\n[importer]\nbatch_rows = {batch_rows}\nbatch_max_ms = 50\n\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"max.poll.interval.ms\" = \"10000\"\n"
         ));
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &stack.kafka_bootstrap)
@@ -552,4 +552,184 @@ async fn a_role_that_cannot_disable_triggers_is_refused_at_start_with_the_fix() 
         "{message}"
     );
     Ok(())
+}
+
+// ---- unique keys besides the primary key (DESIGN.md §4a) ----
+//
+// The stream of such a table has one partition (its order is total); the importer
+// applies its events in exact order, so each case below lands in one batch and would
+// hit a unique violation if the importer collapsed or reordered them.
+
+const UNIQUE_DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, c1 text UNIQUE, c2 integer)";
+
+fn v(email: Option<&str>, n: i32) -> Option<Vec<Option<String>>> {
+    Some(vec![email.map(str::to_owned), Some(n.to_string())])
+}
+
+async fn unique_case(
+    prefix: &str,
+    snapshot: &[(i64, Option<&str>)],
+    steps: &[(Op, i64, Option<&str>)],
+) -> Result<()> {
+    let mut f = Fixture::new(prefix, UNIQUE_DDL, UNIQUE_DDL, 1, 10_000).await?;
+    for (id, email) in snapshot {
+        f.event(Op::Read, *id, v(*email, 0)).await?;
+    }
+    for (i, (op, id, email)) in steps.iter().enumerate() {
+        let values = if *op == Op::Delete {
+            None
+        } else {
+            v(*email, i as i32 + 1)
+        };
+        f.event(*op, *id, values).await?;
+    }
+    let importer = f.start();
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_delete_then_insert_reusing_the_value() -> Result<()> {
+    unique_case(
+        "imp_u_del_ins",
+        &[(1, Some("x")), (2, Some("y"))],
+        &[
+            (Op::Delete, 1, None),
+            (Op::Create, 3, Some("x")),
+            (Op::Update, 3, Some("x")),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_update_then_insert_reusing_the_old_value() -> Result<()> {
+    unique_case(
+        "imp_u_upd_ins",
+        &[(1, Some("x"))],
+        &[
+            (Op::Update, 1, Some("y")),
+            (Op::Create, 2, Some("x")),
+            (Op::Update, 1, Some("z")),
+            (Op::Create, 3, Some("y")),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_delete_then_update_taking_the_value() -> Result<()> {
+    unique_case(
+        "imp_u_del_upd",
+        &[(1, Some("x")), (2, Some("y"))],
+        &[
+            (Op::Delete, 1, None),
+            (Op::Update, 2, Some("x")),
+            (Op::Create, 1, Some("y")),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_update_then_update_swapping_values() -> Result<()> {
+    unique_case(
+        "imp_u_swap",
+        &[(1, Some("x")), (2, Some("y")), (3, Some("z"))],
+        &[
+            (Op::Update, 1, Some("tmp")),
+            (Op::Update, 2, Some("x")),
+            (Op::Update, 1, Some("y")),
+            // a three-way rotation in one run of updates
+            (Op::Update, 3, Some("tmp")),
+            (Op::Update, 1, Some("z")),
+            (Op::Update, 3, Some("y")),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_null_values_coexist_and_move() -> Result<()> {
+    unique_case(
+        "imp_u_null",
+        &[(1, None), (2, None), (3, Some("x"))],
+        &[
+            (Op::Create, 4, None),
+            (Op::Update, 3, None),
+            (Op::Update, 1, Some("x")),
+            (Op::Delete, 2, None),
+            (Op::Create, 2, None),
+            (Op::Update, 4, Some("w")),
+        ],
+    )
+    .await
+}
+
+// ---- the binary, killed with SIGKILL ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result<()> {
+    let mut f = Fixture::new("imp_sigkill", DDL, DDL, 3, 100).await?;
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("ferry.toml");
+    // The restarted process is the same replica: static membership lets it take the
+    // killed member's place at once (the local broker never evicts a killed group
+    // leader by session timeout, so without it the group would wait forever).
+    let mut toml = f.config_toml.clone();
+    toml.push_str("\"group.instance.id\" = \"importer-0\"\n");
+    if let Ok(d) = std::env::var("IMPORTER_TEST_KAFKA_DEBUG") {
+        toml.push_str(&format!("\"debug\" = \"{d}\"\n"));
+    }
+    std::fs::write(&config_path, toml)?;
+    let log_path = match std::env::var("IMPORTER_TEST_LOG") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => dir.path().join("importer.log"),
+    };
+    let spawn = || -> Result<std::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        Ok(
+            std::process::Command::new(env!("CARGO_BIN_EXE_ferry-importer"))
+                .arg("--config")
+                .arg(&config_path)
+                .env(
+                    "FERRY_LOG",
+                    std::env::var("IMPORTER_TEST_FERRY_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        )
+    };
+    f.snapshot(400).await?;
+    let mut rng = rand::rng();
+    let rounds: usize = std::env::var("IMPORTER_TEST_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    for _ in 0..rounds {
+        let mut child = Child(spawn()?);
+        f.changes(200, 600).await?;
+        f.duplicates(20).await?;
+        let ms = rng.random_range(0..2500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        child.0.kill()?; // SIGKILL
+        child.0.wait()?;
+    }
+    let _child = Child(spawn()?);
+    f.wait_caught_up().await
+}
+
+/// Kills the process when dropped, so that a failing test leaves nothing running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
