@@ -191,3 +191,53 @@ pub(crate) async fn add_counts(
     .map_err(|e| db_failure("writing counts to ferry_metadata", &e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use ferry_testkit::Stack;
+
+    #[tokio::test]
+    async fn positions_move_only_from_the_value_read() {
+        let stack = Stack::get();
+        let db = stack.target.create_database("imp_meta").await.unwrap();
+        let client = stack.target.connect(&db).await.unwrap();
+        client.batch_execute(SETUP_SQL).await.unwrap();
+        client.batch_execute(SETUP_SQL).await.unwrap(); // idempotent
+        let parts = vec![("t".to_owned(), 0), ("t".to_owned(), 1)];
+        let mut read = load_positions(&client, "g", &parts).await.unwrap();
+        read.sort_by_key(|s| s.partition);
+        assert_eq!(read.len(), 2);
+        assert!(read.iter().all(|s| s.next_offset == 0 && s.last_vsn == Vsn::ZERO));
+
+        // Importer A read 0 and moves it to 10.
+        let a = Stored {
+            topic: "t".into(),
+            partition: 0,
+            next_offset: 10,
+            last_vsn: Vsn(7),
+        };
+        advance(&client, "g", 0, &a).await.unwrap();
+        // Importer B also read 0 (before A's commit) and must not write.
+        let b = Stored {
+            next_offset: 5,
+            last_vsn: Vsn(3),
+            ..a.clone()
+        };
+        assert!(matches!(
+            advance(&client, "g", 0, &b).await,
+            Err(Failure::Conflict(_))
+        ));
+        // Another group is independent; a reload sees A's position.
+        assert_eq!(
+            load_positions(&client, "other", &parts[..1]).await.unwrap()[0].next_offset,
+            0
+        );
+        assert_eq!(
+            load_positions(&client, "g", &parts[..1]).await.unwrap(),
+            vec![a]
+        );
+    }
+}

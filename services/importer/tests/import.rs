@@ -669,33 +669,48 @@ async fn unique_null_values_coexist_and_move() -> Result<()> {
 
 // ---- the binary, killed with SIGKILL ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result<()> {
-    let mut f = Fixture::new("imp_sigkill", DDL, DDL, 3, 100).await?;
-    let dir = tempfile::tempdir()?;
-    let config_path = dir.path().join("ferry.toml");
-    // The restarted process is the same replica: static membership lets it take the
-    // killed member's place at once (the local broker never evicts a killed group
-    // leader by session timeout, so without it the group would wait forever).
-    let mut toml = f.config_toml.clone();
-    toml.push_str("\"group.instance.id\" = \"importer-0\"\n");
-    if let Ok(d) = std::env::var("IMPORTER_TEST_KAFKA_DEBUG") {
-        toml.push_str(&format!("\"debug\" = \"{d}\"\n"));
+/// Runs `ferry-importer` processes on a fixture's configuration, logging to one file.
+struct Binary {
+    _dir: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    log_path: std::path::PathBuf,
+}
+
+impl Binary {
+    fn new(f: &Fixture) -> Result<Binary> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("ferry.toml");
+        let mut toml = f.config_toml.clone();
+        if let Ok(d) = std::env::var("IMPORTER_TEST_KAFKA_DEBUG") {
+            toml.push_str(&format!("\"debug\" = \"{d}\"\n"));
+        }
+        std::fs::write(&config_path, toml)?;
+        let log_path = match std::env::var("IMPORTER_TEST_LOG") {
+            Ok(p) => std::path::PathBuf::from(p),
+            Err(_) => dir.path().join("importer.log"),
+        };
+        Ok(Binary {
+            _dir: dir,
+            config_path,
+            log_path,
+        })
     }
-    std::fs::write(&config_path, toml)?;
-    let log_path = match std::env::var("IMPORTER_TEST_LOG") {
-        Ok(p) => std::path::PathBuf::from(p),
-        Err(_) => dir.path().join("importer.log"),
-    };
-    let spawn = || -> Result<std::process::Child> {
+
+    /// Starts one replica. A restarted replica keeps its `instance` (Kafka static
+    /// membership, as a StatefulSet pod keeps its name), so it takes the killed member's
+    /// place at once; the local broker never evicts a killed group leader by session
+    /// timeout, so without it the group would wait forever.
+    fn spawn(&self, instance: &str) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)?;
-        Ok(
+            .open(&self.log_path)?;
+        Ok(Child(
             std::process::Command::new(env!("CARGO_BIN_EXE_ferry-importer"))
                 .arg("--config")
-                .arg(&config_path)
+                .arg(&self.config_path)
+                .arg("--set")
+                .arg(format!("kafka.properties.group.instance.id={instance}"))
                 .env(
                     "FERRY_LOG",
                     std::env::var("IMPORTER_TEST_FERRY_LOG").unwrap_or_else(|_| "info".into()),
@@ -703,8 +718,14 @@ async fn the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()?,
-        )
-    };
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result<()> {
+    let mut f = Fixture::new("imp_sigkill", DDL, DDL, 3, 100).await?;
+    let bin = Binary::new(&f)?;
     f.snapshot(400).await?;
     let mut rng = rand::rng();
     let rounds: usize = std::env::var("IMPORTER_TEST_ROUNDS")
@@ -712,20 +733,48 @@ async fn the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result
         .and_then(|r| r.parse().ok())
         .unwrap_or(10);
     for _ in 0..rounds {
-        let mut child = Child(spawn()?);
+        let mut child = bin.spawn("importer-0")?;
         f.changes(200, 600).await?;
         f.duplicates(20).await?;
         let ms = rng.random_range(0..2500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        child.0.kill()?; // SIGKILL
-        child.0.wait()?;
+        child.sigkill()?;
     }
-    let _child = Child(spawn()?);
+    let _child = bin.spawn("importer-0")?;
+    f.wait_caught_up().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_binary_replicas_one_sigkilled_one_added_then_restarted() -> Result<()> {
+    let mut f = Fixture::new("imp_bin_replicas", DDL, DDL, 6, 100).await?;
+    let bin = Binary::new(&f)?;
+    f.snapshot(600).await?;
+    let mut r0 = bin.spawn("r0")?;
+    let _r1 = bin.spawn("r1")?;
+    let _r2 = bin.spawn("r2")?;
+    f.changes(1000, 900).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    r0.sigkill()?;
+    f.changes(1000, 900).await?;
+    let _r3 = bin.spawn("r3")?;
+    f.duplicates(100).await?;
+    f.changes(500, 900).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _r0 = bin.spawn("r0")?;
+    f.changes(500, 900).await?;
     f.wait_caught_up().await
 }
 
 /// Kills the process when dropped, so that a failing test leaves nothing running.
 struct Child(std::process::Child);
+
+impl Child {
+    fn sigkill(&mut self) -> Result<()> {
+        self.0.kill()?; // SIGKILL
+        self.0.wait()?;
+        Ok(())
+    }
+}
 
 impl Drop for Child {
     fn drop(&mut self) {
