@@ -46,6 +46,8 @@ pub(crate) enum Item {
     Revoked,
     /// The consumer can't go on; the session restarts.
     Failed(Failure),
+    /// High watermarks of the assigned partitions: (topic, partition, high).
+    Watermarks(Vec<(String, i32, i64)>),
 }
 
 /// Requests from the applier to the consumer thread.
@@ -239,7 +241,24 @@ fn poll_loop(
     commands: std_mpsc::Receiver<Command>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let mut last_watermarks = std::time::Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if last_watermarks.elapsed() >= Duration::from_secs(5) {
+            last_watermarks = std::time::Instant::now();
+            let mut highs = Vec::new();
+            if let Ok(assigned) = consumer.assignment() {
+                for e in assigned.elements() {
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+                    {
+                        highs.push((e.topic().to_owned(), e.partition(), high));
+                    }
+                }
+            }
+            if items.try_send(Item::Watermarks(highs)).is_err() && items.is_closed() {
+                break;
+            }
+        }
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Commit(offsets) => {

@@ -20,6 +20,7 @@ mod apply;
 mod consumer;
 mod error;
 mod metadata;
+mod progress;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use tokio_postgres::Client;
 
 pub use error::Error;
 pub use metadata::Counts;
+pub use progress::{heartbeat_key, ImporterHeartbeat, PartitionPosition};
 
 use apply::{Event, Tables};
 use consumer::{Command, ConsumerThread, Item, Record};
@@ -120,6 +122,9 @@ pub async fn run_for(
         tables: Tables::default(),
         totals: BTreeMap::new(),
         backoff: Backoff::new(),
+        progress: progress::Progress::new(),
+        heartbeats: config.kafka.client_config().create().ok(),
+        status_topic: topics.status(),
     };
     loop {
         let result = imp.session(&mut shutdown).await;
@@ -228,6 +233,9 @@ struct Importer {
     tables: Tables,
     totals: BTreeMap<TableName, Counts>,
     backoff: Backoff,
+    progress: progress::Progress,
+    heartbeats: Option<rdkafka::producer::FutureProducer>,
+    status_topic: String,
 }
 
 impl Importer {
@@ -296,6 +304,10 @@ impl Importer {
                     ))
                 }
                 Some(Item::Failed(f)) => return Err(f),
+                Some(Item::Watermarks(highs)) => {
+                    self.progress.highs = highs.into_iter().map(|(t, p, h)| ((t, p), h)).collect();
+                    self.progress.sample();
+                }
                 Some(Item::Revoked) => {
                     self.flush(&mut batch, &mut parts, consumer).await?;
                     parts.clear();
@@ -322,13 +334,40 @@ impl Importer {
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
-                let total: i64 = self.totals.values().map(Counts::total).sum();
-                tracing::info!(
-                    events_applied_this_run = total,
-                    tables = self.totals.len(),
-                    "progress"
-                );
+                self.report(&parts).await;
             }
+        }
+    }
+
+    /// Shows the metrics and sends a heartbeat.
+    async fn report(&mut self, parts: &HashMap<(String, i32), Part>) {
+        let total: i64 = match self
+            .client
+            .query_one(
+                "SELECT coalesce(sum(snapshot_rows + inserts + updates + deletes), 0)::bigint \
+                 FROM ferry_metadata.table_counts WHERE consumer_group = $1",
+                &[&self.group],
+            )
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(_) => self.totals.values().map(Counts::total).sum(),
+        };
+        let mut positions: Vec<progress::PartitionPosition> = parts
+            .iter()
+            .map(|((topic, partition), p)| progress::PartitionPosition {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset: p.stored_next,
+                last_vsn: p.last_vsn.0,
+            })
+            .collect();
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let beat = self
+            .progress
+            .report(&self.dest_name, &self.group, total, positions);
+        if let Some(producer) = &self.heartbeats {
+            progress::send_heartbeat(producer, &self.status_topic, &beat);
         }
     }
 
@@ -473,6 +512,7 @@ impl Importer {
         }
         let _ = consumer.commands.send(Command::Commit(commit));
         for (name, c) in counts {
+            self.progress.this_run += c.total() as u64;
             let t = self.totals.entry(name).or_default();
             t.snapshot_rows += c.snapshot_rows;
             t.inserts += c.inserts;

@@ -210,7 +210,9 @@ mod tests {
         let mut read = load_positions(&client, "g", &parts).await.unwrap();
         read.sort_by_key(|s| s.partition);
         assert_eq!(read.len(), 2);
-        assert!(read.iter().all(|s| s.next_offset == 0 && s.last_vsn == Vsn::ZERO));
+        assert!(read
+            .iter()
+            .all(|s| s.next_offset == 0 && s.last_vsn == Vsn::ZERO));
 
         // Importer A read 0 and moves it to 10.
         let a = Stored {

@@ -99,6 +99,7 @@ impl Fixture {
         let topics = Topics::new(format!("ferry.{id}"));
         let topic = topics.table(Stream::Source, "public", "t");
         kafka::create_topic(&stack.kafka_bootstrap, &topic, partitions, false).await?;
+        kafka::create_topic(&stack.kafka_bootstrap, &topics.status(), 1, true).await?;
         let codec =
             TableCodec::register(&RegistryClient::new(&registry_url, None)?, &topic, &table)
                 .await?;
@@ -412,6 +413,23 @@ async fn snapshot_then_changes_apply_exactly_once_and_duplicates_are_skipped() -
     let importer = f.start();
     f.changes(100, 700).await?;
     f.wait_caught_up().await?;
+    // Heartbeats in _status carry the group's totals, positions and what remains.
+    let status = Topics::new(format!("ferry.{}", f.id)).status();
+    let want = f.total();
+    wait_until("a heartbeat of the caught-up importer", WAIT, || async {
+        let records = kafka::consume_all(&Stack::get().kafka_bootstrap, &status).await?;
+        Ok(records.iter().rev().find_map(|(_, _, key, value)| {
+            let key = String::from_utf8(key.clone()?).ok()?;
+            let beat: ferry_importer::ImporterHeartbeat =
+                serde_json::from_slice(value.as_deref()?).ok()?;
+            (key.starts_with("importer.target.")
+                && beat.total_imported == want
+                && beat.remaining == 0
+                && beat.positions.len() == 4)
+                .then_some(())
+        }))
+    })
+    .await?;
     importer.stop().await?;
     // Positions stored in the destination match the topic's end.
     let target = f.target().await?;

@@ -1,0 +1,236 @@
+//! What the importer shows while it runs: the metrics of the seeds' import table
+//! (total imported events, this run, ingestion rate over 3 and 10 minutes, time taken,
+//! remaining events, estimated time to catch up), refreshed in place on a terminal and a
+//! log line otherwise; and heartbeats with positions to `<prefix>._status`.
+//!
+//! Remaining events are the assigned partitions' high watermarks minus their stored
+//! positions: with transactional producers the control markers count too, so the figure
+//! is an upper bound that reaches 0 when the importer has caught up.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+/// An importer's heartbeat in `<prefix>._status` (key: [`heartbeat_key`]), JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImporterHeartbeat {
+    /// Always `importer`.
+    pub role: String,
+    /// target, source-replica or source.
+    pub destination: String,
+    /// The consumer group.
+    pub group: String,
+    /// This process (host and pid).
+    pub instance: String,
+    /// Events applied by all importers of the group (from `ferry_metadata`).
+    pub total_imported: i64,
+    /// Events applied by this process since it started.
+    pub imported_this_run: u64,
+    /// Events per second over the last 3 and 10 minutes.
+    pub rate_3m: f64,
+    /// See `rate_3m`.
+    pub rate_10m: f64,
+    /// Records left in this process's partitions (upper bound).
+    pub remaining: i64,
+    /// Stored positions of this process's partitions.
+    pub positions: Vec<PartitionPosition>,
+    /// When sent, milliseconds since the epoch.
+    pub ts_ms: i64,
+}
+
+/// One partition's applied position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPosition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to apply.
+    pub next_offset: i64,
+    /// Last applied VSN.
+    pub last_vsn: u64,
+}
+
+/// The `_status` key of one importer process.
+pub fn heartbeat_key(destination: &str, instance: &str) -> String {
+    format!("importer.{destination}.{instance}")
+}
+
+/// Counters and samples for the metrics.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    started: Instant,
+    pub(crate) this_run: u64,
+    samples: VecDeque<(Instant, u64)>,
+    /// (topic, partition) -> high watermark.
+    pub(crate) highs: HashMap<(String, i32), i64>,
+    interactive: bool,
+    lines_drawn: usize,
+}
+
+fn rate(samples: &VecDeque<(Instant, u64)>, window: Duration) -> f64 {
+    let Some(&(now, latest)) = samples.back() else {
+        return 0.0;
+    };
+    let from = samples
+        .iter()
+        .find(|(t, _)| now.duration_since(*t) <= window)
+        .copied();
+    match from {
+        Some((t, n)) if now.duration_since(t) >= Duration::from_millis(500) => {
+            (latest - n) as f64 / now.duration_since(t).as_secs_f64()
+        }
+        _ => 0.0,
+    }
+}
+
+fn duration(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
+}
+
+impl Progress {
+    pub(crate) fn new() -> Self {
+        Progress {
+            started: Instant::now(),
+            this_run: 0,
+            samples: VecDeque::new(),
+            highs: HashMap::new(),
+            interactive: std::io::stderr().is_terminal(),
+            lines_drawn: 0,
+        }
+    }
+
+    /// Takes a sample; keeps 10 minutes of them.
+    pub(crate) fn sample(&mut self) {
+        let now = Instant::now();
+        self.samples.push_back((now, self.this_run));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(600))
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Shows the metrics and returns the heartbeat to send.
+    pub(crate) fn report(
+        &mut self,
+        destination: &str,
+        group: &str,
+        total_imported: i64,
+        positions: Vec<PartitionPosition>,
+    ) -> ImporterHeartbeat {
+        self.sample();
+        let rate_3m = rate(&self.samples, Duration::from_secs(180));
+        let rate_10m = rate(&self.samples, Duration::from_secs(600));
+        let remaining: i64 = positions
+            .iter()
+            .map(|p| {
+                self.highs
+                    .get(&(p.topic.clone(), p.partition))
+                    .map_or(0, |h| (h - p.next_offset).max(0))
+            })
+            .sum();
+        let eta = if remaining == 0 {
+            "caught up".to_owned()
+        } else if rate_3m > 0.0 {
+            duration(Duration::from_secs_f64(remaining as f64 / rate_3m))
+        } else {
+            "unknown".to_owned()
+        };
+        let taken = duration(self.started.elapsed());
+        if self.interactive {
+            let mut err = std::io::stderr().lock();
+            if self.lines_drawn > 0 {
+                let _ = write!(err, "\x1b[{}A\x1b[J", self.lines_drawn);
+            }
+            let rows = [
+                ("total imported events", total_imported.to_string()),
+                ("imported in this run", self.this_run.to_string()),
+                (
+                    "ingestion rate (last 3 min)",
+                    format!("{rate_3m:.0} events/s"),
+                ),
+                (
+                    "ingestion rate (last 10 min)",
+                    format!("{rate_10m:.0} events/s"),
+                ),
+                ("time taken", taken.clone()),
+                ("remaining events", remaining.to_string()),
+                ("estimated time to catch up", eta.clone()),
+            ];
+            let _ = writeln!(err, "import to {destination} ({group})");
+            for (k, v) in &rows {
+                let _ = writeln!(err, "  {k:<30} {v}");
+            }
+            self.lines_drawn = rows.len() + 1;
+        } else {
+            tracing::info!(
+                total_imported,
+                this_run = self.this_run,
+                rate_3m = format!("{rate_3m:.0}/s"),
+                rate_10m = format!("{rate_10m:.0}/s"),
+                time_taken = %taken,
+                remaining,
+                eta = %eta,
+                "import progress"
+            );
+        }
+        ImporterHeartbeat {
+            role: "importer".into(),
+            destination: destination.to_owned(),
+            group: group.to_owned(),
+            instance: instance_name(),
+            total_imported,
+            imported_this_run: self.this_run,
+            rate_3m,
+            rate_10m,
+            remaining,
+            positions,
+            ts_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// `host:pid`, naming this process in heartbeats.
+pub(crate) fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Sends a heartbeat without waiting for delivery (a lost heartbeat is replaced by the
+/// next one).
+pub(crate) fn send_heartbeat(producer: &FutureProducer, topic: &str, beat: &ImporterHeartbeat) {
+    let Ok(json) = serde_json::to_string(beat) else {
+        return;
+    };
+    let key = heartbeat_key(&beat.destination, &beat.instance);
+    if let Err((e, _)) = producer.send_result(FutureRecord::to(topic).key(&key).payload(&json)) {
+        tracing::debug!(error = %e, "heartbeat not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_use_the_window() {
+        let t0 = Instant::now();
+        let mut s = VecDeque::new();
+        s.push_back((t0, 0));
+        s.push_back((t0 + Duration::from_secs(10), 1000));
+        assert!((rate(&s, Duration::from_secs(180)) - 100.0).abs() < 1e-9);
+        assert_eq!(rate(&VecDeque::new(), Duration::from_secs(180)), 0.0);
+    }
+}
