@@ -49,7 +49,9 @@ type Rows = BTreeMap<i64, Vec<Option<String>>>;
 /// One test's migration: databases, topic, registry, producer and the expected state.
 struct Fixture {
     id: String,
+    source_db: String,
     target_db: String,
+    registry_url: String,
     config_toml: String,
     topic: String,
     partitions: i32,
@@ -120,7 +122,9 @@ impl Fixture {
             .create()?;
         Ok(Fixture {
             id,
+            source_db,
             target_db,
+            registry_url,
             config_toml,
             topic,
             partitions,
@@ -799,4 +803,88 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_topic_created_while_running_is_picked_up() -> Result<()> {
+    let mut f = Fixture::new("imp_newtopic", DDL, DDL, 2, 100).await?;
+    f.snapshot(50).await?;
+    let importer = f.start();
+    f.wait_caught_up().await?;
+
+    // A second table appears: its topic is created after the importer subscribed.
+    let stack = Stack::get();
+    let ddl = "CREATE TABLE t2 (id bigint PRIMARY KEY, name text)";
+    let source = stack.source.connect(&f.source_db).await?;
+    source.batch_execute(ddl).await?;
+    f.target().await?.batch_execute(ddl).await?;
+    let types = TypeCatalog::load(&source).await?;
+    let table = catalog::load_table(
+        &source,
+        &types,
+        &TableName {
+            schema: "public".into(),
+            name: "t2".into(),
+        },
+    )
+    .await?;
+    let topic = Topics::new(format!("ferry.{}", f.id)).table(Stream::Source, "public", "t2");
+    kafka::create_topic(&stack.kafka_bootstrap, &topic, 1, false).await?;
+    let codec =
+        TableCodec::register(&RegistryClient::new(&f.registry_url, None)?, &topic, &table).await?;
+    for id in 1..=20i64 {
+        let event = ChangeEvent {
+            key: vec![Datum::Long(id)],
+            before: None,
+            after: Some(vec![Datum::Long(id), Datum::String(format!("n{id}"))]),
+            op: Op::Create,
+            ts_ms: 0,
+            vsn: Vsn(f.next_vsn),
+            source: SourceInfo {
+                db: "src".into(),
+                schema: "public".into(),
+                table: "t2".into(),
+                snapshot: false,
+                lsn_or_scn: "0/0".into(),
+                txid: None,
+                commit_ts_ms: 0,
+            },
+        };
+        f.next_vsn += 1;
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        codec.encode_key(&event.key, &mut key)?;
+        codec.encode_value(&event, &mut value)?;
+        f.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(0)
+                    .key(&key)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    f.changes(100, 80).await?;
+    let target = f.target().await?;
+    wait_until("rows of the new table", WAIT, || async {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM t2 WHERE name = 'n' || id", &[])
+            .await?
+            .get(0);
+        Ok((n == 20).then_some(()))
+    })
+    .await?;
+    let inserts: i64 = target
+        .query_one(
+            "SELECT inserts FROM ferry_metadata.table_counts \
+             WHERE consumer_group = $1 AND table_name = 't2'",
+            &[&f.group()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(inserts, 20);
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    Ok(())
 }
