@@ -888,3 +888,78 @@ async fn a_table_topic_created_while_running_is_picked_up() -> Result<()> {
     importer.stop().await?;
     Ok(())
 }
+
+/// Throughput on this machine (run with `--ignored --nocapture`): snapshot rows, then
+/// changes, produced up front; prints events/s of the apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement, not a check"]
+async fn throughput() -> Result<()> {
+    let snapshot: i64 = 100_000;
+    let changes: i64 = 50_000;
+    let f = Fixture::new("imp_bench", DDL, DDL, 4, 10_000).await?;
+    let mut rng = rand::rng();
+    let mut pending = Vec::new();
+    let mut vsn = 1u64;
+    let total = snapshot + changes;
+    for i in 0..total {
+        let (op, id) = if i < snapshot {
+            (Op::Read, i + 1)
+        } else {
+            (Op::Update, rng.random_range(1..=snapshot))
+        };
+        let values = f.random_values(&mut rng);
+        let row = Fixture::row(id, &values);
+        let event = ChangeEvent {
+            key: vec![Datum::Long(id)],
+            before: None,
+            after: Some(row),
+            op,
+            ts_ms: 0,
+            vsn: Vsn(vsn),
+            source: SourceInfo {
+                db: "src".into(),
+                schema: "public".into(),
+                table: "t".into(),
+                snapshot: op == Op::Read,
+                lsn_or_scn: "0/0".into(),
+                txid: None,
+                commit_ts_ms: 0,
+            },
+        };
+        vsn += 1;
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        f.codec.encode_key(&event.key, &mut key)?;
+        f.codec.encode_value(&event, &mut value)?;
+        let partition = (id % 4) as i32;
+        pending.push((partition, key, value));
+    }
+    for chunk in pending.chunks(5000) {
+        let sends = chunk.iter().map(|(p, k, v)| {
+            f.producer.send(
+                FutureRecord::to(&f.topic).partition(*p).key(k).payload(v),
+                Duration::from_secs(30),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e)?;
+        }
+    }
+    let started = std::time::Instant::now();
+    let importer = f.start();
+    wait_until(
+        "the importer to catch up",
+        Duration::from_secs(600),
+        || async {
+            let c = f.stored_counts().await?;
+            Ok((c.iter().sum::<i64>() >= total).then_some(()))
+        },
+    )
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "applied {total} events ({snapshot} snapshot rows, {changes} updates) in {secs:.1} s: {:.0} events/s",
+        total as f64 / secs
+    );
+    importer.stop().await?;
+    Ok(())
+}
