@@ -899,9 +899,9 @@ async fn throughput() -> Result<()> {
     let f = Fixture::new("imp_bench", DDL, DDL, 4, 10_000).await?;
     let mut rng = rand::rng();
     let mut pending = Vec::new();
-    let mut vsn = 1u64;
     let total = snapshot + changes;
     for i in 0..total {
+        let vsn = i as u64 + 1;
         let (op, id) = if i < snapshot {
             (Op::Read, i + 1)
         } else {
@@ -926,7 +926,6 @@ async fn throughput() -> Result<()> {
                 commit_ts_ms: 0,
             },
         };
-        vsn += 1;
         let (mut key, mut value) = (Vec::new(), Vec::new());
         f.codec.encode_key(&event.key, &mut key)?;
         f.codec.encode_value(&event, &mut value)?;
