@@ -962,3 +962,26 @@ async fn throughput() -> Result<()> {
     importer.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_destination_connections_are_retried_without_loss() -> Result<()> {
+    let mut f = Fixture::new("imp_connloss", DDL, DDL, 3, 50).await?;
+    f.snapshot(300).await?;
+    let importer = f.start();
+    let admin = Stack::get().target.connect("postgres").await?;
+    for _ in 0..5 {
+        f.changes(300, 500).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every session of the importer ends (SQLSTATE 57P01, a transient error).
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name = 'ferry' AND pid <> pg_backend_pid()",
+                &[&f.target_db],
+            )
+            .await?;
+    }
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    Ok(())
+}
