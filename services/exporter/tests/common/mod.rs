@@ -117,12 +117,18 @@ impl Migration {
         sql: &str,
         deadline: Duration,
     ) -> Result<ExporterCheckpoint> {
+        // The position is read after the statement committed. (Read before, a keepalive
+        // could move the checkpoint past it while the transaction was still on its way.)
+        // WAL records start 8-byte aligned, so the insert position is at most 7 bytes past
+        // the end of our commit record, which is what the checkpoint records; no other
+        // record boundary lies in between.
+        client.batch_execute(sql).await?;
         let row = client
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await?;
         let lsn: Lsn = row.get::<_, String>(0).parse()?;
-        client.batch_execute(sql).await?;
-        self.wait_checkpoint_past(lsn, deadline).await
+        self.wait_checkpoint_past(Lsn(lsn.0.saturating_sub(8)), deadline)
+            .await
     }
 }
 
