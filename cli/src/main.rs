@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry_shared::config::{Config, ConfigErrors};
 use ferry_shared::shutdown;
+use ferry_shared::topics::Destination;
 use tracing_subscriber::EnvFilter;
 
 use verbs::{
@@ -21,8 +22,9 @@ use verbs::{
 enum Action {
     /// Runs the exporter of the source stream in this process.
     ExportFromSource,
-    /// Runs the importer that applies the source stream to the target.
-    ImportToTarget,
+    /// Runs the importer that applies the source stream to the target or the
+    /// source-replica.
+    Import(ferry_shared::topics::Destination),
     /// Runs the coordinator in this process.
     Coordinator,
     /// Prints the effective configuration.
@@ -76,12 +78,19 @@ fn main() -> ExitCode {
                 ferry_exporter::run(config, shutdown).await.map_err(boxed)
             })
         }
-        Action::ImportToTarget => {
-            if let Err(e) = config.require_target() {
+        Action::Import(destination) => {
+            let section = match destination {
+                Destination::Target => config.require_target(),
+                Destination::SourceReplica => config.require_source_replica(),
+                Destination::Source => config.require_source(),
+            };
+            if let Err(e) = section {
                 return config_errors(&e.into());
             }
-            run_service(config, |config, shutdown| async move {
-                ferry_importer::run(config, shutdown).await.map_err(boxed)
+            run_service(config, move |config, shutdown| async move {
+                ferry_importer::run_for(destination, config, shutdown)
+                    .await
+                    .map_err(boxed)
             })
         }
         Action::Coordinator => run_service(config, |config, shutdown| async move {
@@ -116,14 +125,15 @@ fn action(verb: &Verb) -> Result<Action, String> {
                 },
         } => Action::ExportFromSource,
         Verb::Import {
-            what:
-                Import::Data {
-                    to:
-                        ImportTo::To {
-                            database: Database::Target,
-                        },
-                },
-        } => Action::ImportToTarget,
+            what: Import::Data {
+                to: ImportTo::To { database },
+            },
+        } => match database {
+            Database::Target => Action::Import(Destination::Target),
+            Database::SourceReplica => Action::Import(Destination::SourceReplica),
+            // Fall-back reads the target stream, which starts at cutover (not built yet).
+            Database::Source => Action::NotAvailable,
+        },
         Verb::Initiate {
             what:
                 Initiate::Cutover {
