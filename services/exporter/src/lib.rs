@@ -247,6 +247,23 @@ pub async fn analyze(config: &Config) -> Result<Vec<ferry_shared::catalog::Table
     preflight(&client, config, &source, &slot).await
 }
 
+/// Tables (schema, name) with a unique or exclusion constraint besides the primary key.
+async fn totally_ordered_tables(
+    client: &Client,
+) -> Result<std::collections::HashSet<(String, String)>, Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT n.nspname::text, c.relname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE (i.indisunique AND NOT i.indisprimary) OR i.indisexclusion",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql("listing unique constraints", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Runs the exporter until `shutdown` fires or a definite error stops it.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let source = config.require_source()?.clone();
@@ -268,11 +285,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let kafka_config = config.kafka.client_config();
     let partitions = config.migration.partitions as i32;
     let replication = i32::from(config.migration.replication_factor);
+    // Tables with unique or exclusion constraints besides the primary key get one
+    // partition: events on different keys can then never be applied out of order, so
+    // a value freed by one row and taken by another arrives in the order it happened
+    // (DESIGN.md §4a, the simple and correct option).
+    let ordered = totally_ordered_tables(&client).await?;
     let mut specs: Vec<TopicSpec> = tables
         .iter()
         .map(|t| TopicSpec {
             name: topics.table(stream, &t.schema, &t.name),
-            partitions,
+            partitions: if ordered.contains(&(t.schema.clone(), t.name.clone())) {
+                1
+            } else {
+                partitions
+            },
             replication,
             compacted: false,
         })

@@ -23,9 +23,11 @@ const DDL: &str = "
     ALTER TABLE accounts REPLICA IDENTITY FULL;
     CREATE TABLE events (id bigint PRIMARY KEY, account bigint, payload jsonb, tags text[]);
     ALTER TABLE events REPLICA IDENTITY FULL;
+    CREATE TABLE users (id bigint PRIMARY KEY, email text UNIQUE);
+    ALTER TABLE users REPLICA IDENTITY FULL;
 ";
 
-const TABLES: &[&str] = &["accounts", "events"];
+const TABLES: &[&str] = &["accounts", "events", "users"];
 
 /// One text per table, equal on both sides exactly when the contents are equal.
 async fn fingerprint(client: &tokio_postgres::Client, table: &str) -> Result<(i64, String)> {
@@ -44,11 +46,14 @@ async fn fingerprint(client: &tokio_postgres::Client, table: &str) -> Result<(i6
 async fn write_load(client: tokio_postgres::Client, until: Instant) -> Result<u64> {
     let mut next_id: i64 = 1_000_000;
     let mut transactions = 0;
+    client
+        .batch_execute("CREATE TEMP TABLE swap (ex text, ey text)")
+        .await?;
     while Instant::now() < until {
         let (kind, a, b) = {
             let mut rng = rand::rng();
             (
-                rng.random_range(0..6),
+                rng.random_range(0..8),
                 rng.random_range(1..20_000i64),
                 rng.random_range(-500..500i64),
             )
@@ -69,6 +74,29 @@ async fn write_load(client: tokio_postgres::Client, until: Instant) -> Result<u6
             ),
             3 => format!("DELETE FROM events WHERE id = {a}; DELETE FROM accounts WHERE id = {a};"),
             4 => format!("UPDATE events SET tags = tags || '{b}'::text WHERE account = {a};"),
+            // Unique values freed by one row and taken by another: a swap, and a delete
+            // whose value a new row takes at once.
+            6 => {
+                let (x, y) = (a % 200 + 1, (a + 7) % 200 + 1);
+                format!(
+                    "DELETE FROM swap;
+                     INSERT INTO swap SELECT (SELECT email FROM users WHERE id = {x}),
+                                             (SELECT email FROM users WHERE id = {y});
+                     UPDATE users SET email = NULL WHERE id IN ({x}, {y});
+                     UPDATE users SET email = (SELECT ex FROM swap) WHERE id = {y};
+                     UPDATE users SET email = (SELECT ey FROM swap) WHERE id = {x};"
+                )
+            }
+            7 => {
+                let x = a % 200 + 1;
+                next_id += 1;
+                format!(
+                    "DELETE FROM swap;
+                     INSERT INTO swap SELECT (SELECT email FROM users WHERE id = {x}), NULL;
+                     DELETE FROM users WHERE id = {x};
+                     INSERT INTO users SELECT {next_id}, ex FROM swap WHERE ex IS NOT NULL;"
+                )
+            }
             _ => format!(
                 "UPDATE accounts SET note = NULL WHERE id BETWEEN {a} AND {a} + 20;"
             ),
@@ -110,6 +138,18 @@ async fn exported_counts(config: &Config, topics: &Topics) -> Result<BTreeMap<St
     Ok(counts)
 }
 
+fn partition_count(bootstrap: &str, topic: &str) -> Result<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_loaded_source_arrives_equal_with_exact_counts() -> Result<()> {
     let stack = Stack::get();
@@ -123,7 +163,8 @@ async fn a_loaded_source_arrives_equal_with_exact_counts() -> Result<()> {
         .batch_execute(
             "INSERT INTO accounts SELECT g, g * 1.5, 'seed ' || g, now() FROM generate_series(1, 20000) g;
              INSERT INTO events SELECT g, g % 20000 + 1, jsonb_build_object('g', g), ARRAY[g::text]
-               FROM generate_series(1, 20000) g;",
+               FROM generate_series(1, 20000) g;
+             INSERT INTO users SELECT g, 'u' || g || '@e' FROM generate_series(1, 200) g;",
         )
         .await?;
 
@@ -173,6 +214,14 @@ async fn a_loaded_source_arrives_equal_with_exact_counts() -> Result<()> {
     ));
 
     let transactions = writer.await??;
+    // A table with a unique constraint besides its key travels in one partition.
+    let partitions = |table: &str| {
+        let topic = topics.table(Stream::Source, "public", table);
+        let bootstrap = config.kafka.bootstrap_servers.clone();
+        async move { partition_count(&bootstrap, &topic) }
+    };
+    assert_eq!(partitions("users").await?, 1);
+    assert_eq!(partitions("accounts").await?, 4);
     assert!(
         transactions > 50,
         "the load ran only {transactions} transactions"
