@@ -11,7 +11,6 @@ use clap::Parser;
 use ferry_shared::config::{Config, ConfigErrors};
 use ferry_shared::shutdown;
 use ferry_shared::topics::Destination;
-use tracing_subscriber::EnvFilter;
 
 use verbs::{
     Cli, ConfigVerb, CutoverTo, Database, Export, ExportDatabase, ExportFrom, Import, ImportTo,
@@ -37,12 +36,7 @@ enum Action {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ferry_shared::process::init_logging();
 
     let phrase = cli.verb.phrase();
     let action = match action(&cli.verb) {
@@ -193,10 +187,7 @@ fn analysis_report(tables: &[ferry_shared::catalog::TableSchema]) -> String {
 }
 
 fn config_errors(errors: &ConfigErrors) -> ExitCode {
-    for error in errors.iter() {
-        eprintln!("error: {error}");
-    }
-    ExitCode::from(2)
+    ferry_shared::process::config_errors(errors)
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -205,34 +196,12 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
     Box::new(e)
 }
 
-/// Runs a service library on a multi-thread runtime until it returns or a signal
-/// stops it; prints its error chain on failure.
+/// Runs a service library until it returns or a signal stops it
+/// ([`ferry_shared::process::run_until_stopped`]).
 fn run_service<F, Fut>(config: Config, run: F) -> ExitCode
 where
     F: FnOnce(Config, shutdown::Shutdown) -> Fut,
     Fut: std::future::Future<Output = Result<(), BoxError>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async { run(config, shutdown::on_signals()).await });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            ExitCode::FAILURE
-        }
-    }
+    ferry_shared::process::run_until_stopped(|shutdown| run(config, shutdown))
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod envelope;
 pub mod kafka;
 pub mod position;
+pub mod process;
 pub mod registry;
 pub mod shutdown;
 pub mod topics;
