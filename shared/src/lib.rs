@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod kafka;
 pub mod position;
 pub mod process;
+pub mod rate;
 pub mod registry;
 pub mod shutdown;
 pub mod topics;

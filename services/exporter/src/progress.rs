@@ -1,7 +1,6 @@
 //! What the exporter shows while it runs: a small table refreshed in place on a
 //! terminal (a log line otherwise), and heartbeats with positions to `_status`.
 
-use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_shared::checkpoint::{heartbeat_key, ExporterHeartbeat};
 use ferry_shared::position::{Lsn, Vsn};
+use ferry_shared::rate::RateWindow;
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Stream;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -52,24 +52,6 @@ impl Progress {
     }
 }
 
-/// Events per second over the last `window`, from `(time, count)` samples.
-fn rate(samples: &VecDeque<(Instant, u64)>, window: Duration) -> f64 {
-    let Some(&(now, latest)) = samples.back() else {
-        return 0.0;
-    };
-    let from = samples
-        .iter()
-        .find(|(t, _)| now.duration_since(*t) <= window)
-        .copied()
-        .unwrap_or((now, latest));
-    let secs = now.duration_since(from.0).as_secs_f64();
-    if secs <= 0.0 {
-        0.0
-    } else {
-        (latest - from.1) as f64 / secs
-    }
-}
-
 /// Refreshes the table every second and sends a heartbeat every 10 s (and a last one
 /// when stopping), until `shutdown`.
 pub async fn report(
@@ -86,7 +68,7 @@ pub async fn report(
         std::process::id()
     );
     let terminal = std::io::stderr().is_terminal();
-    let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut rates = RateWindow::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drawn = false;
     let mut n = 0u64;
@@ -97,13 +79,7 @@ pub async fn report(
             _ = tick.tick() => false,
         };
         let now = Instant::now();
-        samples.push_back((now, progress.events.load(Ordering::Relaxed)));
-        while samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(600))
-        {
-            samples.pop_front();
-        }
+        rates.record(now, progress.events.load(Ordering::Relaxed));
         let beat = ExporterHeartbeat {
             role: "exporter".into(),
             stream,
@@ -116,8 +92,8 @@ pub async fn report(
             lsn: Lsn(progress.lsn.load(Ordering::Relaxed)),
             last_vsn: Vsn(progress.last_vsn.load(Ordering::Relaxed)),
             events_this_run: progress.events.load(Ordering::Relaxed),
-            rate_3m: rate(&samples, Duration::from_secs(180)),
-            rate_10m: rate(&samples, Duration::from_secs(600)),
+            rate_3m: rates.per_second(Duration::from_secs(180)),
+            rate_10m: rates.per_second(Duration::from_secs(600)),
             at_ms: now_ms(),
         };
         let lines = [
@@ -169,22 +145,5 @@ pub async fn report(
         if stopping {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_use_the_window() {
-        let t0 = Instant::now();
-        let mut s = VecDeque::new();
-        s.push_back((t0, 0));
-        s.push_back((t0 + Duration::from_secs(100), 1000));
-        s.push_back((t0 + Duration::from_secs(300), 1000));
-        // Last 3 minutes: from t=100 (the first sample inside the window) to t=300.
-        assert_eq!(rate(&s, Duration::from_secs(180)), 0.0);
-        assert!((rate(&s, Duration::from_secs(600)) - 1000.0 / 300.0).abs() < 1e-9);
     }
 }

@@ -7,7 +7,9 @@
 //! positions: with transactional producers the control markers count too, so the figure
 //! is an upper bound that reaches 0 when the importer has caught up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+
+use ferry_shared::rate::RateWindow;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,27 +66,11 @@ pub fn heartbeat_key(destination: &str, instance: &str) -> String {
 pub(crate) struct Progress {
     started: Instant,
     pub(crate) this_run: u64,
-    samples: VecDeque<(Instant, u64)>,
+    rates: RateWindow,
     /// (topic, partition) -> high watermark.
     pub(crate) highs: HashMap<(String, i32), i64>,
     interactive: bool,
     lines_drawn: usize,
-}
-
-fn rate(samples: &VecDeque<(Instant, u64)>, window: Duration) -> f64 {
-    let Some(&(now, latest)) = samples.back() else {
-        return 0.0;
-    };
-    let from = samples
-        .iter()
-        .find(|(t, _)| now.duration_since(*t) <= window)
-        .copied();
-    match from {
-        Some((t, n)) if now.duration_since(t) >= Duration::from_millis(500) => {
-            (latest - n) as f64 / now.duration_since(t).as_secs_f64()
-        }
-        _ => 0.0,
-    }
 }
 
 fn duration(d: Duration) -> String {
@@ -97,7 +83,7 @@ impl Progress {
         Progress {
             started: Instant::now(),
             this_run: 0,
-            samples: VecDeque::new(),
+            rates: RateWindow::new(),
             highs: HashMap::new(),
             interactive: std::io::stderr().is_terminal(),
             lines_drawn: 0,
@@ -106,15 +92,7 @@ impl Progress {
 
     /// Takes a sample; keeps 10 minutes of them.
     pub(crate) fn sample(&mut self) {
-        let now = Instant::now();
-        self.samples.push_back((now, self.this_run));
-        while self
-            .samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(600))
-        {
-            self.samples.pop_front();
-        }
+        self.rates.record(Instant::now(), self.this_run);
     }
 
     /// Shows the metrics and returns the heartbeat to send.
@@ -126,8 +104,8 @@ impl Progress {
         positions: Vec<PartitionPosition>,
     ) -> ImporterHeartbeat {
         self.sample();
-        let rate_3m = rate(&self.samples, Duration::from_secs(180));
-        let rate_10m = rate(&self.samples, Duration::from_secs(600));
+        let rate_3m = self.rates.per_second(Duration::from_secs(180));
+        let rate_10m = self.rates.per_second(Duration::from_secs(600));
         let remaining: i64 = positions
             .iter()
             .map(|p| {
@@ -217,20 +195,5 @@ pub(crate) fn send_heartbeat(producer: &FutureProducer, topic: &str, beat: &Impo
     let key = heartbeat_key(&beat.destination, &beat.instance);
     if let Err((e, _)) = producer.send_result(FutureRecord::to(topic).key(&key).payload(&json)) {
         tracing::debug!(error = %e, "heartbeat not sent");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_use_the_window() {
-        let t0 = Instant::now();
-        let mut s = VecDeque::new();
-        s.push_back((t0, 0));
-        s.push_back((t0 + Duration::from_secs(10), 1000));
-        assert!((rate(&s, Duration::from_secs(180)) - 100.0).abs() < 1e-9);
-        assert_eq!(rate(&VecDeque::new(), Duration::from_secs(180)), 0.0);
     }
 }
