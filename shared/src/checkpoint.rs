@@ -32,8 +32,31 @@ pub struct ExporterCheckpoint {
     pub next_vsn: Vsn,
     /// Snapshot progress.
     pub snapshot: SnapshotProgress,
+    /// Events in the stream per table (`schema.table`) and kind, up to `next_vsn`.
+    #[serde(default)]
+    pub counts: BTreeMap<String, OpCounts>,
     /// When it was written, milliseconds since the epoch.
     pub written_at_ms: i64,
+}
+
+/// Events of one table by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    /// Snapshot rows (`r`).
+    pub snapshot_rows: u64,
+    /// Inserts (`c`).
+    pub inserts: u64,
+    /// Updates (`u`).
+    pub updates: u64,
+    /// Deletes (`d`).
+    pub deletes: u64,
+}
+
+impl OpCounts {
+    /// All events.
+    pub fn total(&self) -> u64 {
+        self.snapshot_rows + self.inserts + self.updates + self.deletes
+    }
 }
 
 /// Per-table snapshot progress.
@@ -115,6 +138,7 @@ mod tests {
                 done: false,
                 tables,
             },
+            counts: BTreeMap::new(),
             written_at_ms: 5,
         };
         let json = c.to_json();

@@ -15,5 +15,6 @@ pub mod process;
 pub mod rate;
 pub mod registry;
 pub mod shutdown;
+pub mod state;
 pub mod topics;
 pub mod value;

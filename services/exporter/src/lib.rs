@@ -819,6 +819,7 @@ fn new_checkpoint(slot: &str, lsn: Lsn, max_vsn: u64) -> ExporterCheckpoint {
             done: false,
             tables: BTreeMap::new(),
         },
+        counts: BTreeMap::new(),
         written_at_ms: now_ms(),
     }
 }
