@@ -181,3 +181,56 @@ pub struct ExporterHeartbeat {
 pub fn heartbeat_key(stream: Stream) -> String {
     format!("exporter.{stream}")
 }
+
+/// An importer's heartbeat in `<prefix>._status` (key: [`importer_heartbeat_key`]), JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImporterHeartbeat {
+    /// Always `importer`.
+    pub role: String,
+    /// target, source-replica or source.
+    pub destination: String,
+    /// The consumer group.
+    pub group: String,
+    /// `applying`, `standby` (no stream to apply yet, or paused after a cutover) or
+    /// `stopped`.
+    #[serde(default)]
+    pub phase: String,
+    /// The stream it applies (`None` while waiting).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// This process (host and pid).
+    pub instance: String,
+    /// Events applied by all importers of the group (from `ferry_metadata`).
+    pub total_imported: i64,
+    /// Events applied by this process since it started.
+    pub imported_this_run: u64,
+    /// Events per second over the last 3 and 10 minutes.
+    pub rate_3m: f64,
+    /// See `rate_3m`.
+    pub rate_10m: f64,
+    /// Records left in this process's partitions (upper bound).
+    pub remaining: i64,
+    /// Stored positions of this process's partitions.
+    pub positions: Vec<PartitionPosition>,
+    /// When sent, milliseconds since the epoch.
+    pub ts_ms: i64,
+}
+
+/// One partition's applied position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPosition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to apply.
+    pub next_offset: i64,
+    /// Last applied VSN.
+    pub last_vsn: u64,
+}
+
+/// The `_status` key of one importer process.
+pub fn importer_heartbeat_key(destination: &str, instance: &str) -> String {
+    format!("importer.{destination}.{instance}")
+}
+

@@ -189,6 +189,35 @@ pub async fn ensure_topics(
     .map_err(|e| Error::msg(format!("metadata task failed: {e}")))?
 }
 
+/// Deletes `names` (topics that don't exist are fine).
+pub async fn delete_topics(config: &ClientConfig, names: &[String]) -> Result<(), Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|e| Error::new("creating a kafka admin client", e))?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(TIMEOUT))
+        .request_timeout(Some(TIMEOUT));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let results = admin
+        .delete_topics(&refs, &opts)
+        .await
+        .map_err(|e| Error::new("deleting topics", e))?;
+    for result in results {
+        if let Err((name, code)) = result {
+            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(Error::new(
+                    format!("deleting topic {name}"),
+                    KafkaError::AdminOp(code),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `config` with the settings of an idempotent, ordered producer: `enable.idempotence`,
 /// `acks=all`, a short linger, a large local queue, and the Java client's partitioner
 /// (`murmur2_random`) for records produced without an explicit partition.
@@ -253,6 +282,28 @@ pub async fn watermarks(config: &ClientConfig, topic: &str) -> Result<Vec<(i64, 
     })
     .await
     .map_err(|e| Error::msg(format!("watermark task failed: {e}")))?
+}
+
+/// Names of the existing topics that start with `prefix`, sorted.
+pub async fn list_topics(config: &ClientConfig, prefix: &str) -> Result<Vec<String>, Error> {
+    let config = config.clone();
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer = read_consumer(&config)?;
+        let md = consumer
+            .fetch_metadata(None, TIMEOUT)
+            .map_err(|e| Error::new("listing topics", e))?;
+        let mut names: Vec<String> = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    })
+    .await
+    .map_err(|e| Error::msg(format!("metadata task failed: {e}")))?
 }
 
 /// One record read back.

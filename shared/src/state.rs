@@ -45,6 +45,29 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `ms` since the epoch as ISO-8601 UTC, to the second (`2026-11-23T22:16:10Z`).
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 /// What the exporter of a stream must do.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -373,22 +396,42 @@ pub fn watch(
     topic: &str,
     shutdown: Shutdown,
 ) -> tokio_watch::Receiver<Option<StateView>> {
+    tail_compacted(config, topic, shutdown, StateView::from_records)
+}
+
+/// Tails the compacted `topic` (one partition) on a background thread until
+/// `shutdown`, publishing `view(latest value of every key)`: first `None`, then a view
+/// once the topic was read up to the end it had when the call was made, then a new one
+/// whenever records arrive. A topic that does not exist yet reads as empty.
+pub fn tail_compacted<T, F>(
+    config: &ClientConfig,
+    topic: &str,
+    shutdown: Shutdown,
+    view: F,
+) -> tokio_watch::Receiver<Option<T>>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&HashMap<Vec<u8>, Vec<u8>>) -> T + Send + 'static,
+{
     let (tx, rx) = tokio_watch::channel(None);
     let config = config.clone();
     let topic = topic.to_owned();
     std::thread::Builder::new()
-        .name("ferry-state".into())
-        .spawn(move || tail(config, topic, tx, shutdown))
+        .name("ferry-tail".into())
+        .spawn(move || tail(config, topic, tx, shutdown, view))
         .ok();
     rx
 }
 
-fn tail(
+fn tail<T, F>(
     config: ClientConfig,
     topic: String,
-    tx: tokio_watch::Sender<Option<StateView>>,
+    tx: tokio_watch::Sender<Option<T>>,
     shutdown: Shutdown,
-) {
+    view: F,
+) where
+    F: Fn(&HashMap<Vec<u8>, Vec<u8>>) -> T,
+{
     let mut records: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     while !shutdown.is_triggered() && !tx.is_closed() {
         let consumer: BaseConsumer = match config
@@ -414,7 +457,7 @@ fn tail(
                 // A missing topic is an empty state.
                 if tx.borrow().is_none() {
                     tracing::debug!(error = %e, "{topic} not readable yet");
-                    tx.send_replace(Some(StateView::from_records(&records)));
+                    tx.send_replace(Some(view(&records)));
                 }
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
@@ -432,7 +475,7 @@ fn tail(
         records.clear();
         let mut caught_up = high == 0;
         if caught_up {
-            tx.send_replace(Some(StateView::from_records(&records)));
+            tx.send_replace(Some(view(&records)));
         }
         loop {
             if shutdown.is_triggered() || tx.is_closed() {
@@ -474,7 +517,7 @@ fn tail(
                 }
             }
             if caught_up && (changed || tx.borrow().is_none()) {
-                tx.send_replace(Some(StateView::from_records(&records)));
+                tx.send_replace(Some(view(&records)));
             }
         }
     }
@@ -495,6 +538,13 @@ pub async fn first_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_times_in_utc() {
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_ms(1_795_472_170_000), "2026-11-23T22:16:10Z");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
 
     #[test]
     fn defaults_say_what_runs_before_any_cutover() {

@@ -115,6 +115,23 @@ impl Topics {
     }
 }
 
+/// The replication slot and publication of one stream of one migration:
+/// `ferry_<migration id>_<stream>`, the id lowercased with every character outside
+/// `[a-z0-9]` replaced by `_` (slot names allow only those).
+pub fn slot_name(migration_id: &str, stream: Stream) -> String {
+    let id: String = migration_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ferry_{id}_{}", stream.as_str())
+}
+
 /// Registry subject of a topic's keys (TopicNameStrategy).
 pub fn key_subject(topic: &str) -> String {
     format!("{topic}-key")

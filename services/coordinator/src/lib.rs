@@ -1,11 +1,21 @@
 //! ferry-coordinator: owns the migration state and serves the HTTP API.
 //!
-//! Built so far: the built-in Confluent-compatible schema registry ([`registry`]),
-//! served under the coordinator's address unless `schema_registry.url` names an external
-//! registry, and `GET /healthz`. Migration state, positions, cutover and metrics come
-//! with the coordinator issue.
+//! - [`migration`]: the only writer of the migration status record in `_state`; it
+//!   rebuilds itself from `_state` on start and drives the cutover steps;
+//! - [`positions`]: where every stream and importer group stands (VSNs, offsets,
+//!   remaining events, rates, ETA), from Kafka, heartbeats and `ferry_metadata`;
+//! - [`report`]: the data-migration report; [`end`]: ending a migration;
+//! - [`api`]: the HTTP API, `/metrics` and a status page;
+//! - [`registry`]: the built-in Confluent-compatible schema registry, served under the
+//!   coordinator's address unless `schema_registry.url` names an external registry.
 
+pub mod api;
+pub mod databases;
+pub mod end;
+pub mod migration;
+pub mod positions;
 pub mod registry;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -30,6 +40,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The migration state could not be read or written.
+    #[error("opening the migration state: {0}")]
+    State(String),
     /// The HTTP server failed.
     #[error("serving HTTP on {listen}")]
     Serve {
@@ -58,7 +71,12 @@ pub async fn router(config: &Config) -> Result<Router, Error> {
 
 /// Runs the coordinator until `shutdown` fires or a definite error stops it.
 pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
-    let app = router(&config).await?;
+    let mut app = router(&config).await?;
+    let m = migration::Migration::open(config.clone(), shutdown.clone())
+        .await
+        .map_err(Error::State)?;
+    app = app.merge(api::router(m.clone()));
+    tokio::spawn(migration::drive(m, shutdown.clone()));
     let listen = config.coordinator.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

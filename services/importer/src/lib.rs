@@ -41,7 +41,7 @@ use tokio_postgres::Client;
 
 pub use error::Error;
 pub use metadata::Counts;
-pub use progress::{heartbeat_key, ImporterHeartbeat, PartitionPosition};
+pub use progress::{importer_heartbeat_key as heartbeat_key, ImporterHeartbeat, PartitionPosition};
 
 use apply::{Event, Tables};
 use consumer::{Command, ConsumerThread, Item, Record};
@@ -54,18 +54,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     run_for(Destination::Target, config, shutdown).await
 }
 
-/// The stream an importer of `destination` applies: the source stream for the target
-/// and the source-replica; the target stream (after cutover) for the source.
-pub fn stream_for(destination: Destination) -> Stream {
-    match destination {
-        Destination::Target | Destination::SourceReplica => Stream::Source,
-        Destination::Source => Stream::Target,
-    }
+/// The stream an importer of `destination` applies before any cutover (`None`: it
+/// waits for the coordinator). After a cutover the migration status record says.
+pub fn stream_for(destination: Destination) -> Option<Stream> {
+    ferry_shared::state::ImporterDirectives::default().get(destination)
 }
 
 /// Runs the importer writing to `destination` (consumer group
 /// `<prefix>.import.<destination>`) until `shutdown` fires (returns `Ok` after the
-/// in-flight batch is committed) or a definite error stops it.
+/// in-flight batch is committed), the migration ends, or a definite error stops it.
+///
+/// Which stream it applies comes from the migration status record in `_state`
+/// ([`ferry_shared::state`]): the source stream before cutover; after a cutover with
+/// fall-forward or fall-back the coordinator moves the source-replica's or the source's
+/// importer to the target stream, only once it applied every event of the source
+/// stream. While it has no stream to apply, it waits (phase `standby`).
 pub async fn run_for(
     destination: Destination,
     config: Config,
@@ -79,7 +82,6 @@ pub async fn run_for(
     .clone();
     let topics = Topics::new(config.migration.topic_prefix());
     let group = topics.import_group(destination);
-    let pattern = consumer::topic_pattern(topics.prefix(), stream_for(destination).as_str());
     let auth = config.schema_registry.username.as_deref().map(|u| {
         (
             u,
@@ -105,15 +107,17 @@ pub async fn run_for(
                 error::describe_pg(&e)
             ))
         })?;
-    tracing::info!(%group, %pattern, database = %db.display(), "importer starting");
+    tracing::info!(%group, database = %db.display(), "importer starting");
 
+    let kafka = config.kafka.client_config();
+    let mut state = ferry_shared::state::watch(&kafka, &topics.state(), shutdown.clone());
     let mut imp = Importer {
         destination,
         dest_name: destination.as_str().to_owned(),
         db,
         group,
-        pattern,
-        kafka: config.kafka.client_config(),
+        prefix: topics.prefix().to_owned(),
+        kafka,
         decoder: EventDecoder::new(registry),
         batch_rows: config.importer.batch_rows.max(1) as usize,
         batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
@@ -125,14 +129,46 @@ pub async fn run_for(
         progress: progress::Progress::new(),
         heartbeats: config.kafka.client_config().create().ok(),
         status_topic: topics.status(),
+        stream: None,
     };
+    if ferry_shared::state::first_view(&mut state, &mut shutdown)
+        .await
+        .is_none()
+    {
+        imp.conn.abort();
+        return Ok(());
+    }
     loop {
-        let result = imp.session(&mut shutdown).await;
+        let msr = state
+            .borrow()
+            .as_ref()
+            .map(|v| v.msr.clone())
+            .unwrap_or_default();
+        if msr.ended_at_ms.is_some() {
+            imp.conn.abort();
+            imp.stream = None;
+            imp.report_phase("stopped").await;
+            tracing::info!("the migration was ended (ferry end migration); the importer stops");
+            return Ok(());
+        }
+        let Some(stream) = msr.importers.get(destination) else {
+            imp.stream = None;
+            if !imp.standby(&mut state, &mut shutdown).await {
+                imp.conn.abort();
+                return Ok(());
+            }
+            continue;
+        };
+        imp.stream = Some(stream);
+        let result = imp.session(stream, &mut shutdown, &mut state).await;
         match result {
-            Ok(()) => {
+            Ok(SessionEnd::Shutdown) => {
                 imp.conn.abort();
                 tracing::info!("importer stopped");
                 return Ok(());
+            }
+            Ok(SessionEnd::Redirected) => {
+                tracing::info!(from = %stream, "the migration status record changed what this importer applies");
             }
             Err(Failure::Definite(message)) => {
                 imp.conn.abort();
@@ -149,6 +185,37 @@ pub async fn run_for(
                 }
             }
         }
+    }
+}
+
+/// How a session ended without a failure.
+enum SessionEnd {
+    /// Shutdown was requested; the in-flight batch is committed.
+    Shutdown,
+    /// The migration status record changed this importer's stream (or ended the
+    /// migration); the in-flight batch is committed.
+    Redirected,
+}
+
+/// True when the directive for `destination` differs from `current` (or the migration
+/// ended).
+fn redirected(
+    state: &tokio::sync::watch::Receiver<Option<ferry_shared::state::StateView>>,
+    destination: Destination,
+    current: Option<Stream>,
+) -> bool {
+    match state.borrow().as_ref() {
+        Some(v) => v.msr.ended_at_ms.is_some() || v.msr.importers.get(destination) != current,
+        None => false,
+    }
+}
+
+/// Resolves when the `_state` watcher publishes a new view (never, once it stopped).
+async fn state_changed(
+    state: &mut tokio::sync::watch::Receiver<Option<ferry_shared::state::StateView>>,
+) {
+    if state.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -223,7 +290,7 @@ struct Importer {
     dest_name: String,
     db: DatabaseConfig,
     group: String,
-    pattern: String,
+    prefix: String,
     kafka: rdkafka::ClientConfig,
     decoder: EventDecoder,
     batch_rows: usize,
@@ -236,12 +303,58 @@ struct Importer {
     progress: progress::Progress,
     heartbeats: Option<rdkafka::producer::FutureProducer>,
     status_topic: String,
+    /// The stream being applied (`None`: waiting).
+    stream: Option<Stream>,
 }
 
 impl Importer {
+    /// Waits while this importer has no stream to apply, sending heartbeats; false on
+    /// shutdown.
+    async fn standby(
+        &mut self,
+        state: &mut tokio::sync::watch::Receiver<Option<ferry_shared::state::StateView>>,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        tracing::info!(destination = %self.destination, "no stream to apply yet; waiting for the coordinator (cutover)");
+        loop {
+            self.report_phase("standby").await;
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return false,
+                _ = state_changed(state) => {
+                    if redirected(state, self.destination, None) {
+                        return true;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    }
+
+    /// A heartbeat without positions.
+    async fn report_phase(&mut self, phase: &str) {
+        let total: i64 = self.totals.values().map(Counts::total).sum();
+        let beat = self.progress.report(
+            &self.dest_name,
+            &self.group,
+            total,
+            Vec::new(),
+            phase,
+            self.stream.map(Stream::as_str),
+        );
+        if let Some(producer) = &self.heartbeats {
+            progress::send_heartbeat(producer, &self.status_topic, &beat);
+        }
+    }
+
     /// One consumer-group membership: from positions read on assignment until shutdown
     /// or a failure (after which the caller starts a new session).
-    async fn session(&mut self, shutdown: &mut Shutdown) -> Result<(), Failure> {
+    async fn session(
+        &mut self,
+        stream: Stream,
+        shutdown: &mut Shutdown,
+        state: &mut tokio::sync::watch::Receiver<Option<ferry_shared::state::StateView>>,
+    ) -> Result<SessionEnd, Failure> {
         if self.client.is_closed() {
             self.conn.abort();
             let (client, conn) = connect_destination(&self.db, self.destination)
@@ -259,15 +372,17 @@ impl Importer {
             .connect()
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
+        let pattern = consumer::topic_pattern(&self.prefix, stream.as_str());
+        tracing::info!(group = %self.group, %pattern, "applying the {stream} stream");
         let consumer = ConsumerThread::start(
             self.kafka.clone(),
             &self.group,
-            &self.pattern,
+            &pattern,
             Arc::new(pos_client),
             self.batch_rows.min(10_000) * 2,
         )?;
         let mut consumer = consumer;
-        let result = self.consume(&mut consumer, shutdown).await;
+        let result = self.consume(&mut consumer, shutdown, state, stream).await;
         consumer.stop().await;
         pos_conn.abort();
         result
@@ -277,7 +392,9 @@ impl Importer {
         &mut self,
         consumer: &mut ConsumerThread,
         shutdown: &mut Shutdown,
-    ) -> Result<(), Failure> {
+        state: &mut tokio::sync::watch::Receiver<Option<ferry_shared::state::StateView>>,
+        stream: Stream,
+    ) -> Result<SessionEnd, Failure> {
         let mut parts: HashMap<(String, i32), Part> = HashMap::new();
         let mut batch = Batch::default();
         let mut last_report = Instant::now();
@@ -289,7 +406,15 @@ impl Importer {
                 biased;
                 _ = shutdown.wait() => {
                     self.flush(&mut batch, &mut parts, consumer).await?;
-                    return Ok(());
+                    return Ok(SessionEnd::Shutdown);
+                }
+                _ = state_changed(state) => {
+                    if redirected(state, self.destination, Some(stream)) {
+                        self.flush(&mut batch, &mut parts, consumer).await?;
+                        self.report(&parts).await;
+                        return Ok(SessionEnd::Redirected);
+                    }
+                    continue;
                 }
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     self.flush(&mut batch, &mut parts, consumer).await?;
@@ -363,9 +488,14 @@ impl Importer {
             })
             .collect();
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        let beat = self
-            .progress
-            .report(&self.dest_name, &self.group, total, positions);
+        let beat = self.progress.report(
+            &self.dest_name,
+            &self.group,
+            total,
+            positions,
+            "applying",
+            self.stream.map(Stream::as_str),
+        );
         if let Some(producer) = &self.heartbeats {
             progress::send_heartbeat(producer, &self.status_topic, &beat);
         }

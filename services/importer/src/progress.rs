@@ -14,52 +14,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
-
-/// An importer's heartbeat in `<prefix>._status` (key: [`heartbeat_key`]), JSON.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ImporterHeartbeat {
-    /// Always `importer`.
-    pub role: String,
-    /// target, source-replica or source.
-    pub destination: String,
-    /// The consumer group.
-    pub group: String,
-    /// This process (host and pid).
-    pub instance: String,
-    /// Events applied by all importers of the group (from `ferry_metadata`).
-    pub total_imported: i64,
-    /// Events applied by this process since it started.
-    pub imported_this_run: u64,
-    /// Events per second over the last 3 and 10 minutes.
-    pub rate_3m: f64,
-    /// See `rate_3m`.
-    pub rate_10m: f64,
-    /// Records left in this process's partitions (upper bound).
-    pub remaining: i64,
-    /// Stored positions of this process's partitions.
-    pub positions: Vec<PartitionPosition>,
-    /// When sent, milliseconds since the epoch.
-    pub ts_ms: i64,
-}
-
-/// One partition's applied position.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionPosition {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Next offset to apply.
-    pub next_offset: i64,
-    /// Last applied VSN.
-    pub last_vsn: u64,
-}
-
-/// The `_status` key of one importer process.
-pub fn heartbeat_key(destination: &str, instance: &str) -> String {
-    format!("importer.{destination}.{instance}")
-}
+pub use ferry_shared::checkpoint::{importer_heartbeat_key, ImporterHeartbeat, PartitionPosition};
 
 /// Counters and samples for the metrics.
 #[derive(Debug)]
@@ -102,6 +57,8 @@ impl Progress {
         group: &str,
         total_imported: i64,
         positions: Vec<PartitionPosition>,
+        phase: &str,
+        stream: Option<&str>,
     ) -> ImporterHeartbeat {
         self.sample();
         let rate_3m = self.rates.per_second(Duration::from_secs(180));
@@ -163,6 +120,8 @@ impl Progress {
             role: "importer".into(),
             destination: destination.to_owned(),
             group: group.to_owned(),
+            phase: phase.to_owned(),
+            stream: stream.map(str::to_owned),
             instance: instance_name(),
             total_imported,
             imported_this_run: self.this_run,
@@ -192,7 +151,7 @@ pub(crate) fn send_heartbeat(producer: &FutureProducer, topic: &str, beat: &Impo
     let Ok(json) = serde_json::to_string(beat) else {
         return;
     };
-    let key = heartbeat_key(&beat.destination, &beat.instance);
+    let key = importer_heartbeat_key(&beat.destination, &beat.instance);
     if let Err((e, _)) = producer.send_result(FutureRecord::to(topic).key(&key).payload(&json)) {
         tracing::debug!(error = %e, "heartbeat not sent");
     }
