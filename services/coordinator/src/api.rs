@@ -7,7 +7,7 @@
 //! | `GET /api/report` | [`crate::report::Report`] |
 //! | `POST /api/end` | [`EndRequest`] → [`crate::end::EndReport`] |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /` | a status page, refreshed every 5 s |
+//! | `GET /status` | a status page for people, refreshed every 5 s (`/` belongs to the registry) |
 
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ pub fn router(m: Arc<Migration>) -> Router {
         .route("/api/report", get(get_report))
         .route("/api/end", post(end_migration))
         .route("/metrics", get(metrics))
-        .route("/", get(page))
+        .route("/status", get(page))
         .with_state(m)
 }
 
