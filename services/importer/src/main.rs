@@ -1,4 +1,4 @@
-//! Thin binary over [`ferry_importer::run`]: arguments, logging, configuration, runtime.
+//! Thin binary over [`ferry_importer::run_for`]: arguments, logging, configuration, runtime.
 //!
 //! Exit codes: see [`ferry_shared::process`].
 
@@ -10,8 +10,19 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "ferry-importer", version, about)]
 struct Cli {
+    /// The database to apply to: `target`, `source-replica` (fall-forward) or `source`
+    /// (fall-back; waits until the coordinator moves it to the target stream).
+    #[arg(long, value_enum, default_value = "target")]
+    destination: DestinationArg,
     #[command(flatten)]
     config: ferry_shared::config::Args,
+}
+
+#[derive(Copy, Clone, Debug, clap::ValueEnum)]
+enum DestinationArg {
+    Target,
+    SourceReplica,
+    Source,
 }
 
 fn main() -> ExitCode {
@@ -21,5 +32,13 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(errors) => return ferry_shared::process::config_errors(&errors),
     };
-    ferry_shared::process::run_until_stopped(|shutdown| ferry_importer::run(config, shutdown))
+    use ferry_shared::topics::Destination;
+    let destination = match cli.destination {
+        DestinationArg::Target => Destination::Target,
+        DestinationArg::SourceReplica => Destination::SourceReplica,
+        DestinationArg::Source => Destination::Source,
+    };
+    ferry_shared::process::run_until_stopped(|shutdown| {
+        ferry_importer::run_for(destination, config, shutdown)
+    })
 }
