@@ -223,3 +223,62 @@ fn identity_name(c: char) -> &'static str {
         _ => "unknown",
     }
 }
+
+/// Sets REPLICA IDENTITY FULL on every selected table in `schemas`, and on each of its
+/// partitions, that lacks it; returns them (`schema.table`). Only for a database that
+/// only Ferry writes (the target before its stream starts).
+pub async fn set_replica_identity_full(
+    client: &Client,
+    migration: &MigrationConfig,
+    schemas: &[String],
+) -> Result<Vec<String>, crate::Error> {
+    let names: Vec<TableName> = catalog::list_tables(client, schemas)
+        .await?
+        .into_iter()
+        .filter(|t| migration.selects(&t.schema, &t.name))
+        .collect();
+    let mut changed = Vec::new();
+    for name in names {
+        let qualified = format!(
+            "{}.{}",
+            catalog::quote_ident(&name.schema),
+            catalog::quote_ident(&name.name)
+        );
+        // The table itself and its partitions (pg_partition_tree lists nothing for a
+        // table that is not partitioned).
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE (c.oid = $1::text::regclass \
+                        OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass))) \
+                   AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' \
+                 ORDER BY c.relispartition, 1, 2",
+                &[&qualified],
+            )
+            .await
+            .map_err(|e| crate::Error::sql(format!("reading the replica identity of {name}"), e))?;
+        for row in rows {
+            let (schema, table): (String, String) = (row.get(0), row.get(1));
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                    catalog::quote_ident(&schema),
+                    catalog::quote_ident(&table)
+                ))
+                .await
+                .map_err(|e| {
+                    crate::Error::sql(
+                        format!("setting REPLICA IDENTITY FULL on {schema}.{table}"),
+                        e,
+                    )
+                })?;
+            tracing::info!(
+                table = %format!("{schema}.{table}"),
+                "set REPLICA IDENTITY FULL on the target table (its change stream needs whole old rows)"
+            );
+            changed.push(format!("{schema}.{table}"));
+        }
+    }
+    Ok(changed)
+}

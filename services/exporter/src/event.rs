@@ -40,8 +40,10 @@ pub struct TableEncoder {
 /// An encoded event waiting for its VSN.
 #[derive(Debug)]
 pub struct Pending {
-    /// Index of the topic.
+    /// Index of the topic (and of the table in the stamper's table list).
     pub topic_index: usize,
+    /// What happened to the row (counted per table in the checkpoint).
+    pub op: Op,
     /// Partition (murmur2 of the framed key).
     pub partition: i32,
     /// Framed key.
@@ -117,6 +119,7 @@ impl TableEncoder {
         avro::encode(&self.value_fields[5], &fields[5], &mut tail)?;
         Ok(Pending {
             topic_index: self.topic_index,
+            op: event.op,
             partition: partition_for_key(&key, self.partitions),
             key,
             head,

@@ -1,20 +1,31 @@
-//! ferry-exporter: reads the source database (a consistent snapshot, then every change)
-//! and produces the `source` stream to Kafka, one topic per table, stamped with VSNs.
+//! ferry-exporter: reads one database (a consistent snapshot, then every change) and
+//! produces a stream to Kafka, one topic per table, stamped with VSNs: the `source`
+//! stream from the source database, or the `target` stream from the target after a
+//! cutover ([`run_for`]).
 //!
-//! Start-up order and why (DESIGN.md §4a, §5):
+//! Start-up order and why (DESIGN.md §4a, §5, §6):
 //!
-//! 1. preflight: every problem with the source at once ([`check`]);
+//! 0. the migration status record in `_state` ([`cutover`]): return when the stream was
+//!    stopped for a cutover already or the migration ended; wait, creating nothing,
+//!    while the stream is on standby;
+//! 1. preflight: every problem with the database at once ([`check`]); the target
+//!    stream first sets REPLICA IDENTITY FULL on its tables (only Ferry writes there);
 //! 2. topics and schemas;
 //! 3. the checkpoint from `_state` and the highest VSN already in the table topics;
 //! 4. publication and slot: a new slot is created with an exported snapshot on the
 //!    replication session, which stays open (and idle) while the snapshot is read, then
 //!    starts streaming from the slot's consistent point — no gap, no overlap. An existing
 //!    slot is never dropped or recreated: unfinished snapshot chunks are read from a
-//!    newer snapshot and the slot's stream covers the difference;
-//! 5. snapshot chunks get VSNs above every VSN already in the topics; replayed changes
-//!    get the checkpoint's VSNs, so each change keeps its VSN across restarts.
+//!    newer snapshot and the slot's stream covers the difference. The target stream
+//!    takes no snapshot;
+//! 5. snapshot chunks get VSNs above every VSN already in the topics (and at or above
+//!    the directive's first VSN); replayed changes get the checkpoint's VSNs, so each
+//!    change keeps its VSN across restarts;
+//! 6. a stop for a cutover ends the stream at a logical message and writes the final
+//!    record ([`cutover`]).
 
 pub mod check;
+pub mod cutover;
 pub mod event;
 pub mod pgoutput;
 pub mod progress;
@@ -35,9 +46,11 @@ use ferry_shared::kafka::{self, TopicSpec};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::registry::{RegistryClient, RegistryError};
 use ferry_shared::shutdown::Shutdown;
+use ferry_shared::state::{StreamDirective, StreamPhase};
 use ferry_shared::topics::{Stream, Topics};
 use ferry_shared::value::{session_settings_options, session_settings_sql, ValueError};
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::event::{now_ms, TableEncoder};
@@ -264,24 +277,134 @@ async fn totally_ordered_tables(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Runs the exporter until `shutdown` fires or a definite error stops it.
+/// Runs the exporter of the source stream until `shutdown` fires, the stream is stopped
+/// for a cutover, or a definite error stops it.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
-    let source = config.require_source()?.clone();
-    let stream = Stream::Source;
-    let export_type = config.exporter.export_type;
+    run_for(Stream::Source, config, shutdown).await
+}
+
+/// Runs the exporter of `stream` (the source database for [`Stream::Source`], the
+/// target for [`Stream::Target`]) as the migration status record directs
+/// ([`cutover`]): waits while the stream is on standby, exports while it runs, stops
+/// and writes the stream's final record when a cutover stops it, and returns at once
+/// when the stream was stopped already or the migration ended.
+///
+/// The target stream takes no snapshot (whatever `exporter.export_type` says): the
+/// target holds exactly what the source stream brought, so only its changes are new.
+pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let db = match stream {
+        Stream::Source => config.require_source()?.clone(),
+        Stream::Target => config.require_target()?.clone(),
+    };
+    let export_type = match stream {
+        Stream::Source => config.exporter.export_type,
+        Stream::Target => ExportType::ChangesOnly,
+    };
     let slot = slot_name(&config.migration.id, stream);
     let publication = slot.clone();
+    let topics = Topics::new(config.migration.topic_prefix());
+    let kafka_config = config.kafka.client_config();
+    let replication = i32::from(config.migration.replication_factor);
+    let state_specs: Vec<TopicSpec> = [topics.state(), topics.status()]
+        .into_iter()
+        .map(|name| TopicSpec {
+            name,
+            partitions: 1,
+            replication,
+            compacted: true,
+        })
+        .collect();
+    kafka::ensure_topics(&kafka_config, &state_specs).await?;
 
-    let (client, connection) = source.connect().await.map_err(Error::Connect)?;
+    // The MSR: an ended migration stops everything below like a shutdown.
+    let (inner_trigger, inner) = ferry_shared::shutdown::channel();
+    let mut state = ferry_shared::state::watch(&kafka_config, &topics.state(), inner.clone());
+    let mut follower = AbortOnDrop(tokio::spawn(cutover::follow_end(
+        state.clone(),
+        shutdown,
+        inner_trigger,
+    )));
+
+    let progress = Arc::new(progress::Progress::default());
+    let (report_stop, report_shutdown) = ferry_shared::shutdown::channel();
+    let reporter = tokio::spawn(progress::report(
+        progress.clone(),
+        kafka_config.clone(),
+        topics.status(),
+        stream,
+        report_shutdown,
+    ));
+    let mut waiting = inner.clone();
+    let result = match cutover::wait_to_run(stream, &mut state, &mut waiting, &progress).await {
+        cutover::Start::Return => Ok(()),
+        cutover::Start::Run(directive) => {
+            progress.set_phase("starting");
+            export(Export {
+                stream,
+                export_type,
+                config: &config,
+                db: &db,
+                slot: &slot,
+                publication: &publication,
+                topics: &topics,
+                directive,
+                state,
+                shutdown: inner,
+                progress,
+            })
+            .await
+        }
+    };
+    report_stop.trigger();
+    let _ = reporter.await;
+    follower.0.abort();
+    let _ = (&mut follower.0).await;
+    result
+}
+
+/// Everything [`export`] needs.
+struct Export<'a> {
+    stream: Stream,
+    export_type: ExportType,
+    config: &'a Config,
+    db: &'a DatabaseConfig,
+    slot: &'a str,
+    publication: &'a str,
+    topics: &'a Topics,
+    directive: StreamDirective,
+    state: cutover::State,
+    shutdown: Shutdown,
+    progress: Arc<progress::Progress>,
+}
+
+async fn export(e: Export<'_>) -> Result<(), Error> {
+    let Export {
+        stream,
+        export_type,
+        config,
+        db,
+        slot,
+        publication,
+        topics,
+        directive,
+        state,
+        shutdown,
+        progress,
+    } = e;
+    let (client, connection) = db.connect().await.map_err(Error::Connect)?;
     let _connection = AbortOnDrop(connection);
     client
         .batch_execute(&session_settings_sql())
         .await
         .map_err(|e| Error::sql("setting the session", e))?;
-    let tables = preflight(&client, &config, &source, &slot).await?;
+    if stream == Stream::Target {
+        // Until cutover only Ferry writes the target, so Ferry may set what its change
+        // stream needs; the source is the operator's, and its preflight only reports.
+        check::set_replica_identity_full(&client, &config.migration, &db.schemas).await?;
+    }
+    let tables = preflight(&client, config, db, slot).await?;
 
     // Topics and schemas.
-    let topics = Topics::new(config.migration.topic_prefix());
     let kafka_config = config.kafka.client_config();
     let partitions = config.migration.partitions as i32;
     let replication = i32::from(config.migration.replication_factor);
@@ -290,7 +413,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // a value freed by one row and taken by another arrives in the order it happened
     // (DESIGN.md §4a, the simple and correct option).
     let ordered = totally_ordered_tables(&client).await?;
-    let mut specs: Vec<TopicSpec> = tables
+    let specs: Vec<TopicSpec> = tables
         .iter()
         .map(|t| TopicSpec {
             name: topics.table(stream, &t.schema, &t.name),
@@ -303,14 +426,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             compacted: false,
         })
         .collect();
-    for name in [topics.state(), topics.status()] {
-        specs.push(TopicSpec {
-            name,
-            partitions: 1,
-            replication,
-            compacted: true,
-        });
-    }
     let counts = kafka::ensure_topics(&kafka_config, &specs).await?;
     let auth = config.schema_registry.username.as_deref().map(|u| {
         (
@@ -329,26 +444,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         let topic = topics.table(stream, &table.schema, &table.name);
         let n = counts.get(&topic).copied().unwrap_or(partitions);
         let name = table.to_string();
-        let enc = TableEncoder::new(
-            &registry,
-            table,
-            topic.clone(),
-            i,
-            n,
-            source.database.clone(),
-        )
-        .await
-        .map_err(|e| Error::Registry {
-            table: name,
-            source: e,
-        })?;
+        let enc = TableEncoder::new(&registry, table, topic.clone(), i, n, db.database.clone())
+            .await
+            .map_err(|e| Error::Registry {
+                table: name,
+                source: e,
+            })?;
         topic_names.push(topic);
         encoders.push(Arc::new(enc));
     }
 
     // Where we are.
-    let state = kafka::read_compacted(&kafka_config, &topics.state()).await?;
-    let checkpoint = match state.get(checkpoint_key(stream).as_bytes()) {
+    let stored = kafka::read_compacted(&kafka_config, &topics.state()).await?;
+    let checkpoint = match stored.get(checkpoint_key(stream).as_bytes()) {
         Some(bytes) => Some(ExporterCheckpoint::from_json(bytes).map_err(|e| {
             Error::Internal(format!(
                 "the checkpoint in {} is not readable: {e}",
@@ -357,54 +465,49 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         })?),
         None => None,
     };
-    let mut max_vsn = 0u64;
+    let mut topics_max = 0u64;
     for topic in &topic_names {
         for r in kafka::last_records(&kafka_config, topic).await? {
             if let Some((_, v)) = r.headers.iter().find(|(k, _)| k == VSN_HEADER) {
                 if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-                    max_vsn = max_vsn.max(u64::from_be_bytes(b));
+                    topics_max = topics_max.max(u64::from_be_bytes(b));
                 }
             }
         }
     }
+    // New VSNs go above everything in the topics and at or above the directive's first
+    // VSN (the target stream continues above the source stream).
+    let max_vsn = topics_max.max(directive.first_vsn.0.saturating_sub(1));
     tracing::info!(
+        stream = %stream,
         tables = encoders.len(),
         max_vsn,
+        first_vsn = %directive.first_vsn,
         checkpoint = checkpoint.is_some(),
         "exporter starting"
     );
 
-    let progress = Arc::new(progress::Progress::default());
-    let (report_stop, report_shutdown) = ferry_shared::shutdown::channel();
-    let reporter = tokio::spawn(progress::report(
-        progress.clone(),
-        kafka_config.clone(),
-        topics.status(),
-        stream,
-        report_shutdown,
-    ));
     let ctx = Ctx {
-        config: &config,
-        source: &source,
+        config,
+        db,
         client: &client,
-        slot: &slot,
-        publication: &publication,
+        slot,
+        publication,
         encoders: &encoders,
         topic_names,
         state_topic: topics.state(),
         stream,
-        shutdown: shutdown.clone(),
+        shutdown,
         progress,
+        state,
+        topics_max,
     };
-    let result = match export_type {
+    match export_type {
         ExportType::SnapshotOnly => ctx.snapshot_only(checkpoint, max_vsn).await,
         ExportType::ChangesOnly | ExportType::SnapshotAndChanges => {
             ctx.with_changes(checkpoint, max_vsn, export_type).await
         }
-    };
-    report_stop.trigger();
-    let _ = reporter.await;
-    result
+    }
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -417,7 +520,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 struct Ctx<'a> {
     config: &'a Config,
-    source: &'a DatabaseConfig,
+    db: &'a DatabaseConfig,
     client: &'a Client,
     slot: &'a str,
     publication: &'a str,
@@ -427,6 +530,10 @@ struct Ctx<'a> {
     stream: Stream,
     shutdown: Shutdown,
     progress: Arc<progress::Progress>,
+    /// The watched `_state` (the MSR).
+    state: cutover::State,
+    /// The highest VSN in the stream's topics at start.
+    topics_max: u64,
 }
 
 impl Ctx<'_> {
@@ -434,6 +541,7 @@ impl Ctx<'_> {
         Ok(Pipeline::start(PipelineConfig {
             kafka: self.config.kafka.client_config(),
             topics: self.topic_names.clone(),
+            tables: self.encoders.iter().map(|e| e.name.clone()).collect(),
             state_topic: self.state_topic.clone(),
             stream: self.stream,
             start,
@@ -480,7 +588,7 @@ impl Ctx<'_> {
         self.progress.set_phase("snapshot");
         tracing::info!(chunks, snapshot = snapshot_name, lsn = %snapshot_lsn, "reading the snapshot");
         snapshot::read(
-            self.source,
+            self.db,
             snapshot_name,
             &snapshot_lsn.to_string(),
             work,
@@ -513,7 +621,7 @@ impl Ctx<'_> {
         ),
         Error,
     > {
-        let (client, connection) = self.source.connect().await.map_err(Error::Connect)?;
+        let (client, connection) = self.db.connect().await.map_err(Error::Connect)?;
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -538,6 +646,12 @@ impl Ctx<'_> {
     ) -> Result<(), Error> {
         let mut start = checkpoint.unwrap_or_else(|| new_checkpoint(self.slot, Lsn::ZERO, max_vsn));
         if start.snapshot.done {
+            if self.stop_requested() {
+                // A snapshot has no changes to wait for: the final record is all a
+                // cutover needs (its LSN is the checkpoint's, 0/0 without a stream).
+                let lsn = start.lsn;
+                return self.stopped(lsn, Some(start)).await;
+            }
             tracing::info!("the snapshot is complete already; nothing to do");
             return Ok(());
         }
@@ -547,9 +661,20 @@ impl Ctx<'_> {
         let pipeline = self.pipeline(start)?;
         let read = self.read_snapshot(&pipeline, &name, lsn, work).await;
         let finished = pipeline.finish().await;
-        read?;
-        finished?;
+        let complete = read?;
+        let last = finished?;
+        if complete && self.stop_requested() {
+            return self.stopped(lsn, last).await;
+        }
         Ok(())
+    }
+
+    /// True when the MSR says this stream must stop.
+    fn stop_requested(&self) -> bool {
+        self.state
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| v.msr.stream(self.stream).phase == StreamPhase::Stop)
     }
 
     async fn with_changes(
@@ -560,10 +685,10 @@ impl Ctx<'_> {
     ) -> Result<(), Error> {
         use ferry_shared::config::SslMode;
         if matches!(
-            self.source.sslmode,
+            self.db.sslmode,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
         ) {
-            return Err(Error::ReplicationTls(self.source.sslmode.as_str()));
+            return Err(Error::ReplicationTls(self.db.sslmode.as_str()));
         }
         let tables: Vec<String> = self.encoders.iter().map(|e| e.table.qualified()).collect();
         let pub_exists = self
@@ -646,14 +771,14 @@ impl Ctx<'_> {
 
         let repl_config = |start: Lsn| {
             ReplicationConfig::new(
-                self.source.host.clone(),
-                self.source.user.clone(),
-                self.source.password.expose().to_owned(),
-                self.source.database.clone(),
+                self.db.host.clone(),
+                self.db.user.clone(),
+                self.db.password.expose().to_owned(),
+                self.db.database.clone(),
                 self.slot.to_owned(),
                 self.publication.to_owned(),
             )
-            .with_port(self.source.port())
+            .with_port(self.db.port())
             .with_tls(TlsConfig::disabled())
             .with_options(session_settings_options())
             .with_application_name("ferry-exporter")
@@ -668,6 +793,7 @@ impl Ctx<'_> {
         };
 
         let mut holder = None;
+        let new_slot = slot_row.is_none();
         let (mut repl, mut start, snap) = match (slot_row, checkpoint) {
             (None, _) => {
                 // A new slot, created on the session that will stream from it: its
@@ -743,6 +869,15 @@ impl Ctx<'_> {
             None => Vec::new(),
         };
         let pipeline = self.pipeline(start.clone())?;
+        if new_slot && snap.is_none() {
+            // A new slot without a snapshot: store its start at once, so that a restart
+            // replays from the slot's consistent point with the same VSNs.
+            pipeline
+                .items
+                .send(vec![Item::Commit { end_lsn: start.lsn }])
+                .await
+                .map_err(|_| Error::Internal("the stamper stopped".into()))?;
+        }
         if let Some((name, lsn)) = &snap {
             let read = self.read_snapshot(&pipeline, name, *lsn, work).await;
             match read {
@@ -790,6 +925,7 @@ impl Ctx<'_> {
             .iter()
             .map(|e| ((e.table.schema.clone(), e.table.name.clone()), e.clone()))
             .collect();
+        let (stop_tx, stop_rx) = watch::channel(None);
         let streamed = stream::run(
             repl,
             &by_name,
@@ -797,16 +933,61 @@ impl Ctx<'_> {
             self.publication,
             pipeline.items.clone(),
             pipeline.durable.clone(),
+            stop_rx,
             self.shutdown.clone(),
-        )
-        .await;
+        );
+        let request = cutover::request_stop(
+            self.client,
+            self.slot,
+            self.stream,
+            self.state.clone(),
+            &self.progress,
+            stop_tx,
+        );
+        tokio::pin!(streamed, request);
+        let mut requested = false;
+        let streamed = loop {
+            tokio::select! {
+                r = &mut streamed => break r,
+                r = &mut request, if !requested => {
+                    requested = true;
+                    if let Err(e) = r {
+                        break Err(e);
+                    }
+                }
+            }
+        };
         let finished = pipeline.finish().await;
         match (streamed, finished) {
             (Err(Error::Internal(_)), Err(e)) => Err(e.into()),
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(e.into()),
-            (Ok(()), Ok(_)) => Ok(()),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Ok(None), Ok(_)) => Ok(()),
+            (Ok(Some(lsn)), Ok(last)) => self.stopped(lsn, last).await,
         }
+    }
+
+    /// The stream was exported up to `lsn` and everything is acknowledged and
+    /// checkpointed (`last`): writes the final record.
+    async fn stopped(&self, lsn: Lsn, last: Option<ExporterCheckpoint>) -> Result<(), Error> {
+        let kafka_config = self.config.kafka.client_config();
+        let stamped = last.map_or(0, |cp| cp.next_vsn.0.saturating_sub(1));
+        let last_vsn = Vsn(stamped.max(self.topics_max));
+        let end_offsets = cutover::end_offsets(&kafka_config, &self.topic_names).await?;
+        let sequences = cutover::sequences(self.client, &self.db.schemas).await?;
+        let fin = cutover::final_record(self.stream, lsn, last_vsn, end_offsets, sequences);
+        cutover::write_final(&kafka_config, &self.state_topic, &fin).await?;
+        self.progress.set_phase("stopped");
+        tracing::info!(
+            stream = %self.stream,
+            lsn = %lsn,
+            last_vsn = %last_vsn,
+            events_this_run = self.progress.events.load(std::sync::atomic::Ordering::Relaxed),
+            sequences = fin.sequences.len(),
+            "the {} stream stopped for the cutover: every change up to {lsn} is in kafka (last VSN {last_vsn}); final record written",
+            self.stream
+        );
+        Ok(())
     }
 }
 

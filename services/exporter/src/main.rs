@@ -1,4 +1,4 @@
-//! Thin binary over [`ferry_exporter::run`]: arguments, logging, configuration, runtime.
+//! Thin binary over [`ferry_exporter::run_for`]: arguments, logging, configuration, runtime.
 //!
 //! Exit codes: see [`ferry_shared::process`].
 
@@ -10,8 +10,18 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "ferry-exporter", version, about)]
 struct Cli {
+    /// The stream to export: `source` (from the source database) or `target` (from the
+    /// target, after a cutover; waits on standby until the coordinator starts it).
+    #[arg(long, value_enum, default_value = "source")]
+    stream: StreamArg,
     #[command(flatten)]
     config: ferry_shared::config::Args,
+}
+
+#[derive(Copy, Clone, Debug, clap::ValueEnum)]
+enum StreamArg {
+    Source,
+    Target,
 }
 
 fn main() -> ExitCode {
@@ -21,5 +31,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(errors) => return ferry_shared::process::config_errors(&errors),
     };
-    ferry_shared::process::run_until_stopped(|shutdown| ferry_exporter::run(config, shutdown))
+    let stream = match cli.stream {
+        StreamArg::Source => ferry_shared::topics::Stream::Source,
+        StreamArg::Target => ferry_shared::topics::Stream::Target,
+    };
+    ferry_shared::process::run_until_stopped(|shutdown| {
+        ferry_exporter::run_for(stream, config, shutdown)
+    })
 }

@@ -11,12 +11,16 @@
 //!   a finished snapshot chunk, the end of the snapshot). It is written to `_state` only
 //!   once every VSN before it is acknowledged; only after `_state` acknowledged it is its
 //!   LSN published on [`Pipeline::durable`] for the slot's flush position.
+//! - A checkpoint's `counts` are the events stamped below its `next_vsn`, per table and
+//!   op: the stamper continues from the counts of the checkpoint it starts from, so a
+//!   replay, which re-stamps the same changes with the same VSNs, counts them once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
+use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint, OpCounts};
+use ferry_shared::envelope::Op;
 use ferry_shared::kafka::idempotent_producer_config;
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::topics::Stream;
@@ -167,6 +171,8 @@ pub struct PipelineConfig {
     pub kafka: ClientConfig,
     /// Topic names, by index.
     pub topics: Vec<String>,
+    /// `schema.table` of each topic, by the same index (the keys of the counts).
+    pub tables: Vec<String>,
     /// `_state` topic.
     pub state_topic: String,
     /// Stream (names the checkpoint key).
@@ -206,6 +212,7 @@ impl Pipeline {
             acks.clone(),
             markers.clone(),
             cfg.topics,
+            cfg.tables,
             cfg.start.clone(),
             first,
             cfg.progress.clone(),
@@ -275,13 +282,24 @@ async fn stamp_loop(
     acks: Arc<Mutex<AckWindow>>,
     markers: Arc<Mutex<VecDeque<Marker>>>,
     topics: Vec<String>,
+    tables: Vec<String>,
     mut checkpoint: ExporterCheckpoint,
     first: u64,
     progress: Arc<Progress>,
 ) -> Result<u64, SequencerError> {
     let mut next = first;
     let mut value = Vec::with_capacity(256);
-    let push_marker = |through: u64, checkpoint: &ExporterCheckpoint| {
+    // Counted by index while stamping, written into the checkpoint at each marker.
+    let mut counts: Vec<OpCounts> = tables
+        .iter()
+        .map(|t| checkpoint.counts.get(t).copied().unwrap_or_default())
+        .collect();
+    let push_marker = |through: u64, checkpoint: &mut ExporterCheckpoint, counts: &[OpCounts]| {
+        for (table, c) in tables.iter().zip(counts) {
+            if c.total() > 0 {
+                checkpoint.counts.insert(table.clone(), *c);
+            }
+        }
         if let Ok(mut m) = markers.lock() {
             m.push_back(Marker {
                 through,
@@ -321,6 +339,14 @@ async fn stamp_loop(
                             Err((e, _)) => return Err(SequencerError::Produce(e)),
                         }
                     }
+                    if let Some(c) = counts.get_mut(p.topic_index) {
+                        match p.op {
+                            Op::Read => c.snapshot_rows += 1,
+                            Op::Create => c.inserts += 1,
+                            Op::Update => c.updates += 1,
+                            Op::Delete => c.deletes += 1,
+                        }
+                    }
                     progress.events.fetch_add(1, Ordering::Relaxed);
                     progress.last_vsn.store(next, Ordering::Relaxed);
                     next += 1;
@@ -332,18 +358,18 @@ async fn stamp_loop(
                         }
                     }
                     checkpoint.next_vsn = Vsn(next);
-                    push_marker(next - 1, &checkpoint);
+                    push_marker(next - 1, &mut checkpoint, &counts);
                 }
                 Item::SnapshotDone => {
                     checkpoint.snapshot.done = true;
                     checkpoint.snapshot.tables.clear();
                     checkpoint.next_vsn = Vsn(next);
-                    push_marker(next - 1, &checkpoint);
+                    push_marker(next - 1, &mut checkpoint, &counts);
                 }
                 Item::Commit { end_lsn } => {
                     checkpoint.lsn = end_lsn;
                     checkpoint.next_vsn = Vsn(next);
-                    push_marker(next - 1, &checkpoint);
+                    push_marker(next - 1, &mut checkpoint, &counts);
                 }
             }
         }

@@ -12,6 +12,9 @@
 //!   in that key's partition.
 //! - TRUNCATE and a Relation message that no longer matches the table stop the stream
 //!   with an error naming the table: Ferry never skips data silently.
+//! - A stop for a cutover ends the stream at the `ferry.stop` logical message whose LSN
+//!   is at least the one requested ([`crate::cutover`]): that message is decoded after
+//!   every transaction committed before the request, and never inside a transaction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +34,10 @@ use crate::Error;
 /// Events per batch inside a large transaction.
 const BATCH: usize = 2000;
 
-/// Streams changes until shutdown or an error.
+/// Streams changes until shutdown, an error, or the stop message at or after the LSN
+/// published on `stop` (then returns `Some(lsn)`: every change up to `lsn` was sent to
+/// the stamper, followed by a commit at `lsn`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut client: ReplicationClient,
     tables: &HashMap<(String, String), Arc<TableEncoder>>,
@@ -39,16 +45,44 @@ pub async fn run(
     publication: &str,
     items: mpsc::Sender<Vec<Item>>,
     mut durable: watch::Receiver<Lsn>,
+    mut stop: watch::Receiver<Option<Lsn>>,
     mut shutdown: Shutdown,
-) -> Result<(), Error> {
+) -> Result<Option<Lsn>, Error> {
     let mut relations: HashMap<u32, Option<Arc<TableEncoder>>> = HashMap::new();
     let mut batch: Vec<Item> = Vec::new();
     let mut tx: Option<(String, i64, i64)> = None; // (commit lsn text, xid, commit ms)
     let mut last_end = *durable.borrow();
+    // The requested stop LSN, and the highest stop message of this slot seen so far
+    // (it may arrive before the request's LSN is known).
+    let mut stop_at: Option<Lsn> = *stop.borrow_and_update();
+    let mut stop_open = true;
+    let mut stop_seen: Option<Lsn> = None;
+    let mut stopped = None;
     loop {
+        if let (Some(at), Some(seen)) = (stop_at, stop_seen) {
+            if seen >= at && tx.is_none() && batch.is_empty() {
+                let end = last_end.max(seen);
+                if items
+                    .send(vec![Item::Commit { end_lsn: end }])
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Internal("the stamper stopped".into()));
+                }
+                stopped = Some(end);
+                break;
+            }
+        }
         let event = tokio::select! {
             biased;
             _ = shutdown.wait() => break,
+            changed = stop.changed(), if stop_open && stop_at.is_none() => {
+                match changed {
+                    Ok(()) => stop_at = *stop.borrow_and_update(),
+                    Err(_) => stop_open = false,
+                }
+                continue;
+            }
             changed = durable.changed() => {
                 if changed.is_ok() {
                     let lsn = *durable.borrow_and_update();
@@ -107,13 +141,23 @@ pub async fn run(
                     }
                 }
             }
+            ReplicationEvent::Message {
+                transactional: false,
+                lsn,
+                prefix,
+                content,
+            } if prefix == crate::cutover::STOP_PREFIX && content.as_ref() == slot.as_bytes() => {
+                let lsn = Lsn(lsn.0);
+                tracing::debug!(lsn = %lsn, "stop message received");
+                stop_seen = Some(stop_seen.map_or(lsn, |s| s.max(lsn)));
+            }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
     }
     // Events of an unfinished transaction are dropped: the stream resumes at its start.
     client.stop();
     let _ = client.shutdown().await;
-    Ok(())
+    Ok(stopped)
 }
 
 pub(crate) fn replication_error(e: PgWireError, slot: &str, publication: &str) -> Error {
