@@ -211,6 +211,55 @@ async fn source_stream_stops_for_cutover_with_an_exact_final_record() -> Result<
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_requested_while_the_exporter_is_down_completes_on_restart() -> Result<()> {
+    let m = Migration::new("cutdown", 2, "").await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, n int);
+         ALTER TABLE t REPLICA IDENTITY FULL;
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 500) g;",
+    )
+    .await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
+    m.sync(
+        &c,
+        "UPDATE t SET n = 1 WHERE id = 1",
+        Duration::from_secs(120),
+    )
+    .await?;
+    trigger.trigger();
+    within("the exporter to stop", 60, exporter).await???;
+
+    // Changes and the stop request while it is down.
+    c.batch_execute(
+        "UPDATE t SET n = n + 1 WHERE id <= 100; DELETE FROM t WHERE id > 450;
+         INSERT INTO t VALUES (1000, 7);",
+    )
+    .await?;
+    let mut request = msr(&m);
+    request.source_stream.phase = StreamPhase::Stop;
+    write_msr(&m, &request).await?;
+    within(
+        "the restarted exporter to stop",
+        120,
+        ferry_exporter::run(m.config.clone(), shutdown::Shutdown::never()),
+    )
+    .await??;
+
+    let fin: ExporterFinal = stored(&m, &final_key(Stream::Source))
+        .await?
+        .context("no final record")?;
+    let topic = m.topics().table(Stream::Source, "public", "t");
+    let events = read_topic(&m, &topic).await?;
+    let (_, rows) = source_rows(&c, "t").await?;
+    assert_same("t", &rows, &rebuild(&events));
+    assert_eq!(fin.last_vsn, events.iter().map(|e| e.vsn).max().unwrap());
+    assert_eq!(fin.end_offsets.get(&topic), Some(&highs(&m, &topic).await?));
+    Ok(())
+}
+
 /// A migration whose target is a fresh database of the target cluster.
 async fn with_target(prefix: &str) -> Result<(Migration, String)> {
     let mut m = Migration::new(prefix, 2, "").await?;
