@@ -190,15 +190,18 @@ impl Error {
                 matches!(source, PgWireError::Io(_) | PgWireError::Task(_))
             }
             Error::Sql { source, .. } => source.code().is_none(),
-            Error::Registry { source, .. } => {
-                matches!(
-                    source,
-                    RegistryError::Registry {
-                        retriable: true,
-                        ..
-                    }
-                )
-            }
+            Error::Registry { source, .. } => match source {
+                RegistryError::Registry {
+                    retriable: true, ..
+                } => true,
+                // The registry (often the coordinator) not answering for a while.
+                RegistryError::Registry { message, .. } => {
+                    message.contains("error sending request")
+                        || message.contains("onnect")
+                        || message.contains("timed out")
+                }
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -291,7 +294,45 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 ///
 /// The target stream takes no snapshot (whatever `exporter.export_type` says): the
 /// target holds exactly what the source stream brought, so only its changes are new.
+///
+/// Transient failures (a server, the broker or the registry unreachable for a while)
+/// restart the run from the stored checkpoint after a bounded backoff (1 s doubling to
+/// 30 s, reset after 5 minutes without failure); definite errors return.
 pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        match run_once(stream, config.clone(), shutdown.clone()).await {
+            Err(e) if e.is_transient() && !shutdown.is_triggered() => {
+                if started.elapsed() > Duration::from_secs(300) {
+                    delay = Duration::from_secs(1);
+                }
+                tracing::warn!(error = %error_chain(&e), ?delay, "exporter run failed; restarting from the stored checkpoint");
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    biased;
+                    _ = stop.wait() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn run_once(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let db = match stream {
         Stream::Source => config.require_source()?.clone(),
         Stream::Target => config.require_target()?.clone(),

@@ -187,7 +187,7 @@ impl Harness {
 
     /// Waits for COMPLETED (checking the services on the way); `restart_every`
     /// kills and restarts the coordinator at that interval meanwhile.
-    async fn wait_completed(&mut self, to: &str, restart_every: Option<Duration>) -> Result<()> {
+    async fn wait_completed(&mut self, to: &str, restart_every: Option<Duration>) -> Result<usize> {
         let start = std::time::Instant::now();
         let mut last_restart = std::time::Instant::now();
         let mut restarts = 0;
@@ -206,7 +206,7 @@ impl Harness {
                     if restart_every.is_some() {
                         eprintln!("cutover to {to} completed across {restarts} coordinator restarts");
                     }
-                    return Ok(());
+                    return Ok(restarts);
                 }
             }
             if start.elapsed() > Duration::from_secs(240) {
@@ -394,5 +394,199 @@ async fn live_migration_cuts_over_with_sequences_and_refuses_out_of_order() -> R
     // A second request is refused: it is done.
     let (code, _) = h.cutover("target", "none").await?;
     assert_eq!(code, 409);
+    h.stop().await
+}
+
+/// Per table: the report's rows by database.
+fn report_rows(report: &Value, table: &str) -> Vec<Value> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"] == format!("public.{table}"))
+        .cloned()
+        .collect()
+}
+
+/// The report's counts equal the counts computed from the databases: final row counts
+/// equal count(*), imported counts equal ferry_metadata.table_counts of the group.
+async fn check_report(h: &Harness, prefix: &str) -> Result<()> {
+    let (code, report) = h.api("GET", "/api/report", None).await?;
+    assert_eq!(code, 200, "{report}");
+    for table in TABLES {
+        let rows = report_rows(&report, table);
+        for row in &rows {
+            let (client, group) = match row["database"].as_str().unwrap() {
+                "source" => (&h.source, "source"),
+                "target" => (&h.target, "target"),
+                "source-replica" => (&h.replica, "source-replica"),
+                other => panic!("database {other}"),
+            };
+            let count: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await?
+                .get(0);
+            assert_eq!(row["final_row_count"], json!(count), "{table}: {row}");
+            let stored = client
+                .query_opt(
+                    "SELECT snapshot_rows, inserts, updates, deletes FROM ferry_metadata.table_counts \
+                     WHERE consumer_group = $1 AND schema_name = 'public' AND table_name = $2",
+                    &[&format!("{prefix}.import.{group}"), table],
+                )
+                .await
+                .ok()
+                .flatten();
+            if let Some(r) = stored {
+                let (s, i, u, d): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+                assert_eq!(row["imported_inserts"], json!(i), "{table}: {row}");
+                assert_eq!(row["imported_updates"], json!(u), "{table}: {row}");
+                assert_eq!(row["imported_deletes"], json!(d), "{table}: {row}");
+                if group != "source" {
+                    assert_eq!(row["imported_snapshot_rows"], json!(s), "{table}: {row}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fall_back_round_trip_with_writes_on_both_sides() -> Result<()> {
+    let mut h = Harness::new("fback").await?;
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    // Started from the beginning; they wait until the cutover enables them.
+    h.exporter(Stream::Target);
+    h.importer(Destination::Source);
+    writes(&h.source, "before", 30).await?;
+    h.wait_equal(Side::Source, Side::Target, "before cutover")
+        .await?;
+    writes(&h.source, "late", 10).await?;
+    let (code, body) = h.cutover("target", "fall-back").await?;
+    assert_eq!(code, 200, "{body}");
+    // Cutover to source is refused while cutover to target is in progress.
+    let (code, body) = h.cutover("source", "none").await?;
+    assert_eq!(code, 409, "{body}");
+    h.wait_completed("target", None).await?;
+    for table in TABLES {
+        assert_eq!(
+            fingerprint(&h.source, table).await?,
+            fingerprint(&h.target, table).await?,
+            "{table} at COMPLETED of cutover to target"
+        );
+    }
+    // The application now writes on the target; the sequence continues.
+    writes(&h.target, "on target", 30).await?;
+    let max_target: i64 = h
+        .target
+        .query_one("SELECT max(id) FROM orders", &[])
+        .await?
+        .get(0);
+    h.wait_equal(Side::Target, Side::Source, "fall-back stream")
+        .await?;
+    check_report(&h, h.config.migration.topic_prefix().as_str()).await?;
+    let (code, body) = h.cutover("source", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    h.wait_completed("source", None).await?;
+    for table in TABLES {
+        assert_eq!(
+            fingerprint(&h.target, table).await?,
+            fingerprint(&h.source, table).await?,
+            "{table} at COMPLETED of cutover to source"
+        );
+    }
+    // Back on the source: its sequence continues above the target's.
+    let id: i64 = h
+        .source
+        .query_one(
+            "INSERT INTO orders (customer, amount) VALUES (1, 1) RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(id > max_target, "{id} <= {max_target}");
+    // The report: exported from the source, imported into the target, exported back.
+    let (_, report) = h.api("GET", "/api/report", None).await?;
+    let rows = report_rows(&report, "orders");
+    let target_row = rows.iter().find(|r| r["database"] == "target").unwrap();
+    let source_row = rows.iter().find(|r| r["database"] == "source").unwrap();
+    assert_eq!(target_row["exported_inserts"], json!(30), "{target_row}");
+    assert_eq!(source_row["imported_inserts"], json!(30), "{source_row}");
+    // What the source exported is what the target imported (writes made before the
+    // exporter's slot existed are in the snapshot, the rest are changes).
+    for field in ["inserts", "updates", "deletes"] {
+        assert_eq!(
+            source_row[format!("exported_{field}")],
+            target_row[format!("imported_{field}")],
+            "{field}: {source_row} {target_row}"
+        );
+    }
+    assert_eq!(
+        source_row["exported_snapshot_rows"], target_row["imported_snapshot_rows"],
+        "{source_row} {target_row}"
+    );
+    let changes = source_row["exported_inserts"].as_i64().unwrap()
+        + source_row["exported_snapshot_rows"].as_i64().unwrap();
+    assert!(changes >= 3010, "{source_row}");
+    check_report(&h, h.config.migration.topic_prefix().as_str()).await?;
+    // No Ferry slot is left on either side.
+    for c in [&h.source, &h.target] {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'ferry\\_%' AND database = current_database()", &[])
+            .await?
+            .get(0);
+        assert_eq!(n, 0);
+    }
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fall_forward_with_the_coordinator_killed_throughout_the_cutovers() -> Result<()> {
+    let mut h = Harness::new("ffwd").await?;
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    h.importer(Destination::SourceReplica);
+    h.exporter(Stream::Target);
+    writes(&h.source, "before", 30).await?;
+    h.wait_equal(Side::Source, Side::Target, "before cutover")
+        .await?;
+    h.wait_equal(Side::Source, Side::Replica, "replica before cutover")
+        .await?;
+    writes(&h.source, "late", 10).await?;
+    let (code, body) = h.cutover("target", "fall-forward").await?;
+    assert_eq!(code, 200, "{body}");
+    // Killed and restarted every 700 ms until COMPLETED: each step is re-derived from
+    // Kafka and the databases.
+    let restarts = h
+        .wait_completed("target", Some(Duration::from_millis(400)))
+        .await?;
+    assert!(restarts >= 1, "the coordinator was never restarted");
+    for table in TABLES {
+        let s = fingerprint(&h.source, table).await?;
+        assert_eq!(s, fingerprint(&h.target, table).await?, "{table} target");
+    }
+    writes(&h.target, "on target", 30).await?;
+    h.wait_equal(Side::Target, Side::Replica, "fall-forward stream")
+        .await?;
+    let (code, body) = h.cutover("source-replica", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    let restarts = h
+        .wait_completed("source-replica", Some(Duration::from_millis(400)))
+        .await?;
+    assert!(restarts >= 1, "the coordinator was never restarted");
+    for table in TABLES {
+        assert_eq!(
+            fingerprint(&h.target, table).await?,
+            fingerprint(&h.replica, table).await?,
+            "{table} at COMPLETED of cutover to source-replica"
+        );
+    }
+    let target_seq = last_value(&h.target, "orders_id_seq").await?;
+    assert_eq!(last_value(&h.replica, "orders_id_seq").await?, target_seq);
+    h.replica
+        .batch_execute("INSERT INTO orders (customer, amount) VALUES (1, 1)")
+        .await
+        .context("an insert on the source-replica after cutover")?;
+    check_report(&h, h.config.migration.topic_prefix().as_str()).await?;
     h.stop().await
 }
