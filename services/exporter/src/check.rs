@@ -27,7 +27,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// The source is not ready; all problems at once.
-    #[error("the source is not ready for export:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    #[error("the database is not ready for export (fix every problem below, then start the exporter again):\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     NotReady(Vec<Problem>),
     /// A catalog query failed.
     #[error("checking the source")]
