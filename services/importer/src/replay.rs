@@ -1,0 +1,462 @@
+//! Replaying a stream into a database (DESIGN.md §7): recovery of a restored backup, or
+//! building a new replica, through the importer's own apply path.
+//!
+//! Exactly once holds as for the importer (crate docs): each batch writes its rows, the
+//! positions of its partitions and its counts in one destination transaction, under the
+//! replay's own consumer group `<prefix>.replay.<name>` in `ferry_metadata`, so a replay
+//! never moves an importer's positions. A replay that is stopped or killed and started
+//! again with the same name resumes from the positions stored in the database: records
+//! below a stored offset are not read again and events at or below a partition's stored
+//! VSN are skipped. Events come in VSN order across partitions and tables
+//! ([`ferry_shared::replay::MergedReader`]).
+//!
+//! A replay ends at its end point ([`EndAt`]): by default the partitions' ends when it
+//! starts. It does not wait for new events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use ferry_shared::avro::AvroType;
+use ferry_shared::catalog::TableName;
+use ferry_shared::config::{Config, DatabaseConfig};
+use ferry_shared::position::Vsn;
+use ferry_shared::registry::{EventDecoder, RegistryClient};
+use ferry_shared::replay::{
+    plan, EndAt, MergedReader, ReadError, RetainedRecord, Selection, StartAt,
+};
+use ferry_shared::shutdown::Shutdown;
+use ferry_shared::topics::Topics;
+use ferry_shared::value::{session_settings_sql, Datum};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::apply::{self, Event, Tables};
+use crate::error::{Backoff, Failure};
+use crate::metadata::{self, Counts, Stored};
+use crate::{registry_failure, Error};
+
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What to replay, and into which database.
+#[derive(Clone, Debug)]
+pub struct ReplayApply {
+    /// The database to write.
+    pub db: DatabaseConfig,
+    /// How messages name that database (`target`, `database restore_1 on host:5432`).
+    pub label: String,
+    /// The replay's name: its positions are stored under group `<prefix>.replay.<name>`;
+    /// running again with the same name resumes.
+    pub name: String,
+    /// The stream and tables.
+    pub selection: Selection,
+    /// Where to start (ignored for partitions with stored positions, which resume).
+    pub start: StartAt,
+    /// Where to stop.
+    pub end: EndAt,
+}
+
+/// What a replay into a database did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayApplied {
+    /// The consumer group its positions are stored under.
+    pub group: String,
+    /// Events applied by this run, per table.
+    pub counts: BTreeMap<TableName, Counts>,
+    /// True when it reached its end point (false: stopped by shutdown).
+    pub completed: bool,
+    /// The last VSN applied by this run, if any.
+    pub last_vsn: Option<Vsn>,
+}
+
+impl ReplayApplied {
+    /// Events applied by this run.
+    pub fn events(&self) -> i64 {
+        self.counts.values().map(Counts::total).sum()
+    }
+}
+
+/// The consumer group under which a replay named `name` stores its positions.
+pub fn replay_group(prefix: &str, name: &str) -> String {
+    format!("{prefix}.replay.{name}")
+}
+
+/// Applies the selected events from `start` to `end` to `opts.db`, exactly once, and
+/// returns when the end is reached or `shutdown` fires (after committing the batch in
+/// flight). Transient failures restart from the stored positions with backoff.
+pub async fn apply(
+    config: &Config,
+    opts: ReplayApply,
+    mut shutdown: Shutdown,
+) -> Result<ReplayApplied, Error> {
+    let topics = Topics::new(config.migration.topic_prefix());
+    let group = replay_group(topics.prefix(), &opts.name);
+    let auth = config.schema_registry.username.as_deref().map(|u| {
+        (
+            u,
+            config.schema_registry.password.as_ref().map(|p| p.expose()),
+        )
+    });
+    let registry = RegistryClient::new(&config.registry_url(), auth)
+        .map_err(|e| Error::Definite(format!("schema registry: {e}")))?;
+    let (client, conn) = connect(&opts.db, &opts.label)
+        .await
+        .map_err(|f| Error::Definite(f.to_string()))?;
+    client
+        .batch_execute(metadata::SETUP_SQL)
+        .await
+        .map_err(|e| {
+            Error::Definite(format!(
+                "creating the ferry_metadata schema in the {}: {}",
+                opts.label,
+                crate::error::describe_pg(&e)
+            ))
+        })?;
+    tracing::info!(%group, database = %opts.db.display(), stream = %opts.selection.stream, "replay starting");
+    let mut run = Run {
+        kafka: config.kafka.client_config(),
+        topics,
+        group: group.clone(),
+        decoder: EventDecoder::new(registry),
+        batch_rows: config.importer.batch_rows.max(1) as usize,
+        batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
+        client,
+        conn,
+        tables: Tables::default(),
+        result: ReplayApplied {
+            group,
+            ..ReplayApplied::default()
+        },
+        opts,
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        match run.once(&mut shutdown).await {
+            Ok(completed) => {
+                run.conn.abort();
+                run.result.completed = completed;
+                tracing::info!(group = %run.result.group, events = run.result.events(), completed, "replay finished");
+                return Ok(run.result);
+            }
+            Err(Failure::Definite(message)) => {
+                run.conn.abort();
+                return Err(Error::Definite(message));
+            }
+            Err(f) => {
+                let text = f.to_string();
+                let delay = backoff.next_delay(&text)?;
+                tracing::warn!(error = %text, ?delay, "replay interrupted; resuming from the positions stored in the database");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => {
+                        run.conn.abort();
+                        return Ok(run.result);
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn connect(
+    db: &DatabaseConfig,
+    label: &str,
+) -> Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>), Failure> {
+    let (client, conn) = db
+        .connect()
+        .await
+        .map_err(|e| Failure::Transient(format!("connecting to the {label}: {e}")))?;
+    let setup = async {
+        client.batch_execute(&session_settings_sql()).await?;
+        client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+    };
+    match setup.await {
+        Ok(()) => Ok((client, conn)),
+        Err(e) => {
+            conn.abort();
+            if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                Err(Failure::Definite(
+                    Error::ReplicationRole {
+                        role: db.user.clone(),
+                        destination: label.to_owned(),
+                        source: e,
+                    }
+                    .to_string(),
+                ))
+            } else {
+                Err(metadata::db_failure("setting up the replay session", &e))
+            }
+        }
+    }
+}
+
+fn read_failure(e: ReadError) -> Failure {
+    match e {
+        ReadError::Kafka(e) => Failure::Transient(format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        )),
+        ReadError::Request(m) | ReadError::Stream(m) => Failure::Definite(m),
+    }
+}
+
+struct Run {
+    kafka: rdkafka::ClientConfig,
+    topics: Topics,
+    group: String,
+    decoder: EventDecoder,
+    batch_rows: usize,
+    batch_max: Duration,
+    client: Client,
+    conn: JoinHandle<Result<(), tokio_postgres::Error>>,
+    tables: Tables,
+    result: ReplayApplied,
+    opts: ReplayApply,
+}
+
+/// Events and positions not yet written.
+#[derive(Default)]
+struct Batch {
+    events: BTreeMap<TableName, Vec<Event>>,
+    /// (topic, partition) -> the new position.
+    positions: HashMap<(String, i32), Stored>,
+    records: usize,
+    started: Option<Instant>,
+}
+
+impl Run {
+    /// One pass from the stored positions to the end; `Ok(false)` when stopped by
+    /// shutdown.
+    async fn once(&mut self, shutdown: &mut Shutdown) -> Result<bool, Failure> {
+        if self.client.is_closed() {
+            self.conn.abort();
+            let (client, conn) = connect(&self.opts.db, &self.opts.label).await?;
+            self.client = client;
+            self.conn = conn;
+        }
+        self.tables.clear();
+        let names = self
+            .opts
+            .selection
+            .topics(&self.kafka, &self.topics)
+            .await
+            .map_err(read_failure)?;
+        let mut ranges = plan(&self.kafka, &names, &self.opts.start, &self.opts.end)
+            .await
+            .map_err(read_failure)?;
+        let keys: Vec<(String, i32)> = ranges
+            .iter()
+            .map(|r| (r.topic.clone(), r.partition))
+            .collect();
+        let stored = metadata::load_positions(&self.client, &self.group, &keys).await?;
+        let stored: HashMap<(String, i32), Stored> = stored
+            .into_iter()
+            .map(|s| ((s.topic.clone(), s.partition), s))
+            .collect();
+        // (topic, partition) -> stored next offset (the compare-and-set value).
+        let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+        for r in &mut ranges {
+            let key = (r.topic.clone(), r.partition);
+            if let Some(s) = stored.get(&key) {
+                if s.next_offset > 0 || s.last_vsn > Vsn::ZERO {
+                    r.from = r.from.max(s.next_offset).min(r.to.max(r.from));
+                    r.taken_through = r.taken_through.max(s.last_vsn);
+                }
+                committed.insert(key, s.next_offset);
+            }
+        }
+        let resumed = stored.values().filter(|s| s.next_offset > 0).count();
+        let total: u64 = ranges.iter().map(|r| r.len()).sum();
+        tracing::info!(group = %self.group, topics = names.len(), partitions = ranges.len(), resumed, records = total, "replay reading");
+        let mut reader = MergedReader::start(&self.kafka, ranges).map_err(read_failure)?;
+        let result = self.consume(&mut reader, &mut committed, shutdown).await;
+        reader.close().await;
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        reader: &mut MergedReader,
+        committed: &mut HashMap<(String, i32), i64>,
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, Failure> {
+        let mut batch = Batch::default();
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            let deadline = batch
+                .started
+                .map(|s| tokio::time::Instant::from_std(s + self.batch_max));
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => {
+                    self.flush(&mut batch, committed).await?;
+                    return Ok(false);
+                }
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                    self.flush(&mut batch, committed).await?;
+                }
+                next = reader.next_batch() => match next {
+                    None => {
+                        self.flush(&mut batch, committed).await?;
+                        return Ok(true);
+                    }
+                    Some(Err(e)) => return Err(read_failure(e)),
+                    Some(Ok(records)) => {
+                        for r in records {
+                            self.take(r, &mut batch).await?;
+                            if batch.records >= self.batch_rows {
+                                self.flush(&mut batch, committed).await?;
+                            }
+                        }
+                    }
+                },
+            }
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                let (read, total) = reader.progress();
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let rate = read as f64 / secs;
+                let left = total.saturating_sub(read);
+                let eta = if rate > 0.0 {
+                    format!("{:.0}s", left as f64 / rate)
+                } else {
+                    "unknown".into()
+                };
+                tracing::info!(
+                    group = %self.group,
+                    applied = self.result.events(),
+                    read,
+                    remaining = left,
+                    rate = format!("{rate:.0}/s"),
+                    eta = %eta,
+                    "replay progress"
+                );
+            }
+        }
+    }
+
+    async fn take(&mut self, r: RetainedRecord, batch: &mut Batch) -> Result<(), Failure> {
+        let at = format!("{}[{}]@{}", r.topic, r.partition, r.offset);
+        if let Some(payload) = &r.value {
+            let decoded = self
+                .decoder
+                .decode_event(payload)
+                .await
+                .map_err(|e| registry_failure(&e, &at))?;
+            let Some(k) = &r.key else {
+                return Err(Failure::Definite(format!(
+                    "record {at} has no key; the stream is damaged"
+                )));
+            };
+            let (ty, datum) = self
+                .decoder
+                .decode_datum(k)
+                .await
+                .map_err(|e| registry_failure(&e, &at))?;
+            let (key_type, key) = match (ty.as_ref(), datum) {
+                (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
+                _ => {
+                    return Err(Failure::Definite(format!(
+                        "record {at} has a key that is not a record; the stream is damaged"
+                    )))
+                }
+            };
+            let table = TableName {
+                schema: decoded.source.schema.clone(),
+                name: decoded.source.table.clone(),
+            };
+            batch.events.entry(table.clone()).or_default().push(Event {
+                vsn: decoded.vsn,
+                op: decoded.op,
+                table,
+                row_type: decoded.row_type,
+                before: decoded.before,
+                after: decoded.after,
+                key_type,
+                key,
+            });
+        }
+        batch.positions.insert(
+            (r.topic.to_string(), r.partition),
+            Stored {
+                topic: r.topic.to_string(),
+                partition: r.partition,
+                next_offset: r.offset + 1,
+                last_vsn: r.vsn,
+            },
+        );
+        batch.records += 1;
+        batch.started.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Writes the batch, its positions and counts in one transaction.
+    async fn flush(
+        &mut self,
+        batch: &mut Batch,
+        committed: &mut HashMap<(String, i32), i64>,
+    ) -> Result<(), Failure> {
+        if batch.positions.is_empty() {
+            *batch = Batch::default();
+            return Ok(());
+        }
+        let b = std::mem::take(batch);
+        let mut dest = BTreeMap::new();
+        for (name, events) in &b.events {
+            let first = events.first().map(|e| e.vsn).unwrap_or_default();
+            let t = self
+                .tables
+                .get(&self.client, name, &self.opts.label, first)
+                .await?;
+            dest.insert(name.clone(), t);
+        }
+        let mut counts = BTreeMap::new();
+        {
+            let tx = self
+                .client
+                .transaction()
+                .await
+                .map_err(|e| metadata::db_failure("starting a transaction", &e))?;
+            let mut positions: Vec<&Stored> = b.positions.values().collect();
+            positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            for new in positions {
+                let expected = committed
+                    .get(&(new.topic.clone(), new.partition))
+                    .copied()
+                    .unwrap_or(0);
+                metadata::advance(&tx, &self.group, expected, new).await?;
+            }
+            let mut stage = 0u32;
+            for (name, events) in &b.events {
+                if let Some(t) = dest.get(name) {
+                    apply::apply_table(&tx, t, &self.opts.label, events, &mut stage).await?;
+                }
+                let c = apply::count(events);
+                metadata::add_counts(&tx, &self.group, &name.schema, &name.name, &c).await?;
+                counts.insert(name.clone(), c);
+            }
+            tx.commit()
+                .await
+                .map_err(|e| metadata::db_failure("committing a batch", &e))?;
+        }
+        for (key, new) in b.positions {
+            self.result.last_vsn = self.result.last_vsn.max(Some(new.last_vsn));
+            committed.insert(key, new.next_offset);
+        }
+        for (name, c) in counts {
+            let t = self.result.counts.entry(name).or_default();
+            t.snapshot_rows += c.snapshot_rows;
+            t.inserts += c.inserts;
+            t.updates += c.updates;
+            t.deletes += c.deletes;
+        }
+        Ok(())
+    }
+}
