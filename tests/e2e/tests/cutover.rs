@@ -146,6 +146,15 @@ impl Harness {
         ));
     }
 
+    /// Kills a service task (no graceful stop: connections drop mid-transaction).
+    async fn kill(&mut self, name: &str) {
+        if let Some(i) = self.tasks.iter().position(|(n, _)| n == name) {
+            let (_, task) = self.tasks.remove(i);
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Fails when a service stopped with an error.
     async fn check_services(&mut self) -> Result<()> {
         check(&mut self.tasks).await
@@ -347,9 +356,27 @@ async fn live_migration_cuts_over_with_sequences_and_refuses_out_of_order() -> R
     writes(&h.source, "live", 40).await?;
     h.wait_equal(Side::Source, Side::Target, "before cutover").await?;
     writes(&h.source, "late", 20).await?;
-    // Requested while the importer is still behind: the cutover waits for the drain.
+    // The importer is killed, then the cutover is requested: it waits for the drain,
+    // saying so, and completes once the importer runs again.
+    h.kill("importer target").await;
+    writes(&h.source, "while down", 5).await?;
     let (code, body) = h.cutover("target", "none").await?;
     assert_eq!(code, 200, "{body}");
+    let waiting = wait_until("the cutover to wait for the importer", Duration::from_secs(60), || {
+        let h = &h;
+        async move {
+            let (_, s) = h.api("GET", "/api/status", None).await?;
+            let w = s["migration"]["cutover_to_target"]["waiting_for"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Ok(Some(w).filter(|w| w.contains("target importer")))
+        }
+    })
+    .await?;
+    assert!(waiting.contains("ferry import data to target"), "{waiting}");
+    assert_eq!(h.cutover_status("target").await?, "INITIATED");
+    h.importer(Destination::Target);
     h.wait_completed("target", None).await?;
 
     // Equal right at COMPLETED, without waiting.
