@@ -1,0 +1,3 @@
+//! The library half of `ferry`: verbs whose work is tested in-process.
+
+pub mod verify;
