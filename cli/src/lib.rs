@@ -1,3 +1,5 @@
 //! The library half of `ferry`: verbs whose work is tested in-process.
 
+pub mod archive;
+pub mod replay;
 pub mod verify;

@@ -1,0 +1,369 @@
+//! The verbs that talk to the coordinator over its HTTP API: cutover, status, report,
+//! end migration.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use ferry_coordinator::end::{EndReport, EndRequest};
+use ferry_coordinator::migration::{CutoverRequest, PrepareFor};
+use ferry_coordinator::positions::Status;
+use ferry_coordinator::report::{self, Report};
+use ferry_shared::config::Config;
+use ferry_shared::state::{format_ms, Cutover, MigrationStatus};
+use ferry_shared::topics::Destination;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A failed call, said for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApiError(pub String);
+
+/// The coordinator's API.
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// From `coordinator.url` (or `http://<coordinator.listen>`).
+    pub fn new(config: &Config) -> Result<Api, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| ApiError(format!("creating an HTTP client: {e}")))?;
+        Ok(Api {
+            base: config.coordinator.url(),
+            http,
+        })
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> ApiError {
+        ApiError(format!(
+            "cannot reach the coordinator at {} ({e}): start it with \"ferry coordinator\" (or ferry-coordinator), or set coordinator.url to where it runs",
+            self.base
+        ))
+    }
+
+    async fn read<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ApiError> {
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError(format!("reading the coordinator's answer: {e}")))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(ApiError(message));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(format!(
+                "the coordinator at {} answered something this ferry cannot read ({e}); are the CLI and the coordinator the same version?",
+                self.base
+            ))
+        })
+    }
+
+    /// GET `path`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        self.read(resp).await
+    }
+
+    /// POST `body` as JSON to `path`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        let json = serde_json::to_vec(body).map_err(|e| ApiError(e.to_string()))?;
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(json)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        self.read(resp).await
+    }
+}
+
+/// `ferry initiate cutover to <to>`.
+pub async fn initiate_cutover(
+    config: &Config,
+    to: Destination,
+    prepare_for: PrepareFor,
+) -> Result<String, ApiError> {
+    let api = Api::new(config)?;
+    let msr: MigrationStatus = api
+        .post("/api/cutover", &CutoverRequest { to, prepare_for })
+        .await?;
+    let c = msr.cutover(to);
+    let mut out = format!(
+        "cutover to {to} {} (workflow: {})\n",
+        c.status.as_str(),
+        msr.workflow.as_str()
+    );
+    let _ = writeln!(
+        out,
+        "follow it with \"ferry cutover status\"; point the application at the {to} once it shows COMPLETED"
+    );
+    Ok(out)
+}
+
+fn cutover_lines(out: &mut String, to: Destination, c: &Cutover) {
+    let _ = writeln!(out, "cutover to {}: {}", to.as_str(), c.status.as_str());
+    if let Some(at) = c.requested_at_ms {
+        let mut prev = at;
+        for s in &c.steps {
+            let took = (s.done_at_ms - prev).max(0) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "  {}  {:<36} (+{took:.1} s)  {}",
+                format_ms(s.done_at_ms),
+                s.name,
+                s.description
+            );
+            prev = s.done_at_ms;
+        }
+        if let Some(done) = c.completed_at_ms {
+            let _ = writeln!(
+                out,
+                "  {}  completed in {:.1} s",
+                format_ms(done),
+                (done - at).max(0) as f64 / 1000.0
+            );
+        }
+    }
+    if let Some(w) = &c.waiting_for {
+        let _ = writeln!(out, "  waiting for: {w}");
+    }
+}
+
+/// `ferry cutover status`: per direction, the status and the time of each step, then
+/// where the streams and importers stand.
+pub async fn cutover_status(config: &Config) -> Result<String, ApiError> {
+    let api = Api::new(config)?;
+    let s: Status = api.get("/api/status").await?;
+    Ok(render_status(&s))
+}
+
+/// The text of `ferry cutover status`.
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let m = &s.migration;
+    let _ = writeln!(
+        out,
+        "migration {} (workflow: {}){}",
+        m.migration_id,
+        m.workflow.as_str(),
+        m.ended_at_ms
+            .map(|t| format!(", ended at {}", format_ms(t)))
+            .unwrap_or_default()
+    );
+    for to in [
+        Destination::Target,
+        Destination::SourceReplica,
+        Destination::Source,
+    ] {
+        cutover_lines(&mut out, to, m.cutover(to));
+    }
+    let _ = writeln!(out, "\nstreams:");
+    for st in &s.streams {
+        let _ = writeln!(
+            out,
+            "  {:<7} directive {:<8} exporter {:<12} last VSN {:<10} records {:<10} {:.0} events/s",
+            st.stream.as_str(),
+            st.directive,
+            st.exporter_phase,
+            st.last_vsn,
+            st.records,
+            st.rate_3m
+        );
+    }
+    let _ = writeln!(out, "importers:");
+    for i in &s.importers {
+        let eta = match (i.eta_seconds, &i.error) {
+            (_, Some(e)) => format!("({e})"),
+            (Some(0.0), _) => "caught up".to_owned(),
+            (Some(e), _) => format!("ETA {e:.0} s"),
+            (None, _) => "ETA unknown".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14} applies {:<9} instances {:<2} applied VSN {:<10} remaining {:<10} {:.0} events/s  {eta}",
+            i.destination.as_str(),
+            i.stream.map_or("(waits)".to_owned(), |s| s.to_string()),
+            i.instances,
+            i.applied_vsn,
+            i.remaining,
+            i.rate_3m
+        );
+    }
+    out
+}
+
+/// `ferry get data-migration-report`.
+pub async fn data_migration_report(config: &Config, json: bool) -> Result<String, ApiError> {
+    let api = Api::new(config)?;
+    let r: Report = api.get("/api/report").await?;
+    Ok(if json {
+        serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"
+    } else {
+        report::render(&r)
+    })
+}
+
+/// What `ferry end migration` backs up, and whether it deletes the topics.
+#[derive(Debug, Clone, Default)]
+pub struct EndOptions {
+    /// Where backups go.
+    pub backup_dir: Option<std::path::PathBuf>,
+    /// Save the data-migration report (text and JSON) and the status.
+    pub save_migration_reports: bool,
+    /// Save the migration's state and heartbeat records (`_state`, `_status`).
+    pub backup_log_files: bool,
+    /// `pg_dump --schema-only` of every configured database.
+    pub backup_schema_files: bool,
+    /// Delete the migration's topics.
+    pub delete_topics: bool,
+}
+
+/// `ferry end migration`.
+pub async fn end_migration(config: &Config, opts: &EndOptions) -> Result<String, ApiError> {
+    let api = Api::new(config)?;
+    let mut out = String::new();
+    let wants_backup =
+        opts.save_migration_reports || opts.backup_log_files || opts.backup_schema_files;
+    let dir = match (&opts.backup_dir, wants_backup) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => {
+            return Err(ApiError(
+                "--save-migration-reports, --backup-log-files and --backup-schema-files need --backup-dir DIR".into(),
+            ))
+        }
+        (None, false) => None,
+    };
+    if let Some(dir) = &dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ApiError(format!(
+                "cannot create backup directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let write = |name: &str, bytes: &[u8]| -> Result<std::path::PathBuf, ApiError> {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes)
+                .map_err(|e| ApiError(format!("cannot write {}: {e}", path.display())))?;
+            Ok(path)
+        };
+        if opts.save_migration_reports {
+            let r: Report = api.get("/api/report").await?;
+            let s: Status = api.get("/api/status").await?;
+            for (name, bytes) in [
+                ("data-migration-report.txt", report::render(&r).into_bytes()),
+                (
+                    "data-migration-report.json",
+                    serde_json::to_vec_pretty(&r).unwrap_or_default(),
+                ),
+                ("cutover-status.txt", render_status(&s).into_bytes()),
+                (
+                    "status.json",
+                    serde_json::to_vec_pretty(&s).unwrap_or_default(),
+                ),
+            ] {
+                let p = write(name, &bytes)?;
+                let _ = writeln!(out, "saved {}", p.display());
+            }
+        }
+        if opts.backup_log_files {
+            let topics = ferry_shared::topics::Topics::new(config.migration.topic_prefix());
+            let kafka = config.kafka.client_config();
+            for topic in [topics.state(), topics.status()] {
+                let records = ferry_shared::kafka::read_all(&kafka, &topic)
+                    .await
+                    .map_err(|e| ApiError(format!("reading {topic}: {e}")))?;
+                let mut text = String::new();
+                for r in records {
+                    let line = serde_json::json!({
+                        "offset": r.offset,
+                        "key": r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+                        "value": r.value.map(|v| serde_json::from_slice::<serde_json::Value>(&v)
+                            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&v).into_owned()))),
+                    });
+                    let _ = writeln!(text, "{line}");
+                }
+                let p = write(&format!("{topic}.jsonl"), text.as_bytes())?;
+                let _ = writeln!(out, "saved {}", p.display());
+            }
+        }
+        if opts.backup_schema_files {
+            for d in [
+                Destination::Source,
+                Destination::Target,
+                Destination::SourceReplica,
+            ] {
+                let Some(db) = ferry_coordinator::databases::database(config, d) else {
+                    continue;
+                };
+                let path = dir.join(format!("schema-{}.sql", d.as_str()));
+                let status = tokio::process::Command::new("pg_dump")
+                    .arg("--schema-only")
+                    .arg("--no-owner")
+                    .arg("--exclude-schema=ferry_metadata")
+                    .arg("-f")
+                    .arg(&path)
+                    .arg("-h")
+                    .arg(&db.host)
+                    .arg("-p")
+                    .arg(db.port().to_string())
+                    .arg("-U")
+                    .arg(&db.user)
+                    .arg(&db.database)
+                    .env("PGPASSWORD", db.password.expose())
+                    .status()
+                    .await
+                    .map_err(|e| {
+                        ApiError(format!(
+                            "cannot run pg_dump for --backup-schema-files ({e}): install the PostgreSQL client tools or leave the flag out"
+                        ))
+                    })?;
+                if !status.success() {
+                    return Err(ApiError(format!(
+                        "pg_dump of the {d} database failed ({status}); nothing was ended"
+                    )));
+                }
+                let _ = writeln!(out, "saved {}", path.display());
+            }
+        }
+    }
+    let r: EndReport = api
+        .post(
+            "/api/end",
+            &EndRequest {
+                delete_topics: opts.delete_topics,
+            },
+        )
+        .await?;
+    for d in &r.done {
+        let _ = writeln!(out, "done: {d}");
+    }
+    for f in &r.failed {
+        let _ = writeln!(out, "NOT done: {f}");
+    }
+    if !r.failed.is_empty() {
+        return Err(ApiError(format!(
+            "{out}the migration was ended, but some clean-up failed (see NOT done above); fix it and run \"ferry end migration\" again"
+        )));
+    }
+    let _ = writeln!(out, "migration ended");
+    Ok(out)
+}

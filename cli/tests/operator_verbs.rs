@@ -1,0 +1,181 @@
+//! The operator's verbs that talk to the coordinator, through the real `ferry` binary:
+//! `cutover status`, `initiate cutover` (refused out of order, with the reason and exit
+//! status 1), `get data-migration-report` (table and JSON), `verify`, and a clear error
+//! when the coordinator cannot be reached.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use ferry_testkit::{free_port, unique_name, wait_until, Stack};
+
+fn ferry(config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FERRY_") {
+            command.env_remove(name);
+        }
+    }
+    command.arg("--config").arg(config).args(args);
+    command
+}
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    ferry(config, args).output().unwrap()
+}
+
+struct Coordinator(Child);
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verbs_answer_through_the_coordinator() {
+    let stack = Stack::get();
+    let source_db = stack.source.create_database("verbs_s").await.unwrap();
+    let target_db = stack.target.create_database("verbs_t").await.unwrap();
+    let source = stack.source.connect(&source_db).await.unwrap();
+    let target = stack.target.connect(&target_db).await.unwrap();
+    let ddl = "CREATE TABLE items (id int PRIMARY KEY, name text)";
+    source.batch_execute(ddl).await.unwrap();
+    target.batch_execute(ddl).await.unwrap();
+    source
+        .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let text = stack.config_toml(
+        &unique_name("verbs"),
+        &source_db,
+        &target_db,
+        &target_db,
+        &listen,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, text).unwrap();
+
+    // No coordinator yet: a clear error naming the address and what to do.
+    let out = run(&config, &["cutover", "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the coordinator at http://{listen}"))
+            && stderr.contains("ferry coordinator"),
+        "{stderr}"
+    );
+
+    let _coordinator = Coordinator(
+        ferry(&config, &["coordinator"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the coordinator", Duration::from_secs(60), || {
+        let listen = listen.clone();
+        async move {
+            Ok(tokio::net::TcpStream::connect(listen)
+                .await
+                .ok()
+                .map(|_| ()))
+        }
+    })
+    .await
+    .unwrap();
+
+    let out = run(&config, &["cutover", "status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "cutover to target: NOT_INITIATED",
+        "cutover to source-replica: NOT_INITIATED",
+        "cutover to source: NOT_INITIATED",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+
+    // Out of order: refused with the reason, exit status 1.
+    let out = run(&config, &["initiate", "cutover", "to", "source"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cutover to source needs the cutover to target to be COMPLETED first"),
+        "{stderr}"
+    );
+    // Before the snapshot is exported, cutover to target is refused too.
+    let out = run(&config, &["initiate", "cutover", "to", "target"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has not finished the snapshot"), "{stderr}");
+    // A flag that applies only to cutover to target: a usage error.
+    let out = run(
+        &config,
+        &[
+            "initiate",
+            "cutover",
+            "to",
+            "source",
+            "--prepare-for-fall-back",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+
+    // The report: final row counts from the databases, in JSON and as a table.
+    let out = run(
+        &config,
+        &["get", "data-migration-report", "--format", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let count = |db: &str| {
+        rows.iter()
+            .find(|r| r["table"] == "public.items" && r["database"] == db)
+            .map(|r| r["final_row_count"].clone())
+    };
+    assert_eq!(count("source"), Some(serde_json::json!(50)), "{report}");
+    assert_eq!(count("target"), Some(serde_json::json!(0)), "{report}");
+    let out = run(&config, &["get", "data-migration-report"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("FINAL ROW COUNT") && table.contains("public.items"),
+        "{table}"
+    );
+
+    // verify: different now (exit 1), equal after copying.
+    let out = run(&config, &["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    target
+        .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let out = run(&config, &["verify", "--from", "source", "--to", "target"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&config, &["verify", "--from", "target", "--to", "target"]);
+    assert_eq!(out.status.code(), Some(2));
+}
