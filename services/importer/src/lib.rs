@@ -21,6 +21,7 @@ mod consumer;
 mod error;
 mod metadata;
 mod progress;
+pub mod replay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
