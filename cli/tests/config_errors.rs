@@ -169,13 +169,13 @@ fn missing_file_is_one_error_naming_it() {
 #[test]
 fn verbs_not_built_yet_say_so() {
     let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["cutover", "status"])
+        .args(["export", "schema"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(
         stderr_lines(&output),
-        vec!["error: \"ferry cutover status\" is not available yet"]
+        vec!["error: \"ferry export schema\" is not available yet"]
     );
     assert!(output.stdout.is_empty());
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use ferry_testkit::{free_port, unique_name, wait_until, Stack};
+use ferry_testkit::{free_port, unique_name, Stack};
 
 fn ferry(config: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
@@ -78,17 +78,9 @@ async fn verbs_answer_through_the_coordinator() {
             .spawn()
             .unwrap(),
     );
-    wait_until("the coordinator", Duration::from_secs(60), || {
-        let listen = listen.clone();
-        async move {
-            Ok(tokio::net::TcpStream::connect(listen)
-                .await
-                .ok()
-                .map(|_| ()))
-        }
-    })
-    .await
-    .unwrap();
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     let out = run(&config, &["cutover", "status"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -78,16 +78,7 @@ async fn start(name: &str, seed: &str) -> Result<Fixture> {
     tasks.push(tokio::spawn(async move {
         ferry_coordinator::run(c, s).await.expect("coordinator");
     }));
-    wait_until("the coordinator to listen", Duration::from_secs(30), || {
-        let listen = listen.clone();
-        async move {
-            Ok(tokio::net::TcpStream::connect(listen)
-                .await
-                .ok()
-                .map(|_| ()))
-        }
-    })
-    .await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
     let c = config.clone();
     let s = stop.clone();
     tasks.push(tokio::spawn(async move {

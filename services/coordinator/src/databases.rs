@@ -54,9 +54,9 @@ pub async fn connect(config: &Config, destination: Destination) -> Result<Db, St
     Ok(Db { client, conn })
 }
 
-/// Stored positions of `group` in `db`: (topic, partition) -> next offset. Empty when
-/// no importer has written there yet.
-pub async fn positions(db: &Db, group: &str) -> Result<HashMap<(String, i32), i64>, String> {
+/// Stored positions of `group` in `db`: (topic, partition) -> (next offset, last
+/// applied VSN). Empty when no importer has written there yet.
+pub async fn positions(db: &Db, group: &str) -> Result<HashMap<(String, i32), (i64, i64)>, String> {
     let exists: bool = db
         .client
         .query_one(
@@ -72,25 +72,32 @@ pub async fn positions(db: &Db, group: &str) -> Result<HashMap<(String, i32), i6
     let rows = db
         .client
         .query(
-            "SELECT topic, partition, next_offset FROM ferry_metadata.positions WHERE consumer_group = $1",
+            "SELECT topic, partition, next_offset, last_vsn FROM ferry_metadata.positions WHERE consumer_group = $1",
             &[&group],
         )
         .await
         .map_err(|e| format!("reading ferry_metadata.positions: {e}"))?;
     Ok(rows
         .iter()
-        .map(|r| ((r.get::<_, String>(0), r.get::<_, i32>(1)), r.get(2)))
+        .map(|r| {
+            (
+                (r.get::<_, String>(0), r.get::<_, i32>(1)),
+                (r.get(2), r.get(3)),
+            )
+        })
         .collect())
 }
 
 /// How far `group` is from the end of a stopped stream: the number of records not yet
 /// applied (0 = drained). Drained means the stored position of every partition reached
 /// the exporter's final end offset (DESIGN.md §4a).
-pub fn remaining(positions: &HashMap<(String, i32), i64>, fin: &ExporterFinal) -> i64 {
+pub fn remaining(positions: &HashMap<(String, i32), (i64, i64)>, fin: &ExporterFinal) -> i64 {
     let mut left = 0;
     for (topic, ends) in &fin.end_offsets {
         for (p, end) in ends.iter().enumerate() {
-            let at = positions.get(&(topic.clone(), p as i32)).copied().unwrap_or(0);
+            let at = positions
+                .get(&(topic.clone(), p as i32))
+                .map_or(0, |(next, _)| *next);
             left += (end - at).max(0);
         }
     }
@@ -122,10 +129,7 @@ pub async fn set_sequences(
         }
         db.client
             .execute(
-                &format!(
-                    "SELECT setval({}, $1, $2)",
-                    quote_literal(&name)
-                ),
+                &format!("SELECT setval({}, $1, $2)", quote_literal(&name)),
                 &[&s.last_value, &s.is_called],
             )
             .await
@@ -176,16 +180,7 @@ pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, Str
             )
             .await
             .map_err(|e| format!("dropping replication slot {slot}: {e}"))?;
-        let still: bool = db
-            .client
-            .query_one(
-                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if still {
+        if slot_exists(db, slot).await? {
             return Ok(false);
         }
     }
@@ -196,11 +191,21 @@ pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, Str
     Ok(true)
 }
 
+/// True when replication slot `slot` exists in `db`'s cluster.
+pub async fn slot_exists(db: &Db, slot: &str) -> Result<bool, String> {
+    Ok(db
+        .client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| format!("looking up replication slot {slot}: {e}"))?
+        .get(0))
+}
+
 /// Per-table import counts of `group` in `db`, by `schema.table`.
-pub async fn table_counts(
-    db: &Db,
-    group: &str,
-) -> Result<BTreeMap<String, [i64; 4]>, String> {
+pub async fn table_counts(db: &Db, group: &str) -> Result<BTreeMap<String, [i64; 4]>, String> {
     let exists: bool = db
         .client
         .query_one(

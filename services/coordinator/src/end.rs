@@ -74,12 +74,14 @@ pub async fn end(m: &Migration, req: &EndRequest) -> EndReport {
         }
         match db
             .client
-            .batch_execute("SET client_min_messages = warning; DROP SCHEMA IF EXISTS ferry_metadata CASCADE")
+            .batch_execute(
+                "SET client_min_messages = warning; DROP SCHEMA IF EXISTS ferry_metadata CASCADE",
+            )
             .await
         {
-            Ok(()) => report
-                .done
-                .push(format!("schema ferry_metadata dropped on the {destination}")),
+            Ok(()) => report.done.push(format!(
+                "schema ferry_metadata dropped on the {destination}"
+            )),
             Err(e) => report.failed.push(format!(
                 "dropping schema ferry_metadata on the {destination}: {e}"
             )),

@@ -388,8 +388,7 @@ impl Migration {
             return Err(format!("the {stream} exporter's final record"));
         };
         let db = connect(&self.config, destination).await?;
-        let positions =
-            databases::positions(&db, &self.topics.import_group(destination)).await?;
+        let positions = databases::positions(&db, &self.topics.import_group(destination)).await?;
         Ok(databases::remaining(&positions, fin))
     }
 
@@ -417,7 +416,9 @@ impl Migration {
             .await?;
         }
         if !c.done("target-importer-drained") {
-            let left = self.left_to_apply(Destination::Target, Stream::Source).await?;
+            let left = self
+                .left_to_apply(Destination::Target, Stream::Source)
+                .await?;
             if left > 0 {
                 return Ok(Some(format!(
                     "the target importer to apply the last {left} event(s) of the source stream (is \"ferry import data to target\" running?)"
@@ -480,16 +481,7 @@ impl Migration {
                 .map_err(|e| e.0)?;
                 let slot = slot_name(&self.config.migration.id, Stream::Target);
                 let db = connect(&self.config, Destination::Target).await?;
-                let exists: bool = db
-                    .client
-                    .query_one(
-                        "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                if !exists {
+                if !databases::slot_exists(&db, &slot).await? {
                     return Ok(Some(
                         "the target exporter to create its replication slot (is \"ferry export data from target\" running?)".into(),
                     ));

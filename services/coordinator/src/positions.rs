@@ -158,9 +158,17 @@ pub async fn status(m: &Migration) -> Status {
                 .or(cp.map(|c| c.next_vsn.0.saturating_sub(1)))
                 .unwrap_or(0),
             lsn: cp.map(|c| c.lsn.to_string()).unwrap_or_default(),
-            rate_3m: beat.filter(|b| now - b.at_ms < STALE_MS).map_or(0.0, |b| b.rate_3m),
-            rate_10m: beat.filter(|b| now - b.at_ms < STALE_MS).map_or(0.0, |b| b.rate_10m),
-            topics: h.keys().map(|(t, _)| t).collect::<std::collections::HashSet<_>>().len(),
+            rate_3m: beat
+                .filter(|b| now - b.at_ms < STALE_MS)
+                .map_or(0.0, |b| b.rate_3m),
+            rate_10m: beat
+                .filter(|b| now - b.at_ms < STALE_MS)
+                .map_or(0.0, |b| b.rate_10m),
+            topics: h
+                .keys()
+                .map(|(t, _)| t)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             records: h.values().sum(),
         });
         stream_highs.insert(stream, h);
@@ -196,7 +204,7 @@ pub async fn status(m: &Migration) -> Status {
             error: None,
         };
         match databases::connect(&m.config, destination).await {
-            Ok(db) => match importer_positions(&db, &group).await {
+            Ok(db) => match databases::positions(&db, &group).await {
                 Ok(pos) => {
                     st.applied_vsn = pos.values().map(|(_, v)| *v as u64).max().unwrap_or(0);
                     let streams_read: Vec<Stream> = match stream {
@@ -231,42 +239,6 @@ pub async fn status(m: &Migration) -> Status {
         importers,
         at_ms: now,
     }
-}
-
-/// (topic, partition) -> (next offset, last VSN) of `group`.
-async fn importer_positions(
-    db: &databases::Db,
-    group: &str,
-) -> Result<HashMap<(String, i32), (i64, i64)>, String> {
-    let exists: bool = db
-        .client
-        .query_one(
-            "SELECT to_regclass('ferry_metadata.positions') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if !exists {
-        return Ok(HashMap::new());
-    }
-    let rows = db
-        .client
-        .query(
-            "SELECT topic, partition, next_offset, last_vsn FROM ferry_metadata.positions WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await
-        .map_err(|e| format!("reading ferry_metadata.positions: {e}"))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                (r.get::<_, String>(0), r.get::<_, i32>(1)),
-                (r.get(2), r.get(3)),
-            )
-        })
-        .collect())
 }
 
 /// Prometheus text exposition of `status`.

@@ -94,7 +94,9 @@ pub async fn build(m: &Migration) -> Report {
                         .filter(|t| m.config.migration.selects(&t.schema, &t.name))
                         .map(|t| (t.schema, t.name)),
                 ),
-                Err(e) => report.notes.push(format!("listing the source's tables: {e}")),
+                Err(e) => report
+                    .notes
+                    .push(format!("listing the source's tables: {e}")),
             }
         }
     }
@@ -158,9 +160,7 @@ pub async fn build(m: &Migration) -> Report {
                 exported_snapshot_rows: out
                     .filter(|_| *d == Destination::Source)
                     .map(|c| c.snapshot_rows),
-                imported_snapshot_rows: inn
-                    .filter(|_| *d != Destination::Source)
-                    .map(|c| c[0]),
+                imported_snapshot_rows: inn.filter(|_| *d != Destination::Source).map(|c| c[0]),
                 exported_inserts: out.map(|c| c.inserts),
                 exported_updates: out.map(|c| c.updates),
                 exported_deletes: out.map(|c| c.deletes),

@@ -7,7 +7,7 @@ use anyhow::Result;
 use ferry_shared::config::Config;
 use ferry_shared::registry::RegistryClient;
 use ferry_shared::shutdown;
-use ferry_testkit::{free_port, unique_name, wait_until, Stack};
+use ferry_testkit::{free_port, unique_name, Stack};
 
 fn config(migration: &str, listen: &str) -> Result<Config> {
     let stack = Stack::get();
@@ -21,16 +21,7 @@ async fn start(config: Config) -> Result<(shutdown::ShutdownTrigger, Running)> {
     let (trigger, shutdown) = shutdown::channel();
     let listen = config.coordinator.listen.clone();
     let task = tokio::spawn(ferry_coordinator::run(config, shutdown));
-    wait_until("the coordinator to listen", Duration::from_secs(30), || {
-        let listen = listen.clone();
-        async move {
-            Ok(tokio::net::TcpStream::connect(listen)
-                .await
-                .ok()
-                .map(|_| ()))
-        }
-    })
-    .await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
     Ok((trigger, task))
 }
 

@@ -214,20 +214,7 @@ impl Error {
     }
 }
 
-/// Slot and publication names of one stream of one migration.
-pub fn slot_name(migration_id: &str, stream: Stream) -> String {
-    let id: String = migration_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("ferry_{id}_{}", stream.as_str())
-}
+pub use ferry_shared::topics::slot_name;
 
 /// The source preflight of `run`, on an open session with Ferry's settings.
 async fn preflight(

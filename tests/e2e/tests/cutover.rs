@@ -102,16 +102,7 @@ impl Harness {
         });
         self.coordinator = Some((trigger, task));
         let listen = self.listen.clone();
-        wait_until("the coordinator to listen", Duration::from_secs(60), || {
-            let listen = listen.clone();
-            async move {
-                Ok(tokio::net::TcpStream::connect(listen)
-                    .await
-                    .ok()
-                    .map(|_| ()))
-            }
-        })
-        .await
+        ferry_testkit::wait_listening(&listen, Duration::from_secs(60)).await
     }
 
     /// Kills the coordinator (no graceful stop).
@@ -173,7 +164,10 @@ impl Harness {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).context("a JSON answer")?))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).context("a JSON answer")?,
+        ))
     }
 
     async fn cutover(&self, to: &str, prepare_for: &str) -> Result<(u16, Value)> {
@@ -213,7 +207,9 @@ impl Harness {
             if let Ok(status) = self.cutover_status(to).await {
                 if status == "COMPLETED" {
                     if restart_every.is_some() {
-                        eprintln!("cutover to {to} completed across {restarts} coordinator restarts");
+                        eprintln!(
+                            "cutover to {to} completed across {restarts} coordinator restarts"
+                        );
                     }
                     return Ok(restarts);
                 }
@@ -354,7 +350,8 @@ async fn live_migration_cuts_over_with_sequences_and_refuses_out_of_order() -> R
     h.exporter(Stream::Source);
     h.importer(Destination::Target);
     writes(&h.source, "live", 40).await?;
-    h.wait_equal(Side::Source, Side::Target, "before cutover").await?;
+    h.wait_equal(Side::Source, Side::Target, "before cutover")
+        .await?;
     writes(&h.source, "late", 20).await?;
     // The importer is killed, then the cutover is requested: it waits for the drain,
     // saying so, and completes once the importer runs again.
@@ -362,17 +359,21 @@ async fn live_migration_cuts_over_with_sequences_and_refuses_out_of_order() -> R
     writes(&h.source, "while down", 5).await?;
     let (code, body) = h.cutover("target", "none").await?;
     assert_eq!(code, 200, "{body}");
-    let waiting = wait_until("the cutover to wait for the importer", Duration::from_secs(60), || {
-        let h = &h;
-        async move {
-            let (_, s) = h.api("GET", "/api/status", None).await?;
-            let w = s["migration"]["cutover_to_target"]["waiting_for"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            Ok(Some(w).filter(|w| w.contains("target importer")))
-        }
-    })
+    let waiting = wait_until(
+        "the cutover to wait for the importer",
+        Duration::from_secs(60),
+        || {
+            let h = &h;
+            async move {
+                let (_, s) = h.api("GET", "/api/status", None).await?;
+                let w = s["migration"]["cutover_to_target"]["waiting_for"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(Some(w).filter(|w| w.contains("target importer")))
+            }
+        },
+    )
     .await?;
     assert!(waiting.contains("ferry import data to target"), "{waiting}");
     assert_eq!(h.cutover_status("target").await?, "INITIATED");

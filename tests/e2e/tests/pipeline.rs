@@ -177,16 +177,7 @@ async fn a_loaded_source_arrives_equal_with_exact_counts() -> Result<()> {
 
     let (trigger, stop) = shutdown::channel();
     let coordinator = tokio::spawn(ferry_coordinator::run(config.clone(), stop.clone()));
-    wait_until("the coordinator to listen", Duration::from_secs(30), || {
-        let listen = listen.clone();
-        async move {
-            Ok(tokio::net::TcpStream::connect(listen)
-                .await
-                .ok()
-                .map(|_| ()))
-        }
-    })
-    .await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
 
     // The load starts with the snapshot and runs on through the change stream.
     let writer = tokio::spawn(write_load(

@@ -13,4 +13,4 @@ mod wait;
 
 pub use names::{free_port, unique_name};
 pub use stack::{Cluster, Stack};
-pub use wait::wait_until;
+pub use wait::{wait_listening, wait_until};

@@ -34,6 +34,17 @@ where
     }
 }
 
+/// Waits until something accepts TCP connections on `addr` (`host:port`), e.g. a
+/// coordinator started by the test.
+pub async fn wait_listening(addr: &str, deadline: Duration) -> anyhow::Result<()> {
+    wait_until(
+        &format!("something to listen on {addr}"),
+        deadline,
+        || async move { Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())) },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
