@@ -233,4 +233,3 @@ pub struct PartitionPosition {
 pub fn importer_heartbeat_key(destination: &str, instance: &str) -> String {
     format!("importer.{destination}.{instance}")
 }
-
