@@ -1,0 +1,202 @@
+//! ferry-bench: Ferry's throughput, latency, CPU and memory on one machine with the
+//! local stack (`scripts/stack`), each figure against a PostgreSQL reference measured
+//! in the same run. Run it as `scripts/bench [FLAGS]`; docs/benchmarks.md explains the
+//! figures and what bounds them.
+//!
+//! Ferry's coordinator, exporter and importer run in this process (each on its own
+//! runtime), so the process's CPU time and peak RSS during Ferry's part of a phase are
+//! Ferry's; the references run outside those windows. Every phase ends by comparing
+//! row count and checksum of source and target: a difference fails the run (exit 1).
+
+mod db;
+mod phases;
+mod report;
+mod services;
+mod usage;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::phases::Ctx;
+use crate::report::Report;
+use crate::services::Runtimes;
+
+/// Which phase to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Only {
+    Snapshot,
+    Cdc,
+    Single,
+}
+
+/// Measures Ferry against PostgreSQL references on the local stack.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-bench", version)]
+struct Args {
+    /// Rows of the snapshot phase.
+    #[arg(long, default_value_t = 10_000_000)]
+    rows: i64,
+    /// Row changes of the batched CDC phase (100 per transaction: 50 inserts, 40
+    /// updates, 10 deletes).
+    #[arg(long, default_value_t = 1_000_000)]
+    cdc_rows: i64,
+    /// Seconds of single-row load.
+    #[arg(long, default_value_t = 30)]
+    single_seconds: u64,
+    /// Offered rate of single-row transactions per second.
+    #[arg(long, default_value_t = 20_000)]
+    single_rate: u64,
+    /// Sessions writing the single-row load.
+    #[arg(long, default_value_t = 2)]
+    single_connections: i64,
+    /// Run only this phase (repeatable); default: all three.
+    #[arg(long, value_enum)]
+    only: Vec<Only>,
+    /// Snapshot diagnosis: run the exporter alone until every row is in Kafka, then the
+    /// importer alone, and report each half's rate and CPU (no end-to-end ratio).
+    #[arg(long)]
+    staged: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Exit 3 when a figure misses its target (correctness failures always exit 1).
+    #[arg(long)]
+    strict: bool,
+    /// Ferry configuration overrides, `section.key=value` (as `ferry --set`), e.g.
+    /// `importer.workers=2`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Worker threads of each service's runtime (a service in its own process gets one
+    /// per core).
+    #[arg(long, default_value_t = 2)]
+    service_threads: usize,
+    /// Longest wait, in seconds, for Ferry to finish a phase.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let services = match Runtimes::new(args.service_threads) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let bench = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = bench.block_on(run(&args, &services));
+    bench.shutdown_timeout(Duration::from_secs(5));
+    services.shutdown();
+
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    } else {
+        print!("{}", report.table());
+        println!(
+            "\nmachine: {} cores, {:.1} GiB RAM; load average before {}, after {}",
+            report.machine.cores,
+            report.machine.memory_gib,
+            report.machine.load_before,
+            report.machine.load_after
+        );
+        let split = report.cpu_split();
+        if !split.is_empty() {
+            println!("\nCPU of this process during Ferry's part of each phase:\n{split}");
+        }
+    }
+    if !report.errors.is_empty() {
+        ExitCode::from(1)
+    } else if args.strict && !report.all_pass() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run(args: &Args, services: &Runtimes) -> Report {
+    let mut report = Report {
+        machine: report::Machine::now(),
+        ..Report::default()
+    };
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("bench: interrupted; cleaning up (Ctrl-C again to quit at once)");
+            phases::INTERRUPTED.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let stack = match tokio::task::spawn_blocking(ferry_testkit::Stack::get).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.errors.push(format!("starting the local stack: {e}"));
+            report.build_lines();
+            return report;
+        }
+    };
+    let ctx = Ctx {
+        stack,
+        handles: services.handles(),
+        sets: args.sets.clone(),
+        timeout: Duration::from_secs(args.timeout),
+        verbose: !args.quiet,
+    };
+    let wants = |p: Only| args.only.is_empty() || args.only.contains(&p);
+    if wants(Only::Snapshot) {
+        match phases::snapshot(&ctx, args.rows, args.staged).await {
+            Ok(r) => report.snapshot = Some(r),
+            Err(e) => report.errors.push(format!("snapshot: {e:#}")),
+        }
+    }
+    if wants(Only::Cdc) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
+        match phases::cdc(&ctx, args.cdc_rows).await {
+            Ok(r) => report.cdc = Some(r),
+            Err(e) => report.errors.push(format!("cdc: {e:#}")),
+        }
+    }
+    if wants(Only::Single) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
+        match phases::single(
+            &ctx,
+            args.single_seconds,
+            args.single_rate,
+            args.single_connections.max(1),
+        )
+        .await
+        {
+            Ok(r) => report.single = Some(r),
+            Err(e) => report.errors.push(format!("single: {e:#}")),
+        }
+    }
+    report.machine.load_after = report::load_average();
+    report.build_lines();
+    report
+}

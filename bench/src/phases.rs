@@ -1,0 +1,688 @@
+//! The three measured phases. Each makes its own databases, migration id and topics,
+//! measures Ferry first (CPU and peak RSS only around Ferry's part), then the
+//! PostgreSQL reference on the same data, checks that source and target hold the same
+//! rows, and removes everything it made, also when it fails.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ferry_shared::config::{load_from, Config};
+use ferry_shared::topics::Destination;
+use ferry_testkit::{free_port, unique_name, Stack};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::db::{self, Checksum, Database, RefSlot};
+use crate::services::{Ferry, Handles};
+use crate::usage::{CpuMark, Usage};
+
+/// Set by Ctrl-C: waits stop and the phase cleans up.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// What every phase needs.
+pub struct Ctx {
+    pub stack: &'static Stack,
+    pub handles: Handles,
+    /// `--set section.key=value` overrides for Ferry's configuration.
+    pub sets: Vec<String>,
+    /// Longest wait for Ferry to finish a phase.
+    pub timeout: Duration,
+    /// Progress lines on stderr.
+    pub verbose: bool,
+}
+
+impl Ctx {
+    fn say(&self, text: &str) {
+        if self.verbose {
+            eprintln!("bench: {text}");
+        }
+    }
+}
+
+/// One phase's resources, removed by [`Phase::cleanup`].
+struct Phase {
+    dbs: Vec<Database>,
+    ferry: Option<Ferry>,
+}
+
+impl Phase {
+    fn new() -> Phase {
+        Phase {
+            dbs: Vec::new(),
+            ferry: None,
+        }
+    }
+
+    async fn db(&mut self, cluster: &ferry_testkit::Cluster, prefix: &str) -> Result<usize> {
+        self.dbs.push(Database::create(cluster, prefix).await?);
+        Ok(self.dbs.len() - 1)
+    }
+
+    /// Starts the coordinator of a fresh migration from `source` to `target`.
+    async fn start_ferry(&mut self, ctx: &Ctx, source: usize, target: usize) -> Result<()> {
+        let id = unique_name("bench");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let text = ctx.stack.config_toml(
+            &id,
+            &self.dbs[source].name,
+            &self.dbs[target].name,
+            &self.dbs[target].name,
+            &listen,
+        );
+        let config: Config = load_from("bench", &text, Vec::<(String, String)>::new(), &ctx.sets)
+            .map_err(|e| {
+            let all: Vec<String> = e.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("ferry configuration: {}", all.join("; "))
+        })?;
+        self.ferry = Some(Ferry::start_coordinator(config, ctx.handles.clone()).await?);
+        Ok(())
+    }
+
+    fn ferry(&mut self) -> Result<&mut Ferry> {
+        self.ferry.as_mut().context("ferry is not running")
+    }
+
+    /// Stops Ferry, deletes the migration's topics, drops the databases (and with them
+    /// every slot made in them). Errors are printed, not returned: cleanup must finish.
+    async fn cleanup(&mut self) {
+        if let Some(mut ferry) = self.ferry.take() {
+            if let Err(e) = ferry.stop().await {
+                eprintln!("bench: cleanup: {e:#}");
+            }
+            let kafka = ferry.config.kafka.client_config();
+            let prefix = format!("{}.", ferry.topics.prefix());
+            match ferry_shared::kafka::list_topics(&kafka, &prefix).await {
+                Ok(names) => {
+                    if let Err(e) = ferry_shared::kafka::delete_topics(&kafka, &names).await {
+                        eprintln!("bench: cleanup: deleting topics {prefix}*: {e}");
+                    }
+                }
+                Err(e) => eprintln!("bench: cleanup: listing topics {prefix}*: {e}"),
+            }
+        }
+        for db in self.dbs.drain(..) {
+            if let Err(e) = db.drop().await {
+                eprintln!("bench: cleanup: {e:#}");
+            }
+        }
+    }
+}
+
+/// Runs `body` on a fresh [`Phase`] and always cleans up after it.
+async fn with_phase<T>(body: impl AsyncFnOnce(&mut Phase) -> Result<T>) -> Result<T> {
+    let mut phase = Phase::new();
+    let result = body(&mut phase).await;
+    phase.cleanup().await;
+    result
+}
+
+/// `(snapshot rows, change events)` the target's importer has committed.
+async fn applied(target: &Client, group: &str) -> (i64, i64) {
+    target
+        .query_one(
+            "SELECT coalesce(sum(snapshot_rows), 0)::bigint, \
+                    coalesce(sum(inserts + updates + deletes), 0)::bigint \
+             FROM ferry_metadata.table_counts WHERE consumer_group = $1",
+            &[&group],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or((0, 0))
+}
+
+/// Polls the target's counts every 100 ms until `done` says so; fails when a service
+/// returns, on Ctrl-C, or after `ctx.timeout`. Returns the time from `since` to the poll
+/// that saw it done, and to the first poll that saw any progress.
+async fn wait_applied(
+    ctx: &Ctx,
+    ferry: &mut Ferry,
+    target: &Client,
+    since: Instant,
+    what: &str,
+    done: impl Fn((i64, i64)) -> bool,
+    started: impl Fn((i64, i64)) -> bool,
+) -> Result<(f64, f64)> {
+    let group = ferry.topics.import_group(Destination::Target);
+    let mut first: Option<f64> = None;
+    let mut last_say = Instant::now();
+    loop {
+        let counts = applied(target, &group).await;
+        let t = since.elapsed().as_secs_f64();
+        if first.is_none() && started(counts) {
+            first = Some(t);
+        }
+        if done(counts) {
+            return Ok((t, first.unwrap_or(t)));
+        }
+        if let Some(e) = ferry.failure().await {
+            return Err(e.context(format!("while waiting for {what}")));
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            bail!("interrupted while waiting for {what}");
+        }
+        if since.elapsed() > ctx.timeout {
+            bail!(
+                "timed out after {:?} waiting for {what} (applied so far: {} snapshot rows, {} changes)",
+                ctx.timeout,
+                counts.0,
+                counts.1
+            );
+        }
+        if last_say.elapsed() > Duration::from_secs(10) {
+            ctx.say(&format!(
+                "{what}: {} snapshot rows, {} changes applied after {t:.0} s",
+                counts.0, counts.1
+            ));
+            last_say = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Source and target checksums; an error (the run fails) when they differ.
+async fn verify(source: &Database, target: &Database) -> Result<Checksum> {
+    let (s, t) = tokio::try_join!(db::checksum(source), db::checksum(target))?;
+    if s != t {
+        bail!(
+            "source and target differ: source has {} rows (checksum {}), target {} rows (checksum {})",
+            s.rows,
+            s.sum,
+            t.rows,
+            t.sum
+        );
+    }
+    Ok(s)
+}
+
+/// The snapshot phase's figures.
+#[derive(Debug, Serialize)]
+pub struct SnapshotResult {
+    pub rows: i64,
+    pub ferry_seconds: f64,
+    pub ferry_rows_per_second: f64,
+    /// Time from the exporter's start to the first applied row.
+    pub first_row_seconds: f64,
+    pub copy_seconds: f64,
+    pub copy_rows_per_second: f64,
+    /// With `--staged`: the importer's part (the exporter's is in `staged`).
+    pub usage: Usage,
+    pub checksum: Checksum,
+    pub staged: Option<Staged>,
+}
+
+/// Snapshot: `rows` rows source → Kafka → target, against a binary COPY pipe.
+pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<SnapshotResult> {
+    with_phase(async |p: &mut Phase| {
+        let src = p.db(&ctx.stack.source, "bench_snap_src").await?;
+        let dst = p.db(&ctx.stack.target, "bench_snap_dst").await?;
+        let reference = p.db(&ctx.stack.target, "bench_snap_ref").await?;
+        p.dbs[src]
+            .connect()
+            .await?
+            .batch_execute(db::SOURCE_DDL)
+            .await?;
+        for d in [dst, reference] {
+            p.dbs[d]
+                .connect()
+                .await?
+                .batch_execute(db::TARGET_DDL)
+                .await?;
+        }
+        ctx.say(&format!("snapshot: filling the source with {rows} rows"));
+        db::fill(&p.dbs[src], 1, rows, 2).await?;
+        let target = p.dbs[dst].connect().await?;
+
+        ctx.say("snapshot: running Ferry");
+        let mut staged = None;
+        let mark = CpuMark::start()?;
+        p.start_ferry(ctx, src, dst).await?;
+        let since = Instant::now();
+        let ferry = p.ferry()?;
+        ferry.start_exporter();
+        if staged_mode {
+            // The exporter alone until every row is in Kafka, then the importer alone.
+            let export_secs = wait_exported(ctx, ferry, "t", rows, since).await?;
+            let export_usage = mark.finish()?;
+            let mark = CpuMark::start()?;
+            let since = Instant::now();
+            ferry.start_importer_after_topic("t").await?;
+            let (import_secs, _) = wait_applied(
+                ctx,
+                ferry,
+                &target,
+                since,
+                "the snapshot on the target",
+                |c| c.0 >= rows,
+                |c| c.0 > 0,
+            )
+            .await?;
+            staged = Some(Staged {
+                export_seconds: export_secs,
+                export_rows_per_second: rows as f64 / export_secs,
+                export_usage,
+                import_seconds: import_secs,
+                import_rows_per_second: rows as f64 / import_secs,
+                import_usage: mark.finish()?,
+            });
+        }
+        let (secs, first) = if staged_mode {
+            (since.elapsed().as_secs_f64(), 0.0)
+        } else {
+            ferry.start_importer_after_topic("t").await?;
+            wait_applied(
+                ctx,
+                ferry,
+                &target,
+                since,
+                "the snapshot on the target",
+                |c| c.0 >= rows,
+                |c| c.0 > 0,
+            )
+            .await?
+        };
+        let usage = match &staged {
+            Some(s) => s.import_usage.clone(),
+            None => mark.finish()?,
+        };
+        ferry.stop().await?;
+
+        ctx.say("snapshot: reference COPY pipe");
+        let (copied, copy_secs) = db::copy_pipe(&p.dbs[src], &p.dbs[reference]).await?;
+        if copied != rows as u64 {
+            bail!("the reference COPY moved {copied} rows, expected {rows}");
+        }
+        ctx.say("snapshot: checksums");
+        let (checksum, reference_sum) = tokio::try_join!(
+            verify(&p.dbs[src], &p.dbs[dst]),
+            db::checksum(&p.dbs[reference])
+        )?;
+        if checksum.rows != rows || reference_sum != checksum {
+            bail!(
+                "the source holds {} rows, expected {rows}, or the reference copy differs",
+                checksum.rows
+            );
+        }
+        Ok(SnapshotResult {
+            rows,
+            ferry_seconds: secs,
+            ferry_rows_per_second: rows as f64 / secs,
+            first_row_seconds: first,
+            copy_seconds: copy_secs,
+            copy_rows_per_second: rows as f64 / copy_secs,
+            usage,
+            checksum,
+            staged,
+        })
+    })
+    .await
+}
+
+/// `--staged`: the snapshot's two halves measured one after the other.
+#[derive(Debug, Serialize)]
+pub struct Staged {
+    pub export_seconds: f64,
+    pub export_rows_per_second: f64,
+    pub export_usage: Usage,
+    pub import_seconds: f64,
+    pub import_rows_per_second: f64,
+    pub import_usage: Usage,
+}
+
+/// Polls the table topic's high watermarks every 250 ms until they hold `rows` records.
+async fn wait_exported(
+    ctx: &Ctx,
+    ferry: &mut Ferry,
+    table: &str,
+    rows: i64,
+    since: Instant,
+) -> Result<f64> {
+    let topic = ferry
+        .topics
+        .table(ferry_shared::topics::Stream::Source, "public", table);
+    let kafka = ferry.config.kafka.client_config();
+    loop {
+        let high: i64 = ferry_shared::kafka::watermarks(&kafka, &topic)
+            .await
+            .map(|w| w.iter().map(|(_, h)| h).sum())
+            .unwrap_or(0);
+        if high >= rows {
+            return Ok(since.elapsed().as_secs_f64());
+        }
+        if let Some(e) = ferry.failure().await {
+            return Err(e.context("while waiting for the export"));
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            bail!("interrupted while waiting for the export");
+        }
+        if since.elapsed() > ctx.timeout {
+            bail!("timed out waiting for the export ({high} of {rows} records in Kafka)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The batched CDC phase's figures.
+#[derive(Debug, Serialize)]
+pub struct CdcResult {
+    pub transactions: i64,
+    pub events: i64,
+    pub inserts: i64,
+    pub updates: i64,
+    pub deletes: i64,
+    /// Time to generate the load on the source (not measured against anything).
+    pub load_seconds: f64,
+    pub ferry_seconds: f64,
+    pub ferry_events_per_second: f64,
+    /// From the exporter's restart to the first applied change.
+    pub first_event_seconds: f64,
+    pub recvlogical_seconds: f64,
+    pub recvlogical_events_per_second: f64,
+    pub usage: Usage,
+    pub checksum: Checksum,
+}
+
+/// Batched CDC: transactions of 100 row changes (50 inserts, 40 updates, 10 deletes)
+/// written while the exporter is stopped, then the backlog drained by Ferry (exporter
+/// restarted) and by `pg_recvlogical` from its own slot made before the load.
+pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
+    let transactions = ((cdc_rows + 99) / 100).max(1);
+    // Rows 1..=updatable are updated (cycling), the next `transactions * 10` deleted,
+    // new rows are inserted above.
+    let updatable = (transactions * 40).min(100_000);
+    let deletable = transactions * 10;
+    let inserts_from = updatable + deletable;
+    with_phase(async |p: &mut Phase| {
+        let src = p.db(&ctx.stack.source, "bench_cdc_src").await?;
+        let dst = p.db(&ctx.stack.target, "bench_cdc_dst").await?;
+        p.dbs[src]
+            .connect()
+            .await?
+            .batch_execute(db::SOURCE_DDL)
+            .await?;
+        p.dbs[dst]
+            .connect()
+            .await?
+            .batch_execute(db::TARGET_DDL)
+            .await?;
+        ctx.say(&format!("cdc: prefilling {inserts_from} rows"));
+        db::fill(&p.dbs[src], 1, inserts_from, 2).await?;
+        let target = p.dbs[dst].connect().await?;
+
+        // Ferry takes its snapshot of the prefill and streams; then the exporter stops
+        // so that the load piles up as a backlog for both readers.
+        ctx.say("cdc: Ferry's snapshot of the prefill");
+        p.start_ferry(ctx, src, dst).await?;
+        let since = Instant::now();
+        let ferry = p.ferry()?;
+        ferry.start_exporter();
+        ferry.start_importer_after_topic("t").await?;
+        wait_applied(
+            ctx,
+            ferry,
+            &target,
+            since,
+            "the prefill snapshot",
+            |c| c.0 >= inserts_from,
+            |_| true,
+        )
+        .await?;
+        ferry.stop_exporter().await?;
+        let reference = RefSlot::create(&p.dbs[src]).await?;
+
+        ctx.say(&format!(
+            "cdc: writing {transactions} transactions of 100 row changes"
+        ));
+        let load_started = Instant::now();
+        let connections = 2;
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            let client = p.dbs[src].connect().await?;
+            let sql = format!(
+                "DO $$ DECLARE n bigint; u bigint; d bigint; BEGIN
+                   FOR k IN {c}..{last} BY {connections} LOOP
+                     n := {inserts_from} + k * 50;
+                     INSERT INTO t SELECT g, {values} FROM generate_series(n + 1, n + 50) g;
+                     u := (k * 40) % {updatable};
+                     UPDATE t SET a = a + 1, b = b + k, ts = ts + interval '1 second'
+                       WHERE id BETWEEN u + 1 AND u + 40;
+                     d := {updatable} + k * 10;
+                     DELETE FROM t WHERE id BETWEEN d + 1 AND d + 10;
+                     COMMIT;
+                   END LOOP;
+                 END $$",
+                last = transactions - 1,
+                values = db::row_values("g"),
+            );
+            tasks.push(tokio::spawn(
+                async move { client.batch_execute(&sql).await },
+            ));
+        }
+        for t in tasks {
+            t.await?.context("the CDC load")?;
+        }
+        let load_seconds = load_started.elapsed().as_secs_f64();
+        let end_lsn = db::current_lsn(&p.dbs[src]).await?;
+        let events = transactions * 100;
+
+        ctx.say("cdc: Ferry drains the backlog");
+        let mark = CpuMark::start()?;
+        let since = Instant::now();
+        let ferry = p.ferry()?;
+        ferry.start_exporter();
+        let (secs, first) = wait_applied(
+            ctx,
+            ferry,
+            &target,
+            since,
+            "the changes on the target",
+            |c| c.1 >= events,
+            |c| c.1 > 0,
+        )
+        .await?;
+        let usage = mark.finish()?;
+        ferry.stop().await?;
+
+        ctx.say("cdc: reference pg_recvlogical");
+        let ref_secs = reference.read_to(&p.dbs[src], &end_lsn).await?;
+        reference.drop(&p.dbs[src]).await?;
+        let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
+        let expected_rows = updatable + transactions * 50;
+        if checksum.rows != expected_rows {
+            bail!(
+                "the source holds {} rows after the load, expected {expected_rows}",
+                checksum.rows
+            );
+        }
+        Ok(CdcResult {
+            transactions,
+            events,
+            inserts: transactions * 50,
+            updates: transactions * 40,
+            deletes: transactions * 10,
+            load_seconds,
+            ferry_seconds: secs,
+            ferry_events_per_second: events as f64 / secs,
+            first_event_seconds: first,
+            recvlogical_seconds: ref_secs,
+            recvlogical_events_per_second: events as f64 / ref_secs,
+            usage,
+            checksum,
+        })
+    })
+    .await
+}
+
+/// The single-row CDC phase's figures.
+#[derive(Debug, Serialize)]
+pub struct SingleResult {
+    pub seconds: f64,
+    pub offered_rate: f64,
+    pub connections: i64,
+    pub events: i64,
+    /// Events per second the source committed (the load's achieved rate).
+    pub source_events_per_second: f64,
+    /// Events per second applied on the target, first source commit to last apply.
+    pub ferry_events_per_second: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    /// p99 latency of the first and the last fifth of the run (by source commit time).
+    pub first_fifth_p99_ms: f64,
+    pub last_fifth_p99_ms: f64,
+    /// Least-squares slope of latency over the run, ms per second.
+    pub latency_slope_ms_per_s: f64,
+    pub lag_grows: bool,
+    /// Time from the end of the load until the target had every event.
+    pub drain_seconds: f64,
+    pub recvlogical_seconds: f64,
+    pub recvlogical_events_per_second: f64,
+    pub usage: Usage,
+    pub checksum: Checksum,
+}
+
+/// Single-row transactions: inserts paced at `rate` per second over `connections`
+/// sessions for `seconds`, each row stamped with `clock_timestamp()` at insert; the
+/// target stamps `applied` with `clock_timestamp()` in an `ENABLE ALWAYS` trigger.
+pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Result<SingleResult> {
+    const PREFILL: i64 = 1000;
+    with_phase(async |p: &mut Phase| {
+        let src = p.db(&ctx.stack.source, "bench_one_src").await?;
+        let dst = p.db(&ctx.stack.target, "bench_one_dst").await?;
+        p.dbs[src].connect().await?.batch_execute(db::SOURCE_DDL).await?;
+        p.dbs[dst]
+            .connect()
+            .await?
+            .batch_execute(&format!(
+                "{}
+                 ALTER TABLE t ADD COLUMN applied timestamptz;
+                 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN NEW.applied := clock_timestamp(); RETURN NEW; END $$;
+                 CREATE TRIGGER stamp BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION stamp();
+                 ALTER TABLE t ENABLE ALWAYS TRIGGER stamp;",
+                db::TARGET_DDL
+            ))
+            .await?;
+        db::fill(&p.dbs[src], 1, PREFILL, 1).await?;
+        let target = p.dbs[dst].connect().await?;
+
+        ctx.say("single: Ferry's snapshot of the prefill");
+        p.start_ferry(ctx, src, dst).await?;
+        let since = Instant::now();
+        let ferry = p.ferry()?;
+        ferry.start_exporter();
+        ferry.start_importer_after_topic("t").await?;
+        wait_applied(ctx, ferry, &target, since, "the prefill snapshot", |c| c.0 >= PREFILL, |_| true)
+            .await?;
+        let reference = RefSlot::create(&p.dbs[src]).await?;
+
+        ctx.say(&format!(
+            "single: {rate} single-row transactions per second for {seconds} s"
+        ));
+        let mark = CpuMark::start()?;
+        let per_connection = rate as f64 / connections as f64;
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            let client = p.dbs[src].connect().await?;
+            let sql = format!(
+                "DO $$ DECLARE i bigint := 0; id bigint; t0 timestamptz := clock_timestamp(); ahead float8;
+                 BEGIN
+                   WHILE clock_timestamp() < t0 + interval '{seconds} seconds' LOOP
+                     id := {base} + i * {connections} + {c};
+                     INSERT INTO t VALUES (id, (id % 100000)::int, id * 7,
+                                           substr(md5(id::text), 1, 16), clock_timestamp());
+                     COMMIT;
+                     i := i + 1;
+                     IF i % 20 = 0 THEN
+                       ahead := i / {per_connection}::float8 - extract(epoch FROM clock_timestamp() - t0);
+                       IF ahead > 0 THEN PERFORM pg_sleep(ahead); END IF;
+                     END IF;
+                   END LOOP;
+                 END $$",
+                base = PREFILL + 1,
+            );
+            tasks.push(tokio::spawn(async move { client.batch_execute(&sql).await }));
+        }
+        for t in tasks {
+            t.await?.context("the single-row load")?;
+        }
+        let load_end = Instant::now();
+        let end_lsn = db::current_lsn(&p.dbs[src]).await?;
+        let source = p.dbs[src].connect().await?;
+        let events: i64 = source
+            .query_one("SELECT count(*) FROM t WHERE id > $1", &[&PREFILL])
+            .await?
+            .get(0);
+        let ferry = p.ferry()?;
+        let (drain, _) = wait_applied(
+            ctx,
+            ferry,
+            &target,
+            load_end,
+            "the single-row changes on the target",
+            |c| c.1 >= events,
+            |_| true,
+        )
+        .await?;
+        let usage = mark.finish()?;
+        ferry.stop().await?;
+
+        let row = target
+            .query_one(
+                "WITH x AS (
+                   SELECT ts, applied, extract(epoch FROM applied - ts)::float8 * 1000 AS ms,
+                          ntile(5) OVER (ORDER BY ts) AS fifth
+                   FROM t WHERE id > $1)
+                 SELECT count(*),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                   max(ms),
+                   extract(epoch FROM max(ts) - min(ts))::float8,
+                   extract(epoch FROM max(applied) - min(ts))::float8,
+                   regr_slope(ms, extract(epoch FROM ts)::float8),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FILTER (WHERE fifth = 1),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FILTER (WHERE fifth = 5),
+                   count(*) FILTER (WHERE applied IS NULL)
+                 FROM x",
+                &[&PREFILL],
+            )
+            .await?;
+        let applied_rows: i64 = row.get(0);
+        let unstamped: i64 = row.get(9);
+        if applied_rows != events || unstamped > 0 {
+            bail!("the target has {applied_rows} of {events} single-row events ({unstamped} without an apply time: is the ENABLE ALWAYS trigger firing?)");
+        }
+        let get = |i: usize| -> f64 { row.get::<_, Option<f64>>(i).unwrap_or(0.0) };
+        let (source_span, apply_span) = (get(4).max(1e-3), get(5).max(1e-3));
+        let slope = get(6);
+
+        ctx.say("single: reference pg_recvlogical");
+        let ref_secs = reference.read_to(&p.dbs[src], &end_lsn).await?;
+        reference.drop(&p.dbs[src]).await?;
+        let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
+        let (first_p99, last_p99) = (get(7), get(8));
+        Ok(SingleResult {
+            seconds: seconds as f64,
+            offered_rate: rate as f64,
+            connections,
+            events,
+            source_events_per_second: events as f64 / source_span,
+            ferry_events_per_second: events as f64 / apply_span,
+            latency_p50_ms: get(1),
+            latency_p99_ms: get(2),
+            latency_max_ms: get(3),
+            first_fifth_p99_ms: first_p99,
+            last_fifth_p99_ms: last_p99,
+            latency_slope_ms_per_s: slope,
+            // Growing: the latency rises by more than 100 ms over the run and ends
+            // well above where it started.
+            lag_grows: slope * source_span > 100.0 && last_p99 > 2.0 * first_p99,
+            drain_seconds: drain,
+            recvlogical_seconds: ref_secs,
+            recvlogical_events_per_second: events as f64 / ref_secs,
+            usage,
+            checksum,
+        })
+    })
+    .await
+}

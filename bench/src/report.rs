@@ -1,0 +1,377 @@
+//! The result table: each figure with its same-run reference, the ratio, the target
+//! and PASS/MISS; and the same as JSON.
+
+use serde::Serialize;
+
+use crate::phases::{CdcResult, SingleResult, SnapshotResult};
+use crate::usage::Usage;
+
+/// One line of the table.
+#[derive(Debug, Serialize)]
+pub struct Line {
+    pub figure: String,
+    pub ferry: String,
+    pub reference: String,
+    pub ratio: Option<f64>,
+    pub target: String,
+    /// `None`: informational, no target.
+    pub pass: Option<bool>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub snapshot: Option<SnapshotResult>,
+    pub cdc: Option<CdcResult>,
+    pub single: Option<SingleResult>,
+    pub lines: Vec<Line>,
+    /// Phases that failed, with the reason; any entry fails the run.
+    pub errors: Vec<String>,
+}
+
+/// Where the run ran.
+#[derive(Debug, Default, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+impl Machine {
+    /// Cores, memory and the load average now.
+    pub fn now() -> Machine {
+        let memory_kb: f64 = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            memory_gib: memory_kb / 1024.0 / 1024.0,
+            load_before: load_average(),
+            load_after: String::new(),
+        }
+    }
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} M/s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} k/s", v / 1e3)
+    } else {
+        format!("{v:.0} /s")
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes / (1024 * 1024))
+}
+
+const MIN_RATIO: f64 = 0.40;
+const MAX_CPU_US_PER_ROW: f64 = 4.0;
+const MAX_RSS: u64 = 1 << 30;
+const MIN_SINGLE_RATE: f64 = 20_000.0;
+const MAX_P99_MS: f64 = 500.0;
+
+impl Report {
+    fn line(
+        &mut self,
+        figure: &str,
+        ferry: String,
+        reference: String,
+        ratio: Option<f64>,
+        target: &str,
+        pass: Option<bool>,
+    ) {
+        self.lines.push(Line {
+            figure: figure.to_owned(),
+            ferry,
+            reference,
+            ratio,
+            target: target.to_owned(),
+            pass,
+        });
+    }
+
+    fn usage_lines(
+        &mut self,
+        phase: &str,
+        usage: &Usage,
+        units: f64,
+        unit: &str,
+        cpu_target: bool,
+    ) {
+        let us = usage.ferry_cpu_seconds() * 1e6 / units.max(1.0);
+        self.line(
+            &format!("{phase}: Ferry CPU per {unit}"),
+            // µs per unit is also CPU seconds per million units.
+            format!("{us:.2} µs (= {us:.1} s per M)"),
+            format!(
+                "{:.1} CPU s in {units:.0} {unit}s",
+                usage.ferry_cpu_seconds()
+            ),
+            None,
+            if cpu_target { "≤ 4 µs" } else { "" },
+            cpu_target.then_some(us <= MAX_CPU_US_PER_ROW),
+        );
+        self.line(
+            &format!("{phase}: peak RSS (exporter+importer+coordinator)"),
+            mib(usage.peak_rss_bytes),
+            String::new(),
+            None,
+            "≤ 1024 MiB",
+            Some(usage.peak_rss_bytes <= MAX_RSS),
+        );
+    }
+
+    /// Builds the table lines from the phase results.
+    pub fn build_lines(&mut self) {
+        if let Some(s) = self.snapshot.take() {
+            if let Some(st) = &s.staged {
+                self.line(
+                    &format!("snapshot staged: exporter alone ({} rows)", s.rows),
+                    rate(st.export_rows_per_second),
+                    format!("COPY binary pipe {}", rate(s.copy_rows_per_second)),
+                    Some(st.export_rows_per_second / s.copy_rows_per_second),
+                    "",
+                    None,
+                );
+                self.usage_lines(
+                    "snapshot staged, exporter",
+                    &st.export_usage,
+                    s.rows as f64,
+                    "row",
+                    false,
+                );
+                self.line(
+                    &format!("snapshot staged: importer alone ({} rows)", s.rows),
+                    rate(st.import_rows_per_second),
+                    format!("COPY binary pipe {}", rate(s.copy_rows_per_second)),
+                    Some(st.import_rows_per_second / s.copy_rows_per_second),
+                    "",
+                    None,
+                );
+                self.usage_lines(
+                    "snapshot staged, importer",
+                    &st.import_usage,
+                    s.rows as f64,
+                    "row",
+                    false,
+                );
+                self.line(
+                    "snapshot: count + checksum equal",
+                    format!("{} rows", s.checksum.rows),
+                    "source = target".into(),
+                    None,
+                    "equal",
+                    Some(true),
+                );
+                self.snapshot = Some(s);
+                return self.rest_lines();
+            }
+            let ratio = s.ferry_rows_per_second / s.copy_rows_per_second;
+            self.line(
+                &format!("snapshot: rows/s end to end ({} rows)", s.rows),
+                rate(s.ferry_rows_per_second),
+                format!("COPY binary pipe {}", rate(s.copy_rows_per_second)),
+                Some(ratio),
+                "ratio ≥ 0.40",
+                Some(ratio >= MIN_RATIO),
+            );
+            self.usage_lines("snapshot", &s.usage, s.rows as f64, "row", true);
+            self.line(
+                "snapshot: count + checksum equal",
+                format!("{} rows", s.checksum.rows),
+                "source = target".into(),
+                None,
+                "equal",
+                Some(true),
+            );
+            self.snapshot = Some(s);
+        }
+        self.rest_lines();
+    }
+
+    fn rest_lines(&mut self) {
+        if let Some(c) = self.cdc.take() {
+            let ratio = c.ferry_events_per_second / c.recvlogical_events_per_second;
+            self.line(
+                &format!("cdc 100-row txns: rows/s ({} changes)", c.events),
+                rate(c.ferry_events_per_second),
+                format!("pg_recvlogical {}", rate(c.recvlogical_events_per_second)),
+                Some(ratio),
+                "ratio ≥ 0.40",
+                Some(ratio >= MIN_RATIO),
+            );
+            self.usage_lines("cdc", &c.usage, c.events as f64, "change", false);
+            self.line(
+                "cdc: count + checksum equal",
+                format!("{} rows", c.checksum.rows),
+                "source = target".into(),
+                None,
+                "equal",
+                Some(true),
+            );
+            self.cdc = Some(c);
+        }
+        if let Some(s) = self.single.take() {
+            self.line(
+                &format!("single-row txns: events/s ({} events)", s.events),
+                rate(s.ferry_events_per_second),
+                format!(
+                    "source committed {}; pg_recvlogical {}",
+                    rate(s.source_events_per_second),
+                    rate(s.recvlogical_events_per_second)
+                ),
+                Some(s.ferry_events_per_second / s.recvlogical_events_per_second),
+                "≥ 20 k/s",
+                Some(s.ferry_events_per_second >= MIN_SINGLE_RATE),
+            );
+            self.line(
+                "single-row txns: commit-to-commit p50 / p99",
+                format!("{:.0} / {:.0} ms", s.latency_p50_ms, s.latency_p99_ms),
+                format!("max {:.0} ms", s.latency_max_ms),
+                None,
+                "p99 ≤ 500 ms",
+                Some(s.latency_p99_ms <= MAX_P99_MS),
+            );
+            self.line(
+                "single-row txns: lag grows",
+                if s.lag_grows { "yes" } else { "no" }.into(),
+                format!(
+                    "p99 first/last fifth {:.0}/{:.0} ms, slope {:.1} ms/s",
+                    s.first_fifth_p99_ms, s.last_fifth_p99_ms, s.latency_slope_ms_per_s
+                ),
+                None,
+                "no",
+                Some(!s.lag_grows),
+            );
+            self.usage_lines("single", &s.usage, s.events as f64, "event", false);
+            self.line(
+                "single: count + checksum equal",
+                format!("{} rows", s.checksum.rows),
+                "source = target".into(),
+                None,
+                "equal",
+                Some(true),
+            );
+            self.single = Some(s);
+        }
+        for e in self.errors.clone() {
+            self.line("FAILED", e, String::new(), None, "", Some(false));
+        }
+    }
+
+    /// True when every line with a target passed.
+    pub fn all_pass(&self) -> bool {
+        self.lines.iter().all(|l| l.pass != Some(false))
+    }
+
+    /// The plain table.
+    pub fn table(&self) -> String {
+        let header = [
+            "figure",
+            "Ferry",
+            "same-run reference",
+            "ratio",
+            "target",
+            "",
+        ];
+        let rows: Vec<[String; 6]> = self
+            .lines
+            .iter()
+            .map(|l| {
+                [
+                    l.figure.clone(),
+                    l.ferry.clone(),
+                    l.reference.clone(),
+                    l.ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                    l.target.clone(),
+                    match l.pass {
+                        Some(true) => "PASS".into(),
+                        Some(false) => "MISS".into(),
+                        None => String::new(),
+                    },
+                ]
+            })
+            .collect();
+        let mut widths = header.map(|h| h.chars().count());
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let fmt = |cells: &[String]| -> String {
+            let mut s = String::from("|");
+            for (c, w) in cells.iter().zip(widths) {
+                s.push(' ');
+                s.push_str(c);
+                s.push_str(&" ".repeat(w - c.chars().count()));
+                s.push_str(" |");
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = fmt(&header.map(String::from));
+        out.push('|');
+        for w in widths {
+            out.push_str(&"-".repeat(w + 2));
+            out.push('|');
+        }
+        out.push('\n');
+        for r in &rows {
+            out.push_str(&fmt(r));
+        }
+        out
+    }
+
+    /// Per-phase CPU split by thread group (the profile evidence).
+    pub fn cpu_split(&self) -> String {
+        let mut out = String::new();
+        let staged = self.snapshot.as_ref().and_then(|s| s.staged.as_ref());
+        let phases: [(&str, Option<&Usage>); 4] = [
+            (
+                "snapshot staged, exporter alone",
+                staged.map(|s| &s.export_usage),
+            ),
+            (
+                if staged.is_some() {
+                    "snapshot staged, importer alone"
+                } else {
+                    "snapshot"
+                },
+                self.snapshot.as_ref().map(|s| &s.usage),
+            ),
+            ("cdc", self.cdc.as_ref().map(|s| &s.usage)),
+            ("single", self.single.as_ref().map(|s| &s.usage)),
+        ];
+        for (name, usage) in phases {
+            let Some(u) = usage else { continue };
+            out.push_str(&format!(
+                "{name}: {:.1} CPU s in this process; by thread:\n",
+                u.cpu_seconds
+            ));
+            for (group, secs) in &u.split {
+                out.push_str(&format!(
+                    "  {secs:>8.1} s  {:>5.1} %  {group}\n",
+                    100.0 * secs / u.cpu_seconds.max(1e-9)
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,206 @@
+//! CPU time and memory of this process, read from `/proc` (the workspace forbids
+//! `unsafe`, so no `getrusage` call; the numbers are the same ones).
+//!
+//! - Process CPU: fields `utime` + `stime` of `/proc/self/stat`, which count every
+//!   thread of the process, including threads that already exited (what
+//!   `getrusage(RUSAGE_SELF)` returns).
+//! - Per-thread CPU: `/proc/self/task/<tid>/stat`, grouped by thread name. Ferry's
+//!   services run on their own runtimes with named threads (`exporter`, `importer`,
+//!   `coordinator`), librdkafka names its threads `rdk:*`; see [`group_of`].
+//! - Peak RSS: `VmHWM` of `/proc/self/status`, reset at the start of a phase by writing
+//!   `5` to `/proc/self/clear_refs` (Linux ≥ 4.0), so each phase reports its own peak.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+
+/// Clock ticks per second of the `stat` files (`getconf CLK_TCK`, 100 on Linux).
+fn ticks_per_second() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// `(comm, utime + stime in seconds)` from the text of a `stat` file.
+fn parse_stat(text: &str) -> Option<(String, f64)> {
+    // The name is in parentheses and may itself hold spaces and parentheses.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state(3) ppid ... utime is field 14, stime 15 (1-based overall).
+    let utime: f64 = rest.get(11)?.parse().ok()?;
+    let stime: f64 = rest.get(12)?.parse().ok()?;
+    Some((comm, (utime + stime) / ticks_per_second()))
+}
+
+/// CPU seconds used by the whole process so far.
+pub fn process_cpu() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    parse_stat(&text)
+        .map(|(_, s)| s)
+        .context("parsing /proc/self/stat")
+}
+
+/// CPU seconds per live thread: tid -> (name, seconds).
+pub fn threads() -> BTreeMap<u64, (String, f64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        {
+            out.insert(tid, stat);
+        }
+    }
+    out
+}
+
+/// The group a thread's CPU is reported under.
+pub fn group_of(name: &str) -> String {
+    if name.starts_with("rdk:") {
+        // librdkafka names its threads alike in every client (`rdk:main`,
+        // `rdk:broker<id>`), so they are grouped by name across clients.
+        return format!("rdkafka {name} (all clients)");
+    }
+    for service in ["exporter", "importer", "coordinator"] {
+        if name.starts_with(service) {
+            return format!("{service} runtime (tokio workers + blocking)");
+        }
+    }
+    if name.starts_with("ferry-importer") {
+        return "importer consumer thread".into();
+    }
+    if name.starts_with("producer pollin") {
+        return "exporter producer polling thread".into();
+    }
+    if name.starts_with("bench") || name == "ferry-bench" {
+        return "bench (polling, not Ferry)".into();
+    }
+    name.to_owned()
+}
+
+/// Resets the peak RSS (`VmHWM`) to the current RSS.
+pub fn reset_peak_rss() -> Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5").context("writing 5 to /proc/self/clear_refs")
+}
+
+/// Peak RSS in bytes since the last [`reset_peak_rss`] (or the start).
+pub fn peak_rss() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/self/status")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("parsing VmHWM")?;
+    Ok(kb * 1024)
+}
+
+/// A CPU reading taken at the start of a measured phase.
+pub struct CpuMark {
+    total: f64,
+    threads: BTreeMap<u64, (String, f64)>,
+}
+
+/// What a measured phase used.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Usage {
+    /// CPU seconds of the whole process during the phase.
+    pub cpu_seconds: f64,
+    /// CPU seconds of the bench's own threads (polling; included in `cpu_seconds`).
+    pub bench_cpu_seconds: f64,
+    /// CPU seconds per thread group, largest first; "(exited threads)" is what the
+    /// process total holds beyond the live threads.
+    pub split: Vec<(String, f64)>,
+    /// Peak RSS of the process during the phase, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+impl CpuMark {
+    /// Resets the peak RSS and takes a CPU reading.
+    pub fn start() -> Result<CpuMark> {
+        reset_peak_rss()?;
+        Ok(CpuMark {
+            total: process_cpu()?,
+            threads: threads(),
+        })
+    }
+
+    /// What was used since [`CpuMark::start`].
+    pub fn finish(&self) -> Result<Usage> {
+        let total = process_cpu()? - self.total;
+        let peak = peak_rss()?;
+        let mut groups: BTreeMap<String, f64> = BTreeMap::new();
+        let mut live = 0.0;
+        for (tid, (name, secs)) in threads() {
+            let before = self.threads.get(&tid).map_or(0.0, |(_, s)| *s);
+            let d = secs - before;
+            live += d;
+            *groups.entry(group_of(&name)).or_default() += d;
+        }
+        let exited = total - live;
+        if exited > 0.005 {
+            groups.insert("(threads that exited during the phase)".into(), exited);
+        }
+        let bench = groups
+            .get("bench (polling, not Ferry)")
+            .copied()
+            .unwrap_or(0.0);
+        let mut split: Vec<(String, f64)> =
+            groups.into_iter().filter(|(_, s)| *s >= 0.005).collect();
+        split.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(Usage {
+            cpu_seconds: total,
+            bench_cpu_seconds: bench,
+            split,
+            peak_rss_bytes: peak,
+        })
+    }
+}
+
+impl Usage {
+    /// CPU seconds of Ferry's services: the process total minus the bench's own threads.
+    pub fn ferry_cpu_seconds(&self) -> f64 {
+        (self.cpu_seconds - self.bench_cpu_seconds).max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_with_a_strange_name() {
+        let text = "123 (rdk:broker (1)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 100";
+        let (name, secs) = parse_stat(text).unwrap_or_default();
+        assert_eq!(name, "rdk:broker (1)");
+        assert!((secs - 300.0 / ticks_per_second()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        assert!(process_cpu().is_ok());
+        assert!(peak_rss().unwrap_or(0) > 0);
+        assert!(!threads().is_empty());
+    }
+}
