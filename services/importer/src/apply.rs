@@ -8,8 +8,11 @@
 //! (`::<format_type>`), which runs the type's input function: exact for every type Ferry
 //! moves (see the type round-trip test).
 //!
-//! Statements are multi-row: snapshot rows go through a text `COPY` into a temporary
-//! staging table and one `INSERT .. SELECT`; changes use one `unnest` statement per run.
+//! Statements are multi-row: snapshot rows go through a `COPY` into a temporary staging
+//! table and one `INSERT .. SELECT`; changes use one `unnest` statement per run. The
+//! `COPY` is binary when every value of the run has an exact binary form for its
+//! destination column ([`binary`]: built-in types, values of the matching shape), and
+//! text otherwise, so both store the same values.
 //!
 //! Order: events of a table are applied in VSN order (the stream's total order, which
 //! also orders events of different partitions in the same batch). For a table whose only
@@ -19,7 +22,11 @@
 //! statement (rows processed in order), and a run is cut before a key repeats, so a
 //! unique value freed by an earlier event is free when a later one takes it.
 
+mod binary;
+pub(crate) mod worker;
+
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,8 +34,9 @@ use ferry_shared::avro::RecordType;
 use ferry_shared::catalog::{self, quote_ident, CatalogError, TableName, TypeCatalog};
 use ferry_shared::envelope::Op;
 use ferry_shared::position::Vsn;
-use ferry_shared::value::{format_text, Datum};
+use ferry_shared::value::{format_text, write_text, Datum};
 use futures::SinkExt;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
@@ -63,10 +71,15 @@ pub(crate) struct DestTable {
     qualified: String,
     /// Column name -> type as `format_type` writes it.
     types: HashMap<String, String>,
+    /// Column name -> type OID (for COPY's binary format).
+    oids: HashMap<String, u32>,
     /// Primary key column names, in key order.
     pk: Vec<String>,
     /// Has a unique constraint besides the primary key: apply in exact order.
     pub exact_order: bool,
+    /// Snapshot rows of this table were found present already: upsert them through a
+    /// staging table instead of copying them straight in.
+    staged: AtomicBool,
 }
 
 /// Destination tables, read from the destination's catalog once per session.
@@ -146,8 +159,14 @@ impl Tables {
                 .iter()
                 .map(|c| (c.name.clone(), c.type_name.clone()))
                 .collect(),
+            oids: schema
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_oid))
+                .collect(),
             pk: schema.key_columns().map(|c| c.name.clone()).collect(),
             exact_order: other_unique > 0,
+            staged: AtomicBool::new(false),
         });
         tracing::debug!(table = %name, exact_order = table.exact_order, "destination table loaded");
         self.tables.insert(name.clone(), table.clone());
@@ -173,7 +192,7 @@ fn catalog_failure(e: CatalogError, name: &TableName, destination: &str, vsn: Vs
 
 /// What one event does to one row, in destination terms.
 #[derive(Debug)]
-enum RowOp {
+enum RowOp<'a> {
     Delete {
         key: Vec<Option<String>>,
     },
@@ -181,13 +200,14 @@ enum RowOp {
         /// Destination column names, in the event's field order (shared by events
         /// written with the same schema).
         cols: Arc<Vec<String>>,
-        values: Vec<Option<String>>,
+        /// The new row image, in the same order.
+        values: &'a [Datum],
         key: Vec<Option<String>>,
         snapshot: bool,
     },
 }
 
-impl RowOp {
+impl RowOp<'_> {
     fn key(&self) -> &[Option<String>] {
         match self {
             RowOp::Delete { key } | RowOp::Upsert { key, .. } => key,
@@ -268,7 +288,7 @@ impl Mapper<'_> {
         Ok(key)
     }
 
-    fn map(&mut self, e: &Event, out: &mut Vec<(Vsn, RowOp)>) -> Result<(), Failure> {
+    fn map<'e>(&mut self, e: &'e Event, out: &mut Vec<(Vsn, RowOp<'e>)>) -> Result<(), Failure> {
         match e.op {
             Op::Delete => {
                 let key = self.key_from_record(e)?;
@@ -284,8 +304,18 @@ impl Mapper<'_> {
                     )));
                 };
                 let (cols, pk_idx) = self.layout(&e.row_type, e.vsn)?;
-                let values: Vec<Option<String>> = after.iter().map(format_text).collect();
-                let key: Vec<Option<String>> = pk_idx.iter().map(|&i| values[i].clone()).collect();
+                if after.len() != cols.len() {
+                    return Err(Failure::Definite(format!(
+                        "event vsn {} of table {} has {} values for {} columns; the stream is damaged",
+                        e.vsn,
+                        quoted_name(&e.table),
+                        after.len(),
+                        cols.len()
+                    )));
+                }
+                let values: &[Datum] = after;
+                let key: Vec<Option<String>> =
+                    pk_idx.iter().map(|&i| format_text(&values[i])).collect();
                 if e.op == Op::Update {
                     // A primary-key change: the old row goes away.
                     if let Some(before) = &e.before {
@@ -327,6 +357,18 @@ pub(crate) fn count(events: &[Event]) -> Counts {
     c
 }
 
+/// How a table's events went in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Snapshot rows written with binary `COPY`.
+    pub binary_copy_rows: usize,
+    /// Snapshot rows written with text `COPY` (a column type or value without an exact
+    /// binary form).
+    pub text_copy_rows: usize,
+    /// Of those, rows copied straight into the table (none of them existed).
+    pub direct_copy_rows: usize,
+}
+
 /// Applies `events` (all of `table`, in VSN order) inside `tx`.
 pub(crate) async fn apply_table(
     tx: &Transaction<'_>,
@@ -334,7 +376,19 @@ pub(crate) async fn apply_table(
     destination: &str,
     events: &[Event],
     stage_counter: &mut u32,
-) -> Result<(), Failure> {
+) -> Result<Applied, Failure> {
+    apply_table_with(tx, table, destination, events, stage_counter, true).await
+}
+
+/// [`apply_table`], with binary `COPY` allowed or not (tests compare both).
+async fn apply_table_with(
+    tx: &Transaction<'_>,
+    table: &DestTable,
+    destination: &str,
+    events: &[Event],
+    stage_counter: &mut u32,
+    binary_copy: bool,
+) -> Result<Applied, Failure> {
     let mut mapper = Mapper {
         table,
         destination,
@@ -347,14 +401,24 @@ pub(crate) async fn apply_table(
     if !table.exact_order {
         ops = collapse(ops);
     }
+    let mut applied = Applied::default();
     for run in runs(ops) {
-        execute_run(tx, table, destination, &run, stage_counter).await?;
+        execute_run(
+            tx,
+            table,
+            destination,
+            &run,
+            stage_counter,
+            binary_copy,
+            &mut applied,
+        )
+        .await?;
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// The last operation per key; deletes first, then upserts in stream order.
-fn collapse(ops: Vec<(Vsn, RowOp)>) -> Vec<(Vsn, RowOp)> {
+fn collapse(ops: Vec<(Vsn, RowOp<'_>)>) -> Vec<(Vsn, RowOp<'_>)> {
     let mut last: HashMap<Vec<Option<String>>, usize> = HashMap::with_capacity(ops.len());
     for (i, (_, op)) in ops.iter().enumerate() {
         last.insert(op.key().to_vec(), i);
@@ -374,8 +438,8 @@ fn collapse(ops: Vec<(Vsn, RowOp)>) -> Vec<(Vsn, RowOp)> {
 }
 
 /// Consecutive operations of one kind (and one column list) with distinct keys.
-fn runs(ops: Vec<(Vsn, RowOp)>) -> Vec<Vec<(Vsn, RowOp)>> {
-    let mut out: Vec<Vec<(Vsn, RowOp)>> = Vec::new();
+fn runs(ops: Vec<(Vsn, RowOp<'_>)>) -> Vec<Vec<(Vsn, RowOp<'_>)>> {
+    let mut out: Vec<Vec<(Vsn, RowOp<'_>)>> = Vec::new();
     let mut keys: HashSet<Vec<Option<String>>> = HashSet::new();
     for item in ops {
         let same = out
@@ -414,7 +478,7 @@ fn run_failure(
     e: &tokio_postgres::Error,
     table: &DestTable,
     destination: &str,
-    run: &[(Vsn, RowOp)],
+    run: &[(Vsn, RowOp<'_>)],
 ) -> Failure {
     let first = run.first().map(|r| r.0).unwrap_or_default();
     let last = run.last().map(|r| r.0).unwrap_or_default();
@@ -463,8 +527,10 @@ async fn execute_run(
     tx: &Transaction<'_>,
     table: &DestTable,
     destination: &str,
-    run: &[(Vsn, RowOp)],
+    run: &[(Vsn, RowOp<'_>)],
     stage_counter: &mut u32,
+    binary_copy: bool,
+    applied: &mut Applied,
 ) -> Result<(), Failure> {
     let Some((_, first)) = run.first() else {
         return Ok(());
@@ -508,7 +574,7 @@ async fn execute_run(
             for (_, op) in run {
                 if let RowOp::Upsert { values, .. } = op {
                     for (i, v) in values.iter().enumerate() {
-                        arrays[i].push(v.clone());
+                        arrays[i].push(format_text(v));
                     }
                 }
             }
@@ -539,38 +605,89 @@ async fn execute_run(
             snapshot: true,
             ..
         } => {
-            *stage_counter += 1;
-            let stage = format!("ferry_stage_{}", stage_counter);
             let target: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
             let list = target.join(", ");
+            let rows = run.iter().filter_map(|(_, op)| match op {
+                RowOp::Upsert { values, .. } => Some(*values),
+                RowOp::Delete { .. } => None,
+            });
+            let encodings: Option<Vec<binary::Encoding>> = if binary_copy {
+                cols.iter()
+                    .map(|c| table.oids.get(c).and_then(|&oid| binary::Encoding::of(oid)))
+                    .collect()
+            } else {
+                None
+            };
+            let binary = encodings.and_then(|e| binary::encode_rows(&e, rows.clone(), run.len()));
+            let (format, payload) = match binary {
+                Some(payload) => {
+                    applied.binary_copy_rows += run.len();
+                    (" (FORMAT binary)", payload)
+                }
+                None => {
+                    tracing::debug!(table = %table.name, rows = run.len(), "snapshot rows go in with text COPY: a column's type or a value has no exact binary form");
+                    applied.text_copy_rows += run.len();
+                    let mut buf = String::with_capacity(run.len() * 64);
+                    let mut text = String::new();
+                    for values in rows {
+                        for (i, v) in values.iter().enumerate() {
+                            if i > 0 {
+                                buf.push('\t');
+                            }
+                            text.clear();
+                            if write_text(v, &mut text) {
+                                copy_escape(&text, &mut buf);
+                            } else {
+                                buf.push_str("\\N");
+                            }
+                        }
+                        buf.push('\n');
+                    }
+                    ("", Bytes::from(buf))
+                }
+            };
+            // Straight into the table while none of the rows exists (a first snapshot):
+            // the same result as the upsert, without staging. A unique violation rolls
+            // the COPY back; the rows then go through the staging table, and so does
+            // this table for the rest of the session.
+            if !table.staged.load(Ordering::Relaxed) {
+                tx.batch_execute("SAVEPOINT ferry_copy")
+                    .await
+                    .map_err(fail)?;
+                let sql = format!("COPY {} ({list}) FROM STDIN{format}", table.qualified);
+                match copy_in(tx, &sql, payload.clone()).await {
+                    Ok(()) => {
+                        tx.batch_execute("RELEASE SAVEPOINT ferry_copy")
+                            .await
+                            .map_err(fail)?;
+                        applied.direct_copy_rows += run.len();
+                        return Ok(());
+                    }
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        tracing::debug!(table = %table.name, "snapshot rows exist already; upserting them through a staging table");
+                        table.staged.store(true, Ordering::Relaxed);
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_copy")
+                            .await
+                            .map_err(fail)?;
+                    }
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            *stage_counter += 1;
+            let stage = format!("ferry_stage_{}", stage_counter);
             tx.batch_execute(&format!(
                 "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {list} FROM {} WITH NO DATA",
                 table.qualified
             ))
             .await
             .map_err(fail)?;
-            let mut buf = String::with_capacity(run.len() * 64);
-            for (_, op) in run {
-                if let RowOp::Upsert { values, .. } = op {
-                    for (i, v) in values.iter().enumerate() {
-                        if i > 0 {
-                            buf.push('\t');
-                        }
-                        match v {
-                            None => buf.push_str("\\N"),
-                            Some(text) => copy_escape(text, &mut buf),
-                        }
-                    }
-                    buf.push('\n');
-                }
-            }
-            let sink = tx
-                .copy_in::<_, Bytes>(&format!("COPY {stage} ({list}) FROM STDIN"))
-                .await
-                .map_err(fail)?;
-            futures::pin_mut!(sink);
-            sink.send(Bytes::from(buf)).await.map_err(fail)?;
-            sink.finish().await.map_err(fail)?;
+            copy_in(
+                tx,
+                &format!("COPY {stage} ({list}) FROM STDIN{format}"),
+                payload,
+            )
+            .await
+            .map_err(fail)?;
             tx.batch_execute(&format!(
                 "INSERT INTO {} ({list}) SELECT {list} FROM {stage} {}",
                 table.qualified,
@@ -580,6 +697,19 @@ async fn execute_run(
             .map_err(fail)?;
         }
     }
+    Ok(())
+}
+
+/// Runs `sql` (a `COPY .. FROM STDIN`) with `payload` as its data.
+async fn copy_in(
+    tx: &Transaction<'_>,
+    sql: &str,
+    payload: Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in::<_, Bytes>(sql).await?;
+    futures::pin_mut!(sink);
+    sink.send(payload).await?;
+    sink.finish().await?;
     Ok(())
 }
 
@@ -598,21 +728,23 @@ fn copy_escape(text: &str, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
 
-    fn up(k: &str, snapshot: bool, cols: &Arc<Vec<String>>) -> (Vsn, RowOp) {
+    fn up(k: &str, snapshot: bool, cols: &Arc<Vec<String>>) -> (Vsn, RowOp<'static>) {
         (
             Vsn(0),
             RowOp::Upsert {
                 cols: cols.clone(),
-                values: vec![Some(k.into())],
+                values: &[],
                 key: vec![Some(k.into())],
                 snapshot,
             },
         )
     }
 
-    fn del(k: &str) -> (Vsn, RowOp) {
+    fn del(k: &str) -> (Vsn, RowOp<'static>) {
         (
             Vsn(0),
             RowOp::Delete {
@@ -621,7 +753,7 @@ mod tests {
         )
     }
 
-    fn shape(runs: &[Vec<(Vsn, RowOp)>]) -> Vec<String> {
+    fn shape(runs: &[Vec<(Vsn, RowOp<'_>)>]) -> Vec<String> {
         runs.iter()
             .map(|r| {
                 r.iter()
@@ -671,6 +803,667 @@ mod tests {
             del("4"),
         ];
         assert_eq!(shape(&runs(collapse(ops))), vec!["d1,d4", "u3,u2"]);
+    }
+
+    /// (column, source type, destination type, a value per row as SQL, row 3 is NULL).
+    const TYPED: &[(&str, &str, &str, [&str; 4])] = &[
+        (
+            "b",
+            "boolean",
+            "boolean",
+            ["true", "false", "true", "false"],
+        ),
+        ("i2", "smallint", "smallint", ["1", "-32768", "32767", "0"]),
+        (
+            "i4",
+            "integer",
+            "integer",
+            ["2", "-2147483648", "2147483647", "0"],
+        ),
+        (
+            "i8",
+            "bigint",
+            "bigint",
+            ["3", "-9223372036854775808", "9223372036854775807", "0"],
+        ),
+        (
+            "f4",
+            "real",
+            "real",
+            ["1.5", "'NaN'", "'-Infinity'", "'-0'"],
+        ),
+        (
+            "f4b",
+            "real",
+            "real",
+            ["3.4028235e38", "1e-45", "'Infinity'", "1.1"],
+        ),
+        (
+            "f8",
+            "double precision",
+            "double precision",
+            ["0.1", "'NaN'", "5e-324", "'-0'"],
+        ),
+        (
+            "f8b",
+            "double precision",
+            "double precision",
+            ["1.7976931348623157e308", "'-Infinity'", "-2.5", "1e-300"],
+        ),
+        (
+            "n",
+            "numeric(30,6)",
+            "numeric(30,2)",
+            [
+                "123.456789",
+                "-999999999999999999999999.999999",
+                "0.005",
+                "-0.004999",
+            ],
+        ),
+        (
+            "n4",
+            "numeric(12,4)",
+            "numeric(12,4)",
+            ["1.2345", "-0.0001", "0", "10000"],
+        ),
+        (
+            "nu",
+            "numeric",
+            "numeric",
+            ["123.4500", "-0.000000001", "0.000", "1e-20"],
+        ),
+        (
+            "nb",
+            "numeric(1000,0)",
+            "numeric(1000,0)",
+            [
+                "repeat('9', 1000)::numeric",
+                "('-' || repeat('9', 999))::numeric",
+                "1",
+                "0",
+            ],
+        ),
+        (
+            "t",
+            "text",
+            "text",
+            [
+                "'hello'",
+                "E'tab\\there\\nnew\\\\back\\r'",
+                "''",
+                "'😀é\\N'",
+            ],
+        ),
+        (
+            "vc",
+            "text",
+            "character varying(16)",
+            ["'vc'", "'abcdefghijklmnop   '", "''", "'é'"],
+        ),
+        (
+            "ch",
+            "text",
+            "character(5)",
+            ["'ab'", "''", "'abcde  '", "'é'"],
+        ),
+        (
+            "js",
+            "json",
+            "json",
+            [r#"'{"a": [1, 2.50]}'"#, "'null'", "'[]'", r#"'"x\"y"'"#],
+        ),
+        (
+            "jb",
+            "jsonb",
+            "jsonb",
+            [
+                r#"'{"b": 1, "a": "é"}'"#,
+                "'[]'",
+                "'1.50'",
+                r#"'{"k": {"n": null}}'"#,
+            ],
+        ),
+        ("it", "integer", "text", ["42", "-1", "0", "2147483647"]),
+        (
+            "tzt",
+            "timestamptz",
+            "text",
+            [
+                "'2024-05-06 07:08:09.123456+05:30'",
+                "'4713-01-01 00:00:00+00 BC'",
+                "'2000-01-01 00:00:00+00'",
+                "'1969-12-31 23:59:59.999999+00'",
+            ],
+        ),
+        (
+            "by",
+            "bytea",
+            "bytea",
+            [r"'\x00ff'", r"'\x'", r"'\x5c0a09'", r"'\xdeadbeef'"],
+        ),
+        (
+            "d",
+            "date",
+            "date",
+            [
+                "'2024-02-29'",
+                "'4713-01-01 BC'",
+                "'5874897-12-31'",
+                "'2000-01-01'",
+            ],
+        ),
+        (
+            "tm",
+            "time",
+            "time",
+            [
+                "'12:34:56.789012'",
+                "'00:00:00'",
+                "'24:00:00'",
+                "'23:59:59.999999'",
+            ],
+        ),
+        (
+            "tm3",
+            "time",
+            "time(3)",
+            [
+                "'12:34:56.789512'",
+                "'00:00:00.0005'",
+                "'23:59:59.9999'",
+                "'01:02:03'",
+            ],
+        ),
+        (
+            "ts",
+            "timestamp",
+            "timestamp",
+            [
+                "'2024-05-06 07:08:09.123456'",
+                "'4713-01-01 00:00:00 BC'",
+                "'294000-01-01 00:00:00'",
+                "'1970-01-01 00:00:00'",
+            ],
+        ),
+        (
+            "ts0",
+            "timestamp",
+            "timestamp(0)",
+            [
+                "'2024-05-06 07:08:09.5'",
+                "'1999-12-31 23:59:59.499999'",
+                "'0001-01-01 00:00:00'",
+                "'2000-01-01 00:00:00'",
+            ],
+        ),
+        (
+            "tz",
+            "timestamptz",
+            "timestamptz",
+            [
+                "'2024-05-06 07:08:09.123456+05:30'",
+                "'4713-01-01 00:00:00+00 BC'",
+                "'2000-01-01 00:00:00+00'",
+                "'1969-12-31 23:59:59.999999+00'",
+            ],
+        ),
+        (
+            "tz2",
+            "timestamptz",
+            "timestamptz(2)",
+            [
+                "'2024-05-06 07:08:09.125+00'",
+                "'2024-05-06 07:08:09.999999+00'",
+                "'2000-01-01 00:00:00+00'",
+                "'1900-01-01 00:00:00+00'",
+            ],
+        ),
+        (
+            "u",
+            "uuid",
+            "uuid",
+            [
+                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                "'00000000-0000-0000-0000-000000000000'",
+                "'FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF'",
+                "'{a0eebc999c0b4ef8bb6d6bb9bd380a11}'",
+            ],
+        ),
+        (
+            "ai",
+            "integer[]",
+            "integer[]",
+            ["'{1,NULL,3}'", "'{}'", "'{-2147483648}'", "'{NULL}'"],
+        ),
+        (
+            "ai2",
+            "smallint[]",
+            "smallint[]",
+            ["'{-32768,32767}'", "'{}'", "'{0}'", "'{NULL,1}'"],
+        ),
+        (
+            "ai8",
+            "bigint[]",
+            "bigint[]",
+            ["'{-9223372036854775808}'", "'{}'", "'{1,2,3}'", "'{NULL}'"],
+        ),
+        (
+            "at",
+            "text[]",
+            "text[]",
+            [
+                r#"'{"a,b","NULL",NULL,"","\"q\"","\\"}'"#,
+                "'{}'",
+                "'{é}'",
+                "'{\" x \"}'",
+            ],
+        ),
+        (
+            "an",
+            "numeric(10,2)[]",
+            "numeric(10,2)[]",
+            ["'{1.50,NULL,-0.01}'", "'{}'", "'{0}'", "'{99999999.99}'"],
+        ),
+        (
+            "ann",
+            "numeric[]",
+            "numeric[]",
+            ["'{1.500,NULL,-0.01}'", "'{}'", "'{0.0}'", "'{1e10}'"],
+        ),
+        (
+            "atz",
+            "timestamptz[]",
+            "timestamptz[]",
+            [
+                r#"'{"2024-01-01 00:00:00+00",NULL}'"#,
+                "'{}'",
+                r#"'{"4713-01-01 00:00:00+00 BC"}'"#,
+                r#"'{"2000-01-01 00:00:00.000001+00"}'"#,
+            ],
+        ),
+        (
+            "ats",
+            "timestamp[]",
+            "timestamp[]",
+            [
+                r#"'{"2024-01-01 00:00:00"}'"#,
+                "'{}'",
+                r#"'{"1999-12-31 23:59:59.999999"}'"#,
+                "'{NULL}'",
+            ],
+        ),
+        (
+            "ab",
+            "boolean[]",
+            "boolean[]",
+            ["'{t,f,NULL}'", "'{}'", "'{t}'", "'{f}'"],
+        ),
+        (
+            "af",
+            "double precision[]",
+            "double precision[]",
+            [
+                "'{NaN,Infinity,-0,1e-300}'",
+                "'{}'",
+                "'{-Infinity}'",
+                "'{0.1}'",
+            ],
+        ),
+        (
+            "af4",
+            "real[]",
+            "real[]",
+            ["'{NaN,1.1,-0}'", "'{}'", "'{3.4028235e38}'", "'{NULL}'"],
+        ),
+        (
+            "aby",
+            "bytea[]",
+            "bytea[]",
+            [
+                r#"'{"\\x00",NULL}'"#,
+                "'{}'",
+                r#"'{"\\x"}'"#,
+                r#"'{"\\xff"}'"#,
+            ],
+        ),
+        (
+            "au",
+            "uuid[]",
+            "uuid[]",
+            [
+                "'{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'",
+                "'{}'",
+                "'{NULL}'",
+                "'{00000000-0000-0000-0000-000000000001}'",
+            ],
+        ),
+        (
+            "ad",
+            "date[]",
+            "date[]",
+            [
+                "'{2024-01-01,\"0001-01-01 BC\"}'",
+                "'{}'",
+                "'{5874897-12-31}'",
+                "'{NULL}'",
+            ],
+        ),
+        (
+            "atm",
+            "time[]",
+            "time[]",
+            [
+                "'{24:00:00,00:00:00.000001}'",
+                "'{}'",
+                "'{NULL}'",
+                "'{12:00:00}'",
+            ],
+        ),
+        (
+            "avc",
+            "text[]",
+            "character varying(4)[]",
+            ["'{abcd,x}'", "'{}'", "'{\"ab  \"}'", "'{NULL}'"],
+        ),
+        (
+            "ach",
+            "character(2)[]",
+            "character(2)[]",
+            ["'{a,bc}'", "'{}'", "'{NULL}'", "'{\"  \"}'"],
+        ),
+        (
+            "ajb",
+            "jsonb[]",
+            "jsonb[]",
+            [r#"'{"{\"k\": 1}"}'"#, "'{}'", "'{NULL}'", r#"'{"[1, 2]"}'"#],
+        ),
+    ];
+
+    /// Reads `src` (with the session settings) into snapshot events of `table`, as the
+    /// exporter would: each column's text parsed for its source kind.
+    async fn snapshot_events(client: &Client, table: &str) -> Vec<Event> {
+        use ferry_shared::avro::{AvroType, FieldType};
+        use ferry_shared::catalog::TypeCatalog;
+        let types = TypeCatalog::load(client).await.unwrap();
+        let src = catalog::load_table(
+            client,
+            &types,
+            &TableName {
+                schema: "public".into(),
+                name: "src".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let record = |cols: Vec<String>| {
+            Arc::new(RecordType {
+                name: "r".into(),
+                fields: cols
+                    .into_iter()
+                    .map(|c| FieldType {
+                        name: c.clone(),
+                        column: c,
+                        pg_type: None,
+                        ty: AvroType::Null,
+                    })
+                    .collect(),
+            })
+        };
+        let row_type = record(src.columns.iter().map(|c| c.name.clone()).collect());
+        let key_type = record(vec!["id".into()]);
+        let list: Vec<String> = src
+            .columns
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(&c.name)))
+            .collect();
+        let rows = client
+            .query(
+                &format!("SELECT {} FROM src ORDER BY id", list.join(", ")),
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .enumerate()
+            .map(|(n, row)| {
+                let after: Vec<Datum> = src
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match row.get::<_, Option<String>>(i) {
+                        None => Datum::Null,
+                        Some(text) => ferry_shared::value::parse_text(&c.kind, &text).unwrap(),
+                    })
+                    .collect();
+                Event {
+                    vsn: Vsn(n as u64 + 1),
+                    op: Op::Read,
+                    table: TableName {
+                        schema: "public".into(),
+                        name: table.into(),
+                    },
+                    row_type: row_type.clone(),
+                    before: None,
+                    key: vec![after[0].clone()],
+                    after: Some(after),
+                    key_type: key_type.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Applies `events` to `table` in one transaction, binary COPY allowed or not.
+    async fn apply_snapshot(
+        client: &mut Client,
+        table: &str,
+        events: &[Event],
+        binary: bool,
+    ) -> Applied {
+        let mut tables = Tables::default();
+        let name = TableName {
+            schema: "public".into(),
+            name: table.into(),
+        };
+        let dest = tables.get(client, &name, "target", Vsn(1)).await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let mut stage = 0;
+        let applied = apply_table_with(&tx, &dest, "target", events, &mut stage, binary)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        applied
+    }
+
+    /// Rows of `a` and `b` whose columns differ in value or in text form.
+    async fn differing(client: &Client, a: &str, b: &str, columns: &[(&str, bool)]) -> Vec<i64> {
+        let conds: Vec<String> = columns
+            .iter()
+            .map(|(c, comparable)| {
+                let c = quote_ident(c);
+                let text = format!("x.{c}::text IS DISTINCT FROM y.{c}::text");
+                if *comparable {
+                    format!("{text} OR x.{c} IS DISTINCT FROM y.{c}")
+                } else {
+                    text
+                }
+            })
+            .collect();
+        client
+            .query(
+                &format!(
+                    "SELECT coalesce(x.id, y.id) FROM {a} x FULL JOIN {b} y ON x.id = y.id \
+                     WHERE x.id IS NULL OR y.id IS NULL OR {} ORDER BY 1",
+                    conds.join(" OR ")
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    async fn database(prefix: &str) -> Client {
+        let stack = ferry_testkit::Stack::get();
+        let db = stack.target.create_database(prefix).await.unwrap();
+        let client = stack.target.connect(&db).await.unwrap();
+        client
+            .batch_execute(&ferry_shared::value::session_settings_sql())
+            .await
+            .unwrap();
+        client
+    }
+
+    #[tokio::test]
+    async fn binary_copy_of_every_supported_type_stores_what_text_copy_stores() {
+        let mut client = database("imp_binary").await;
+        let src: Vec<String> = TYPED
+            .iter()
+            .map(|(c, t, _, _)| format!("{c} {t}"))
+            .collect();
+        let dst: Vec<String> = TYPED
+            .iter()
+            .map(|(c, _, t, _)| format!("{c} {t}"))
+            .collect();
+        let mut ddl = format!(
+            "CREATE TABLE src (id bigint PRIMARY KEY, {});\
+             CREATE TABLE bin (id bigint PRIMARY KEY, {d});\
+             CREATE TABLE txt (id bigint PRIMARY KEY, {d});",
+            src.join(", "),
+            d = dst.join(", ")
+        );
+        for row in 0..5 {
+            let values: Vec<String> = TYPED
+                .iter()
+                .map(|(_, t, _, v)| match row {
+                    3 => "NULL".to_owned(),
+                    4 => format!("({})::{t}", v[3]),
+                    r => format!("({})::{t}", v[r]),
+                })
+                .collect();
+            ddl.push_str(&format!(
+                "INSERT INTO src VALUES ({row}, {});",
+                values.join(", ")
+            ));
+        }
+        client.batch_execute(&ddl).await.unwrap();
+
+        let events = snapshot_events(&client, "bin").await;
+        assert_eq!(events.len(), 5);
+        let applied = apply_snapshot(&mut client, "bin", &events, true).await;
+        assert_eq!(
+            applied,
+            Applied {
+                binary_copy_rows: 5,
+                text_copy_rows: 0,
+                direct_copy_rows: 5,
+            },
+            "every row of ordinary types goes in with binary COPY, straight into the new table"
+        );
+        let events = snapshot_events(&client, "txt").await;
+        let applied = apply_snapshot(&mut client, "txt", &events, false).await;
+        assert_eq!(applied.text_copy_rows, 5);
+
+        let columns: Vec<(&str, bool)> = TYPED
+            .iter()
+            .map(|(c, _, t, _)| (*c, *t != "json"))
+            .collect();
+        assert_eq!(
+            differing(&client, "bin", "txt", &columns).await,
+            Vec::<i64>::new()
+        );
+        // Where the types are the same, also equal to the source.
+        let same: Vec<(&str, bool)> = TYPED
+            .iter()
+            .filter(|(_, s, d, _)| s == d)
+            .map(|(c, _, t, _)| (*c, *t != "json"))
+            .collect();
+        assert_eq!(
+            differing(&client, "bin", "src", &same).await,
+            Vec::<i64>::new()
+        );
+        // Applying the same snapshot again (a redone snapshot) upserts through the
+        // staging table and changes nothing.
+        let events = snapshot_events(&client, "bin").await;
+        let applied = apply_snapshot(&mut client, "bin", &events, true).await;
+        assert_eq!((applied.binary_copy_rows, applied.direct_copy_rows), (5, 0));
+        assert_eq!(
+            differing(&client, "bin", "txt", &columns).await,
+            Vec::<i64>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn values_without_an_exact_binary_form_send_their_run_through_text_copy() {
+        let mut client = database("imp_binary_fallback").await;
+        client
+            .batch_execute(
+                "CREATE TYPE mood AS ENUM ('sad', 'ok');\
+                 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);\
+                 CREATE TABLE src (id bigint PRIMARY KEY, i integer, m mood, mo money, r int4range, \
+                    iv interval, p posint, n numeric(10,2), ts timestamp, d date, a2 integer[]);\
+                 CREATE TABLE dst (LIKE src INCLUDING ALL);\
+                 CREATE TABLE plain (id bigint PRIMARY KEY, i integer, n numeric(10,2), ts timestamp, d date, a2 integer[]);\
+                 INSERT INTO src VALUES \
+                   (1, 1, 'ok', 12.5, '[1,5)', '1 day 02:00:00', 7, 'NaN', 'infinity', '-infinity', '{{1,2},{3,4}}'),\
+                   (2, 2, 'sad', -0.01, 'empty', '-1 mons', 1, 1.25, '2024-01-01 00:00:00', '2024-01-01', '[0:1]={5,6}'),\
+                   (3, 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+            )
+            .await
+            .unwrap();
+        let events = snapshot_events(&client, "dst").await;
+        let applied = apply_snapshot(&mut client, "dst", &events, true).await;
+        assert_eq!(
+            applied,
+            Applied {
+                binary_copy_rows: 0,
+                text_copy_rows: 3,
+                direct_copy_rows: 3
+            }
+        );
+        let columns = [
+            ("i", true),
+            ("m", true),
+            ("mo", true),
+            ("r", true),
+            ("iv", true),
+            ("p", true),
+            ("n", true),
+            ("ts", true),
+            ("d", true),
+            ("a2", true),
+        ];
+        assert_eq!(
+            differing(&client, "dst", "src", &columns).await,
+            Vec::<i64>::new()
+        );
+
+        // Ordinary types, but values in the string branch (NaN, infinity, odd arrays).
+        let mut events = snapshot_events(&client, "plain").await;
+        let keep = [0usize, 1, 7, 8, 9, 10];
+        for e in &mut events {
+            let after = e.after.take().unwrap();
+            e.after = Some(keep.iter().map(|&i| after[i].clone()).collect());
+            e.row_type = Arc::new(RecordType {
+                name: "r".into(),
+                fields: keep.iter().map(|&i| e.row_type.fields[i].clone()).collect(),
+            });
+        }
+        let applied = apply_snapshot(&mut client, "plain", &events, true).await;
+        assert_eq!(applied.text_copy_rows, 3);
+        let plain = [
+            ("i", true),
+            ("n", true),
+            ("ts", true),
+            ("d", true),
+            ("a2", true),
+        ];
+        assert_eq!(
+            differing(&client, "plain", "src", &plain).await,
+            Vec::<i64>::new()
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!
 //! Kafka offsets are committed after each destination commit, for monitoring only.
 //! Any number of importer processes may share a group; partitions move between them
-//! with nothing lost or applied twice.
+//! with nothing lost or applied twice. Inside a process, `importer.workers` apply tasks
+//! share the assigned partitions, each with its own connection ([`apply::worker`]).
 
 mod apply;
 mod consumer;
@@ -27,7 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_shared::avro::AvroType;
 use ferry_shared::catalog::TableName;
 use ferry_shared::config::{Config, DatabaseConfig};
 use ferry_shared::position::Vsn;
@@ -35,7 +35,6 @@ use ferry_shared::registry::{EventDecoder, RegistryClient, RegistryError};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::{Destination, Stream, Topics};
 use ferry_shared::value::session_settings_sql;
-use ferry_shared::value::Datum;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -44,10 +43,9 @@ pub use error::Error;
 pub use metadata::Counts;
 pub use progress::{importer_heartbeat_key as heartbeat_key, ImporterHeartbeat, PartitionPosition};
 
-use apply::{Event, Tables};
-use consumer::{Command, ConsumerThread, Item, Record};
+use apply::worker::{self, Pool};
+use consumer::{Command, ConsumerThread, Item};
 use error::{Backoff, Failure};
-use metadata::Stored;
 
 /// Runs the importer of the target (the source stream applied to the target) until
 /// `shutdown` fires or a definite error stops it.
@@ -122,9 +120,9 @@ pub async fn run_for(
         decoder: EventDecoder::new(registry),
         batch_rows: config.importer.batch_rows.max(1) as usize,
         batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
+        workers: config.importer.workers.max(1) as usize,
         client,
         conn,
-        tables: Tables::default(),
         totals: BTreeMap::new(),
         backoff: Backoff::new(),
         progress: progress::Progress::new(),
@@ -265,25 +263,13 @@ async fn connect_destination(
     }
 }
 
-/// A partition's position as the applier tracks it.
+/// A partition's position as last committed (for heartbeats).
 #[derive(Debug)]
 struct Part {
-    /// `next_offset` stored in the destination (committed).
+    /// `next_offset` stored in the destination.
     stored_next: i64,
-    /// The next offset to accept (past everything taken into the pending batch).
-    expected: i64,
-    /// Last VSN taken (applied or pending).
+    /// Last applied VSN.
     last_vsn: Vsn,
-}
-
-/// Events and positions not yet written.
-#[derive(Default)]
-struct Batch {
-    events: BTreeMap<TableName, Vec<Event>>,
-    /// (topic, partition) -> (stored next offset it moves from, new position).
-    positions: HashMap<(String, i32), (i64, Stored)>,
-    records: usize,
-    started: Option<Instant>,
 }
 
 struct Importer {
@@ -296,9 +282,11 @@ struct Importer {
     decoder: EventDecoder,
     batch_rows: usize,
     batch_max: Duration,
+    /// Apply tasks per session (`importer.workers`).
+    workers: usize,
+    /// For setup and reports; the workers have their own connections.
     client: Client,
     conn: JoinHandle<Result<(), tokio_postgres::Error>>,
-    tables: Tables,
     totals: BTreeMap<TableName, Counts>,
     backoff: Backoff,
     progress: progress::Progress,
@@ -367,12 +355,38 @@ impl Importer {
             self.client = client;
             self.conn = conn;
         }
-        self.tables.clear();
-        let (pos_client, pos_conn) = self
-            .db
-            .connect()
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let mut connections = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            match connect_destination(&self.db, self.destination).await {
+                Ok(c) => connections.push(c),
+                Err(c) => {
+                    for (_, conn) in connections {
+                        conn.abort();
+                    }
+                    return Err(match c {
+                        Connected::Start(e) => Failure::Definite(e.to_string()),
+                        Connected::Later(f) => f,
+                    });
+                }
+            }
+        }
+        let mut pool = Pool::start(
+            &worker::Setup {
+                group: self.group.clone(),
+                destination: self.dest_name.clone(),
+                decoder: self.decoder.clone(),
+                batch_rows: self.batch_rows,
+                batch_max: self.batch_max,
+            },
+            connections,
+        );
+        let (pos_client, pos_conn) = match self.db.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                pool.stop().await;
+                return Err(Failure::Transient(e.to_string()));
+            }
+        };
         let pattern = consumer::topic_pattern(&self.prefix, stream.as_str());
         tracing::info!(group = %self.group, %pattern, "applying the {stream} stream");
         let consumer = ConsumerThread::start(
@@ -381,44 +395,56 @@ impl Importer {
             &pattern,
             Arc::new(pos_client),
             self.batch_rows.min(10_000) * 2,
-        )?;
-        let mut consumer = consumer;
-        let result = self.consume(&mut consumer, shutdown, state, stream).await;
+        );
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(f) => {
+                pool.stop().await;
+                pos_conn.abort();
+                return Err(f);
+            }
+        };
+        let result = self
+            .consume(&mut consumer, &mut pool, shutdown, state, stream)
+            .await;
         consumer.stop().await;
+        pool.stop().await;
         pos_conn.abort();
         result
     }
 
+    /// Hands records to the workers in arrival order and follows their commits, until
+    /// shutdown, a new stream or a failure. Whatever ends the session, the workers first
+    /// write what they hold (except on a failure, which restarts from stored positions).
     async fn consume(
         &mut self,
         consumer: &mut ConsumerThread,
+        pool: &mut Pool,
         shutdown: &mut Shutdown,
         state: &mut tokio::sync::watch::Receiver<Option<ferry_shared::state::StateView>>,
         stream: Stream,
     ) -> Result<SessionEnd, Failure> {
         let mut parts: HashMap<(String, i32), Part> = HashMap::new();
-        let mut batch = Batch::default();
         let mut last_report = Instant::now();
         loop {
-            let deadline = batch
-                .started
-                .map(|s| tokio::time::Instant::from_std(s + self.batch_max));
             let item = tokio::select! {
                 biased;
                 _ = shutdown.wait() => {
-                    self.flush(&mut batch, &mut parts, consumer).await?;
+                    pool.flush(false).await?;
+                    self.committed_all(pool, &mut parts, consumer)?;
                     return Ok(SessionEnd::Shutdown);
                 }
                 _ = state_changed(state) => {
                     if redirected(state, self.destination, Some(stream)) {
-                        self.flush(&mut batch, &mut parts, consumer).await?;
+                        pool.flush(false).await?;
+                        self.committed_all(pool, &mut parts, consumer)?;
                         self.report(&parts).await;
                         return Ok(SessionEnd::Redirected);
                     }
                     continue;
                 }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    self.flush(&mut batch, &mut parts, consumer).await?;
+                c = pool.committed() => {
+                    self.committed(c?, &mut parts, consumer);
                     continue;
                 }
                 item = consumer.items.recv() => item,
@@ -435,33 +461,71 @@ impl Importer {
                     self.progress.sample();
                 }
                 Some(Item::Revoked) => {
-                    self.flush(&mut batch, &mut parts, consumer).await?;
+                    pool.flush(true).await?;
+                    self.committed_all(pool, &mut parts, consumer)?;
                     parts.clear();
                 }
                 Some(Item::Assigned(positions)) => {
-                    for p in positions {
-                        tracing::debug!(topic = %p.topic, partition = p.partition, next_offset = p.next_offset, vsn = %p.last_vsn, "assigned");
+                    for p in &positions {
                         parts.insert(
-                            (p.topic, p.partition),
+                            (p.topic.clone(), p.partition),
                             Part {
                                 stored_next: p.next_offset,
-                                expected: p.next_offset,
                                 last_vsn: p.last_vsn,
                             },
                         );
                     }
+                    pool.assign(positions).await?;
                 }
-                Some(Item::Record(r)) => {
-                    self.take(r, &mut parts, &mut batch).await?;
-                    if batch.records >= self.batch_rows {
-                        self.flush(&mut batch, &mut parts, consumer).await?;
-                    }
-                }
+                Some(Item::Record(r)) => pool.record(r).await?,
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
                 self.report(&parts).await;
             }
+        }
+    }
+
+    /// Takes in every commit the workers reported so far.
+    fn committed_all(
+        &mut self,
+        pool: &mut Pool,
+        parts: &mut HashMap<(String, i32), Part>,
+        consumer: &ConsumerThread,
+    ) -> Result<(), Failure> {
+        for c in pool.drain()? {
+            self.committed(c, parts, consumer);
+        }
+        Ok(())
+    }
+
+    /// A worker committed: positions for heartbeats, Kafka's offsets (monitoring only),
+    /// totals.
+    fn committed(
+        &mut self,
+        c: worker::Committed,
+        parts: &mut HashMap<(String, i32), Part>,
+        consumer: &ConsumerThread,
+    ) {
+        self.backoff = Backoff::new();
+        let mut commit = Vec::with_capacity(c.positions.len());
+        for new in c.positions {
+            if let Some(p) = parts.get_mut(&(new.topic.clone(), new.partition)) {
+                p.stored_next = new.next_offset;
+                p.last_vsn = new.last_vsn;
+            }
+            commit.push((new.topic, new.partition, new.next_offset));
+        }
+        let _ = consumer.commands.send(Command::Commit(commit));
+        self.progress.binary_copy_rows += c.applied.binary_copy_rows as u64;
+        self.progress.text_copy_rows += c.applied.text_copy_rows as u64;
+        for (name, n) in c.counts {
+            self.progress.this_run += n.total() as u64;
+            let t = self.totals.entry(name).or_default();
+            t.snapshot_rows += n.snapshot_rows;
+            t.inserts += n.inserts;
+            t.updates += n.updates;
+            t.deletes += n.deletes;
         }
     }
 
@@ -500,157 +564,6 @@ impl Importer {
         if let Some(producer) = &self.heartbeats {
             progress::send_heartbeat(producer, &self.status_topic, &beat);
         }
-    }
-
-    /// Takes one record into the batch, or skips it when it was applied already.
-    async fn take(
-        &mut self,
-        r: Record,
-        parts: &mut HashMap<(String, i32), Part>,
-        batch: &mut Batch,
-    ) -> Result<(), Failure> {
-        let key = (r.topic, r.partition);
-        let Some(part) = parts.get_mut(&key) else {
-            return Ok(()); // not (or no longer) assigned here
-        };
-        if r.offset < part.expected {
-            return Ok(()); // at or below the stored position: applied already
-        }
-        part.expected = r.offset + 1;
-        let at = || format!("{}[{}]@{}", key.0, key.1, r.offset);
-        if let Some(payload) = &r.payload {
-            let decoded = self
-                .decoder
-                .decode_event(payload)
-                .await
-                .map_err(|e| registry_failure(&e, &at()))?;
-            if decoded.vsn > part.last_vsn {
-                part.last_vsn = decoded.vsn;
-                let (key_type, key_values) = match &r.key {
-                    Some(k) => {
-                        let (ty, datum) = self
-                            .decoder
-                            .decode_datum(k)
-                            .await
-                            .map_err(|e| registry_failure(&e, &at()))?;
-                        match (ty.as_ref(), datum) {
-                            (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
-                            _ => {
-                                return Err(Failure::Definite(format!(
-                                "record {} has a key that is not a record; the stream is damaged",
-                                at()
-                            )))
-                            }
-                        }
-                    }
-                    None => {
-                        return Err(Failure::Definite(format!(
-                            "record {} has no key; the stream is damaged",
-                            at()
-                        )))
-                    }
-                };
-                let table = TableName {
-                    schema: decoded.source.schema.clone(),
-                    name: decoded.source.table.clone(),
-                };
-                batch.events.entry(table.clone()).or_default().push(Event {
-                    vsn: decoded.vsn,
-                    op: decoded.op,
-                    table,
-                    row_type: decoded.row_type,
-                    before: decoded.before,
-                    after: decoded.after,
-                    key_type,
-                    key: key_values,
-                });
-            } else {
-                tracing::debug!(record = %at(), vsn = %decoded.vsn, "skipping an event at or below the last applied vsn");
-            }
-        }
-        let stored_next = part.stored_next;
-        let new = Stored {
-            topic: key.0.clone(),
-            partition: key.1,
-            next_offset: part.expected,
-            last_vsn: part.last_vsn,
-        };
-        batch
-            .positions
-            .entry(key)
-            .and_modify(|e| e.1 = new.clone())
-            .or_insert((stored_next, new));
-        batch.records += 1;
-        batch.started.get_or_insert_with(Instant::now);
-        Ok(())
-    }
-
-    /// Writes the batch, its positions and counts in one transaction, then commits the
-    /// offsets to Kafka.
-    async fn flush(
-        &mut self,
-        batch: &mut Batch,
-        parts: &mut HashMap<(String, i32), Part>,
-        consumer: &ConsumerThread,
-    ) -> Result<(), Failure> {
-        if batch.positions.is_empty() {
-            *batch = Batch::default();
-            return Ok(());
-        }
-        let mut b = std::mem::take(batch);
-        let mut dest = BTreeMap::new();
-        for (name, events) in &mut b.events {
-            events.sort_by_key(|e| e.vsn);
-            let first = events.first().map(|e| e.vsn).unwrap_or_default();
-            let t = self
-                .tables
-                .get(&self.client, name, &self.dest_name, first)
-                .await?;
-            dest.insert(name.clone(), t);
-        }
-        let mut counts = BTreeMap::new();
-        {
-            let tx = self
-                .client
-                .transaction()
-                .await
-                .map_err(|e| metadata::db_failure("starting a transaction", &e))?;
-            let mut positions: Vec<&(i64, Stored)> = b.positions.values().collect();
-            positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
-            for (expected, new) in positions {
-                metadata::advance(&tx, &self.group, *expected, new).await?;
-            }
-            let mut stage = 0u32;
-            for (name, events) in &b.events {
-                if let Some(t) = dest.get(name) {
-                    apply::apply_table(&tx, t, &self.dest_name, events, &mut stage).await?;
-                }
-                let c = apply::count(events);
-                metadata::add_counts(&tx, &self.group, &name.schema, &name.name, &c).await?;
-                counts.insert(name.clone(), c);
-            }
-            tx.commit()
-                .await
-                .map_err(|e| metadata::db_failure("committing a batch", &e))?;
-        }
-        self.backoff = Backoff::new();
-        let mut commit = Vec::with_capacity(b.positions.len());
-        for (key, (_, new)) in b.positions {
-            if let Some(p) = parts.get_mut(&key) {
-                p.stored_next = new.next_offset;
-            }
-            commit.push((new.topic, new.partition, new.next_offset));
-        }
-        let _ = consumer.commands.send(Command::Commit(commit));
-        for (name, c) in counts {
-            self.progress.this_run += c.total() as u64;
-            let t = self.totals.entry(name).or_default();
-            t.snapshot_rows += c.snapshot_rows;
-            t.inserts += c.inserts;
-            t.updates += c.updates;
-            t.deletes += c.deletes;
-        }
-        Ok(())
     }
 }
 

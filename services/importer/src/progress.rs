@@ -13,14 +13,19 @@ use ferry_shared::rate::RateWindow;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 pub use ferry_shared::checkpoint::{importer_heartbeat_key, ImporterHeartbeat, PartitionPosition};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Counters and samples for the metrics.
 #[derive(Debug)]
 pub(crate) struct Progress {
     started: Instant,
     pub(crate) this_run: u64,
+    /// Snapshot rows written with binary COPY in this run.
+    pub(crate) binary_copy_rows: u64,
+    /// Snapshot rows written with text COPY in this run (types or values without an
+    /// exact binary form).
+    pub(crate) text_copy_rows: u64,
     rates: RateWindow,
     /// (topic, partition) -> high watermark.
     pub(crate) highs: HashMap<(String, i32), i64>,
@@ -38,6 +43,8 @@ impl Progress {
         Progress {
             started: Instant::now(),
             this_run: 0,
+            binary_copy_rows: 0,
+            text_copy_rows: 0,
             rates: RateWindow::new(),
             highs: HashMap::new(),
             interactive: std::io::stderr().is_terminal(),
@@ -113,6 +120,8 @@ impl Progress {
                 time_taken = %taken,
                 remaining,
                 eta = %eta,
+                snapshot_rows_binary_copy = self.binary_copy_rows,
+                snapshot_rows_text_copy = self.text_copy_rows,
                 "import progress"
             );
         }

@@ -4,6 +4,9 @@
 //! spawned tasks) or the `ferry-importer` binary killed with SIGKILL. Every test
 //! compares the destination table row by row with the expected contents and checks
 //! the counts in `ferry_metadata` exactly.
+//!
+//! Fixtures run one apply worker (`importer.workers = 1`) unless a test asks for more;
+//! the `four_workers_*` tests repeat the exactly-once properties with four workers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -113,7 +116,7 @@ impl Fixture {
             &format!("127.0.0.1:{}", free_port()),
         );
         config_toml.push_str(&format!(
-            "\n[schema_registry]\nurl = \"{registry_url}\"\n\n[importer]\nbatch_rows = {batch_rows}\nbatch_max_ms = 50\n\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"max.poll.interval.ms\" = \"10000\"\n"
+            "\n[schema_registry]\nurl = \"{registry_url}\"\n\n[importer]\nbatch_rows = {batch_rows}\nbatch_max_ms = 50\nworkers = 1\n\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"max.poll.interval.ms\" = \"10000\"\n"
         ));
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &stack.kafka_bootstrap)
@@ -136,6 +139,14 @@ impl Fixture {
             counts: [0; 4],
             columns: table.columns.len() - 1,
         })
+    }
+
+    /// Runs `n` apply workers per importer.
+    fn with_workers(mut self, n: u32) -> Fixture {
+        self.config_toml = self
+            .config_toml
+            .replace("workers = 1\n", &format!("workers = {n}\n"));
+        self
     }
 
     fn config(&self) -> Config {
@@ -448,9 +459,62 @@ async fn snapshot_then_changes_apply_exactly_once_and_duplicates_are_skipped() -
     Ok(())
 }
 
+/// Four workers share eight partitions: snapshot, changes, redelivered events and a
+/// restart end equal, with exact counts and positions at the topic's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_apply_many_partitions_exactly_once() -> Result<()> {
+    let mut f = Fixture::new("imp_workers", DDL, DDL, 8, 200)
+        .await?
+        .with_workers(4);
+    f.snapshot(2000).await?;
+    f.changes(3000, 2500).await?;
+    let importer = f.start();
+    // One connection per worker, besides the importer's own.
+    let admin = Stack::get().target.connect("postgres").await?;
+    wait_until("four apply connections", WAIT, || async {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'ferry'",
+                &[&f.target_db],
+            )
+            .await?
+            .get(0);
+        Ok((n >= 5).then_some(()))
+    })
+    .await?;
+    f.duplicates(300).await?;
+    f.changes(1000, 2500).await?;
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    f.duplicates(100).await?;
+    let importer = f.start();
+    f.changes(1000, 2500).await?;
+    f.wait_caught_up().await?;
+    importer.stop().await?;
+    let target = f.target().await?;
+    let stored: i64 = target
+        .query_one(
+            "SELECT sum(next_offset)::bigint FROM ferry_metadata.positions WHERE consumer_group = $1",
+            &[&f.group()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(stored as usize, f.produced.len() + 400);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_at_random_moments_ends_equal_with_exact_counts() -> Result<()> {
-    let mut f = Fixture::new("imp_kill", DDL, DDL, 3, 50).await?;
+    killed_at_random_moments(Fixture::new("imp_kill", DDL, DDL, 3, 50).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_killed_at_random_moments_end_equal_with_exact_counts() -> Result<()> {
+    let f = Fixture::new("imp_kill4", DDL, DDL, 6, 50).await?;
+    killed_at_random_moments(f.with_workers(4)).await
+}
+
+async fn killed_at_random_moments(mut f: Fixture) -> Result<()> {
     f.snapshot(300).await?;
     let mut rng = rand::rng();
     for round in 0..10 {
@@ -471,7 +535,16 @@ async fn killed_at_random_moments_ends_equal_with_exact_counts() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_partitions_through_kills_and_joins() -> Result<()> {
-    let mut f = Fixture::new("imp_replicas", DDL, DDL, 6, 100).await?;
+    replicas_through_kills_and_joins(Fixture::new("imp_replicas", DDL, DDL, 6, 100).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_replicas_share_partitions_through_kills_and_joins() -> Result<()> {
+    let f = Fixture::new("imp_replicas4", DDL, DDL, 8, 100).await?;
+    replicas_through_kills_and_joins(f.with_workers(4)).await
+}
+
+async fn replicas_through_kills_and_joins(mut f: Fixture) -> Result<()> {
     f.snapshot(400).await?;
     let a = f.start();
     let b = f.start();
@@ -746,7 +819,16 @@ impl Binary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result<()> {
-    let mut f = Fixture::new("imp_sigkill", DDL, DDL, 3, 100).await?;
+    sigkill_at_random_moments(Fixture::new("imp_sigkill", DDL, DDL, 3, 100).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_the_binary_killed_with_sigkill_at_random_moments_ends_equal() -> Result<()> {
+    let f = Fixture::new("imp_sigkill4", DDL, DDL, 6, 100).await?;
+    sigkill_at_random_moments(f.with_workers(4)).await
+}
+
+async fn sigkill_at_random_moments(mut f: Fixture) -> Result<()> {
     let bin = Binary::new(&f)?;
     f.snapshot(400).await?;
     let mut rng = rand::rng();

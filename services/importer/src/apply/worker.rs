@@ -1,0 +1,534 @@
+//! Parallel apply inside one importer process (`importer.workers`): a [`Pool`] of worker
+//! tasks, each with its own destination connection, each applying the partitions given
+//! to it.
+//!
+//! Why this keeps exactly once (DESIGN.md §4, §4a):
+//!
+//! - Partitions are independent: a key's events stay in its partition, and a table with
+//!   unique constraints besides its primary key has a single partition. So a partition
+//!   belongs to exactly one worker from its assignment to its revocation, and no worker
+//!   needs another's order.
+//! - A worker writes a batch, its own partitions' positions (compare-and-set, as
+//!   [`metadata::advance`]) and the batch's counts in one transaction, exactly as a single
+//!   applier did; an event whose VSN is not above its partition's last applied VSN is
+//!   skipped by the worker owning that partition.
+//! - Counts are added last in each transaction, table by table in name order: workers
+//!   updating the same `ferry_metadata.table_counts` rows lock them in one order (no
+//!   deadlock) and hold them only until their commit.
+//! - Before partitions are given up (revocation, shutdown, a new stream) every worker
+//!   flushes and acknowledges. When a rebalance assigns partitions while workers still
+//!   own some (the revocation notice was lost), the workers drop their unwritten events
+//!   instead: the new assignment starts from the positions stored in the destination.
+//! - A worker's failure reaches the session, which ends and restarts from the stored
+//!   positions, as after a failed batch with one applier.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ferry_shared::avro::AvroType;
+use ferry_shared::catalog::TableName;
+use ferry_shared::position::Vsn;
+use ferry_shared::registry::EventDecoder;
+use ferry_shared::value::Datum;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use super::{apply_table, count, Applied, Event, Tables};
+use crate::consumer::Record;
+use crate::error::Failure;
+use crate::metadata::{self, Counts, Stored};
+
+/// What every worker of a session shares.
+#[derive(Clone)]
+pub(crate) struct Setup {
+    /// The consumer group (the key of positions and counts).
+    pub group: String,
+    /// The destination's name in messages (`target`, ...).
+    pub destination: String,
+    /// Decodes records (schemas cached once for all workers).
+    pub decoder: EventDecoder,
+    /// A batch is cut at this many records...
+    pub batch_rows: usize,
+    /// ... or this long after its first record.
+    pub batch_max: Duration,
+}
+
+/// One destination connection: the client and the task driving it.
+pub(crate) type Connection = (Client, JoinHandle<Result<(), tokio_postgres::Error>>);
+
+/// What a worker committed.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    /// The partitions' new positions.
+    pub positions: Vec<Stored>,
+    /// Events applied per table.
+    pub counts: BTreeMap<TableName, Counts>,
+    /// How the snapshot rows went in.
+    pub applied: Applied,
+}
+
+enum Job {
+    Assign(Vec<Stored>),
+    Record(Record),
+    /// Write what is pending (and, with `release`, forget the partitions).
+    Flush {
+        release: bool,
+        done: oneshot::Sender<Result<(), Failure>>,
+    },
+    /// Forget pending events and partitions without writing.
+    Discard {
+        done: oneshot::Sender<()>,
+    },
+}
+
+enum Report {
+    Committed(Committed),
+    Failed(Failure),
+}
+
+/// The workers of one session and which partition each owns.
+pub(crate) struct Pool {
+    jobs: Vec<mpsc::Sender<Job>>,
+    tasks: Vec<JoinHandle<()>>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    /// Commits read while looking for a failure, handed out by [`Pool::committed`].
+    stash: VecDeque<Committed>,
+    /// topic -> partition -> worker.
+    owner: HashMap<String, HashMap<i32, usize>>,
+}
+
+impl Pool {
+    /// Starts one worker per connection.
+    pub(crate) fn start(setup: &Setup, connections: Vec<Connection>) -> Pool {
+        let (report_tx, reports) = mpsc::unbounded_channel();
+        let capacity = setup.batch_rows.clamp(16, 10_000);
+        let mut jobs = Vec::with_capacity(connections.len());
+        let mut tasks = Vec::with_capacity(connections.len());
+        for (index, (client, conn)) in connections.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel(capacity);
+            let worker = Worker {
+                setup: setup.clone(),
+                client,
+                tables: Tables::default(),
+                parts: HashMap::new(),
+                batch: Batch::default(),
+                reports: report_tx.clone(),
+            };
+            jobs.push(tx);
+            tasks.push(tokio::spawn(async move {
+                let span = tracing::info_span!("apply worker", worker = index);
+                let _ = tracing::Instrument::instrument(worker.run(rx, conn), span).await;
+            }));
+        }
+        Pool {
+            jobs,
+            tasks,
+            reports,
+            stash: VecDeque::new(),
+            owner: HashMap::new(),
+        }
+    }
+
+    /// Hands newly assigned partitions (at their stored positions) to the workers,
+    /// spread evenly.
+    pub(crate) async fn assign(&mut self, positions: Vec<Stored>) -> Result<(), Failure> {
+        if self.owner.values().any(|m| !m.is_empty()) {
+            // An assignment without the revocation before it: what is pending was read
+            // from positions the new assignment re-reads; drop it.
+            tracing::info!("partitions assigned while others were still held; dropping unwritten events and starting from the stored positions");
+            let mut acks = Vec::with_capacity(self.jobs.len());
+            for i in 0..self.jobs.len() {
+                let (done, ack) = oneshot::channel();
+                self.send(i, Job::Discard { done }).await?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                if ack.await.is_err() {
+                    return Err(self.failure());
+                }
+            }
+            self.owner.clear();
+        }
+        let mut positions = positions;
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let n = self.jobs.len().max(1);
+        let mut shares: Vec<Vec<Stored>> = vec![Vec::new(); n];
+        for (i, p) in positions.into_iter().enumerate() {
+            self.owner
+                .entry(p.topic.clone())
+                .or_default()
+                .insert(p.partition, i % n);
+            shares[i % n].push(p);
+        }
+        for (i, share) in shares.into_iter().enumerate() {
+            if !share.is_empty() {
+                self.send(i, Job::Assign(share)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes a record to the worker owning its partition (dropped when none does: the
+    /// partition is not, or no longer, assigned here). Waits while that worker is busy.
+    pub(crate) async fn record(&mut self, r: Record) -> Result<(), Failure> {
+        let Some(&i) = self
+            .owner
+            .get(r.topic.as_str())
+            .and_then(|m| m.get(&r.partition))
+        else {
+            return Ok(());
+        };
+        self.send(i, Job::Record(r)).await
+    }
+
+    /// Every worker writes what it holds; with `release`, they also forget their
+    /// partitions (revocation). Returns once all have committed (or the first failure).
+    pub(crate) async fn flush(&mut self, release: bool) -> Result<(), Failure> {
+        let mut acks = Vec::with_capacity(self.jobs.len());
+        let mut first: Option<Failure> = None;
+        for i in 0..self.jobs.len() {
+            let (done, ack) = oneshot::channel();
+            match self.send(i, Job::Flush { release, done }).await {
+                Ok(()) => acks.push(ack),
+                Err(f) => {
+                    first.get_or_insert(f);
+                }
+            }
+        }
+        for ack in acks {
+            match ack.await {
+                Ok(Ok(())) => {}
+                Ok(Err(f)) => {
+                    first.get_or_insert(f);
+                }
+                Err(_) => {
+                    let f = self.failure();
+                    first.get_or_insert(f);
+                }
+            }
+        }
+        if release {
+            self.owner.clear();
+        }
+        match first {
+            None => Ok(()),
+            Some(f) => Err(f),
+        }
+    }
+
+    /// The next commit of any worker, or the failure of one (cancel-safe, for
+    /// `select!`). Pending forever when no worker runs.
+    pub(crate) async fn committed(&mut self) -> Result<Committed, Failure> {
+        if let Some(c) = self.stash.pop_front() {
+            return Ok(c);
+        }
+        match self.reports.recv().await {
+            Some(Report::Committed(c)) => Ok(c),
+            Some(Report::Failed(f)) => Err(f),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Commits reported so far, without waiting.
+    pub(crate) fn drain(&mut self) -> Result<Vec<Committed>, Failure> {
+        let mut out: Vec<Committed> = self.stash.drain(..).collect();
+        loop {
+            match self.reports.try_recv() {
+                Ok(Report::Committed(c)) => out.push(c),
+                Ok(Report::Failed(f)) => return Err(f),
+                Err(_) => return Ok(out),
+            }
+        }
+    }
+
+    /// Stops the workers (without writing what they hold) and waits for them.
+    pub(crate) async fn stop(self) {
+        drop(self.jobs);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn send(&mut self, i: usize, job: Job) -> Result<(), Failure> {
+        let sent = match self.jobs.get(i) {
+            Some(tx) => tx.send(job).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    /// The failure a stopped worker reported (it reports before it stops taking jobs).
+    fn failure(&mut self) -> Failure {
+        loop {
+            match self.reports.try_recv() {
+                Ok(Report::Committed(c)) => self.stash.push_back(c),
+                Ok(Report::Failed(f)) => return f,
+                Err(_) => return Failure::Transient("an apply worker stopped".into()),
+            }
+        }
+    }
+}
+
+/// A partition's position as its worker tracks it.
+#[derive(Debug)]
+struct Part {
+    /// `next_offset` stored in the destination (committed).
+    stored_next: i64,
+    /// The next offset to accept (past everything taken into the pending batch).
+    expected: i64,
+    /// Last VSN taken (applied or pending).
+    last_vsn: Vsn,
+}
+
+/// Events and positions not yet written.
+#[derive(Default)]
+struct Batch {
+    events: BTreeMap<TableName, Vec<Event>>,
+    /// (topic, partition) -> (stored next offset it moves from, new position).
+    positions: HashMap<(String, i32), (i64, Stored)>,
+    records: usize,
+    started: Option<Instant>,
+}
+
+struct Worker {
+    setup: Setup,
+    client: Client,
+    tables: Tables,
+    parts: HashMap<(String, i32), Part>,
+    batch: Batch,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<Job>,
+        conn: JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) {
+        let result = self.serve(&mut jobs).await;
+        if let Err(f) = result {
+            // Reported before `jobs` is dropped: whoever finds this worker gone finds
+            // its failure.
+            let _ = self.reports.send(Report::Failed(f));
+        }
+        drop(jobs);
+        conn.abort();
+    }
+
+    async fn serve(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Result<(), Failure> {
+        loop {
+            let deadline = self
+                .batch
+                .started
+                .map(|s| tokio::time::Instant::from_std(s + self.setup.batch_max));
+            let job = tokio::select! {
+                biased;
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.flush().await?;
+                    continue;
+                }
+                job = jobs.recv() => job,
+            };
+            match job {
+                None => return Ok(()),
+                Some(Job::Assign(positions)) => {
+                    for p in positions {
+                        tracing::debug!(topic = %p.topic, partition = p.partition, next_offset = p.next_offset, vsn = %p.last_vsn, "assigned");
+                        self.parts.insert(
+                            (p.topic, p.partition),
+                            Part {
+                                stored_next: p.next_offset,
+                                expected: p.next_offset,
+                                last_vsn: p.last_vsn,
+                            },
+                        );
+                    }
+                }
+                Some(Job::Record(r)) => {
+                    self.take(r).await?;
+                    if self.batch.records >= self.setup.batch_rows {
+                        self.flush().await?;
+                    }
+                }
+                Some(Job::Flush { release, done }) => {
+                    let result = self.flush().await;
+                    if release {
+                        self.parts.clear();
+                    }
+                    let failed = result.is_err();
+                    let _ = done.send(result);
+                    if failed {
+                        return Ok(()); // reported through the acknowledgement
+                    }
+                }
+                Some(Job::Discard { done }) => {
+                    self.batch = Batch::default();
+                    self.parts.clear();
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Takes one record into the batch, or skips it when it was applied already.
+    async fn take(&mut self, r: Record) -> Result<(), Failure> {
+        let key = (r.topic, r.partition);
+        let Some(part) = self.parts.get_mut(&key) else {
+            return Ok(()); // not (or no longer) assigned here
+        };
+        if r.offset < part.expected {
+            return Ok(()); // at or below the stored position: applied already
+        }
+        part.expected = r.offset + 1;
+        let at = || format!("{}[{}]@{}", key.0, key.1, r.offset);
+        if let Some(payload) = &r.payload {
+            let decoder = &self.setup.decoder;
+            let decoded = decoder
+                .decode_event(payload)
+                .await
+                .map_err(|e| crate::registry_failure(&e, &at()))?;
+            if decoded.vsn > part.last_vsn {
+                part.last_vsn = decoded.vsn;
+                let (key_type, key_values) = match &r.key {
+                    Some(k) => {
+                        let (ty, datum) = decoder
+                            .decode_datum(k)
+                            .await
+                            .map_err(|e| crate::registry_failure(&e, &at()))?;
+                        match (ty.as_ref(), datum) {
+                            (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
+                            _ => {
+                                return Err(Failure::Definite(format!(
+                                "record {} has a key that is not a record; the stream is damaged",
+                                at()
+                            )))
+                            }
+                        }
+                    }
+                    None => {
+                        return Err(Failure::Definite(format!(
+                            "record {} has no key; the stream is damaged",
+                            at()
+                        )))
+                    }
+                };
+                let table = TableName {
+                    schema: decoded.source.schema.clone(),
+                    name: decoded.source.table.clone(),
+                };
+                self.batch
+                    .events
+                    .entry(table.clone())
+                    .or_default()
+                    .push(Event {
+                        vsn: decoded.vsn,
+                        op: decoded.op,
+                        table,
+                        row_type: decoded.row_type,
+                        before: decoded.before,
+                        after: decoded.after,
+                        key_type,
+                        key: key_values,
+                    });
+            } else {
+                tracing::debug!(record = %at(), vsn = %decoded.vsn, "skipping an event at or below the last applied vsn");
+            }
+        }
+        let stored_next = part.stored_next;
+        let new = Stored {
+            topic: key.0.clone(),
+            partition: key.1,
+            next_offset: part.expected,
+            last_vsn: part.last_vsn,
+        };
+        self.batch
+            .positions
+            .entry(key)
+            .and_modify(|e| e.1 = new.clone())
+            .or_insert((stored_next, new));
+        self.batch.records += 1;
+        self.batch.started.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Writes the batch, its positions and counts in one transaction, then reports the
+    /// commit.
+    async fn flush(&mut self) -> Result<(), Failure> {
+        if self.batch.positions.is_empty() {
+            self.batch = Batch::default();
+            return Ok(());
+        }
+        let mut b = std::mem::take(&mut self.batch);
+        let mut dest = BTreeMap::new();
+        for (name, events) in &mut b.events {
+            events.sort_by_key(|e| e.vsn);
+            let first = events.first().map(|e| e.vsn).unwrap_or_default();
+            let t = self
+                .tables
+                .get(&self.client, name, &self.setup.destination, first)
+                .await?;
+            dest.insert(name.clone(), t);
+        }
+        let mut counts = BTreeMap::new();
+        let mut applied = Applied::default();
+        {
+            let tx = self
+                .client
+                .transaction()
+                .await
+                .map_err(|e| metadata::db_failure("starting a transaction", &e))?;
+            let mut positions: Vec<&(i64, Stored)> = b.positions.values().collect();
+            positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
+            for (expected, new) in positions {
+                metadata::advance(&tx, &self.setup.group, *expected, new).await?;
+            }
+            let mut stage = 0u32;
+            for (name, events) in &b.events {
+                if let Some(t) = dest.get(name) {
+                    let a =
+                        apply_table(&tx, t, &self.setup.destination, events, &mut stage).await?;
+                    applied.binary_copy_rows += a.binary_copy_rows;
+                    applied.text_copy_rows += a.text_copy_rows;
+                    applied.direct_copy_rows += a.direct_copy_rows;
+                }
+                counts.insert(name.clone(), count(events));
+            }
+            // Last, in table name order (the BTreeMap's): see the module doc.
+            for (name, c) in &counts {
+                metadata::add_counts(&tx, &self.setup.group, &name.schema, &name.name, c).await?;
+            }
+            tx.commit()
+                .await
+                .map_err(|e| metadata::db_failure("committing a batch", &e))?;
+        }
+        let mut positions = Vec::with_capacity(b.positions.len());
+        for (key, (_, new)) in b.positions {
+            if let Some(p) = self.parts.get_mut(&key) {
+                p.stored_next = new.next_offset;
+            }
+            positions.push(new);
+        }
+        tracing::debug!(
+            records = b.records,
+            binary_copy_rows = applied.binary_copy_rows,
+            text_copy_rows = applied.text_copy_rows,
+            "batch committed"
+        );
+        let _ = self.reports.send(Report::Committed(Committed {
+            positions,
+            counts,
+            applied,
+        }));
+        Ok(())
+    }
+}
