@@ -336,7 +336,8 @@ pub struct ImporterConfig {
     /// ... or after this many milliseconds, 1..=60000.
     #[serde(default = "default_batch_max_ms")]
     pub batch_max_ms: u32,
-    /// Parallel apply connections, 1..=64.
+    /// Apply tasks per importer process, 1..=64: the partitions assigned to the process
+    /// are split among them, each with its own destination connection.
     #[serde(default = "default_workers")]
     pub workers: u32,
 }
