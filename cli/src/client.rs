@@ -233,6 +233,9 @@ pub struct EndOptions {
     pub backup_log_files: bool,
     /// `pg_dump --schema-only` of every configured database.
     pub backup_schema_files: bool,
+    /// Every event of both streams, as JSON lines in VSN order (what `ferry replay`
+    /// writes), one file per stream.
+    pub backup_data_files: bool,
     /// Delete the migration's topics.
     pub delete_topics: bool,
 }
@@ -247,7 +250,7 @@ pub async fn end_migration(config: &Config, opts: &EndOptions) -> Result<String,
         (Some(d), _) => Some(d.clone()),
         (None, true) => {
             return Err(ApiError(
-                "--save-migration-reports, --backup-log-files and --backup-schema-files need --backup-dir DIR".into(),
+                "--save-migration-reports, --backup-log-files, --backup-schema-files and --backup-data-files need --backup-dir DIR".into(),
             ))
         }
         (None, false) => None,
@@ -303,6 +306,45 @@ pub async fn end_migration(config: &Config, opts: &EndOptions) -> Result<String,
                 }
                 let p = write(&format!("{topic}.jsonl"), text.as_bytes())?;
                 let _ = writeln!(out, "saved {}", p.display());
+            }
+        }
+        if opts.backup_data_files {
+            use ferry_shared::topics::Stream;
+            for stream in [Stream::Source, Stream::Target] {
+                let prefix = format!(
+                    "{}.{stream}.",
+                    ferry_shared::topics::Topics::new(config.migration.topic_prefix()).prefix()
+                );
+                let topics =
+                    ferry_shared::kafka::list_topics(&config.kafka.client_config(), &prefix)
+                        .await
+                        .map_err(|e| {
+                            ApiError(format!("listing the {stream} stream's topics: {e}"))
+                        })?;
+                if topics.is_empty() {
+                    continue;
+                }
+                let path = dir.join(format!("{stream}-stream.jsonl"));
+                let replay = ferry_cli::replay::ReplayOptions {
+                    stream,
+                    tables: Vec::new(),
+                    start: Default::default(),
+                    end: Default::default(),
+                };
+                let summary = ferry_cli::replay::replay_to_file(
+                    config,
+                    &replay,
+                    Some(&path),
+                    ferry_shared::shutdown::Shutdown::never(),
+                )
+                .await
+                .map_err(|e| ApiError(format!("backing up the {stream} stream: {e}")))?;
+                let _ = writeln!(
+                    out,
+                    "saved {} ({} events of the {stream} stream)",
+                    path.display(),
+                    summary.events
+                );
             }
         }
         if opts.backup_schema_files {

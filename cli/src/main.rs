@@ -349,6 +349,7 @@ fn action(verb: &Verb) -> Result<Action, String> {
                     save_migration_reports,
                     backup_log_files,
                     backup_schema_files,
+                    backup_data_files,
                     delete_topics,
                 },
         } => Action::EndMigration(client::EndOptions {
@@ -356,6 +357,7 @@ fn action(verb: &Verb) -> Result<Action, String> {
             save_migration_reports: *save_migration_reports,
             backup_log_files: *backup_log_files,
             backup_schema_files: *backup_schema_files,
+            backup_data_files: *backup_data_files,
             delete_topics: *delete_topics,
         }),
         Verb::Coordinator => Action::Coordinator,

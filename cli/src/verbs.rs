@@ -265,6 +265,9 @@ pub enum End {
         /// Save the schema of every configured database (pg_dump --schema-only)
         #[arg(long)]
         backup_schema_files: bool,
+        /// Save every event of both streams as JSON lines in VSN order (as ferry replay writes)
+        #[arg(long)]
+        backup_data_files: bool,
         /// Delete the migration's Kafka topics (the change history is lost)
         #[arg(long)]
         delete_topics: bool,

@@ -40,6 +40,11 @@ async fn verbs_answer_through_the_coordinator() {
     let stack = Stack::get();
     let source_db = stack.source.create_database("verbs_s").await.unwrap();
     let target_db = stack.target.create_database("verbs_t").await.unwrap();
+    let replica_db = stack
+        .source_replica
+        .create_database("verbs_r")
+        .await
+        .unwrap();
     let source = stack.source.connect(&source_db).await.unwrap();
     let target = stack.target.connect(&target_db).await.unwrap();
     let ddl = "CREATE TABLE items (id int PRIMARY KEY, name text)";
@@ -54,7 +59,7 @@ async fn verbs_answer_through_the_coordinator() {
         &unique_name("verbs"),
         &source_db,
         &target_db,
-        &target_db,
+        &replica_db,
         &listen,
     );
     let dir = tempfile::tempdir().unwrap();
@@ -170,4 +175,91 @@ async fn verbs_answer_through_the_coordinator() {
     );
     let out = run(&config, &["verify", "--from", "target", "--to", "target"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // A stream to end: the exporter snapshots the 50 rows and streams; `end migration`
+    // backs up what was asked, stops it, and removes the slot, metadata and topics.
+    source
+        .batch_execute("ALTER TABLE items REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    let mut exporter = ferry(&config, &["export", "data", "from", "source"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ferry_testkit::wait_until(
+        "the snapshot in the report",
+        Duration::from_secs(90),
+        || {
+            let config = config.clone();
+            async move {
+                let out = run(
+                    &config,
+                    &["get", "data-migration-report", "--format", "json"],
+                );
+                let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                Ok(report["rows"]
+                    .as_array()
+                    .and_then(|rows| {
+                        rows.iter().find(|r| {
+                            r["database"] == "source" && r["exported_snapshot_rows"] == 50
+                        })
+                    })
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let backup = dir.path().join("backup");
+    let out = run(
+        &config,
+        &[
+            "end",
+            "migration",
+            "--backup-dir",
+            backup.to_str().unwrap(),
+            "--save-migration-reports",
+            "--backup-log-files",
+            "--backup-data-files",
+            "--delete-topics",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("migration ended"), "{stdout}");
+    let events = std::fs::read_to_string(backup.join("source-stream.jsonl")).unwrap();
+    assert_eq!(events.lines().count(), 50, "{events}");
+    for name in [
+        "data-migration-report.json",
+        "data-migration-report.txt",
+        "status.json",
+    ] {
+        assert!(backup.join(name).exists(), "{name}");
+    }
+    // The exporter saw the migration end and stopped by itself.
+    let status = tokio::task::spawn_blocking(move || exporter.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let slots: i64 = source
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+    let metadata: bool = target
+        .query_one("SELECT to_regnamespace('ferry_metadata') IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(metadata, "ferry_metadata is dropped on the target");
 }
