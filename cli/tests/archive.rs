@@ -101,7 +101,7 @@ async fn archive_moves_only_applied_events_and_the_importer_carries_on() -> Resu
 
     let (trigger, stop) = shutdown::channel();
     let coordinator = tokio::spawn(ferry_coordinator::run(config.clone(), stop.clone()));
-    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(90)).await?;
     let exporter = tokio::spawn(ferry_exporter::run_for(
         Stream::Source,
         config.clone(),

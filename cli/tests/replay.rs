@@ -78,7 +78,7 @@ async fn start(name: &str, seed: &str) -> Result<Fixture> {
     tasks.push(tokio::spawn(async move {
         ferry_coordinator::run(c, s).await.expect("coordinator");
     }));
-    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(90)).await?;
     let c = config.clone();
     let s = stop.clone();
     tasks.push(tokio::spawn(async move {

@@ -21,7 +21,7 @@ async fn start(config: Config) -> Result<(shutdown::ShutdownTrigger, Running)> {
     let (trigger, shutdown) = shutdown::channel();
     let listen = config.coordinator.listen.clone();
     let task = tokio::spawn(ferry_coordinator::run(config, shutdown));
-    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(90)).await?;
     Ok((trigger, task))
 }
 

@@ -25,7 +25,7 @@
 mod binary;
 pub(crate) mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -367,6 +367,58 @@ pub(crate) struct Applied {
     pub text_copy_rows: usize,
     /// Of those, rows copied straight into the table (none of them existed).
     pub direct_copy_rows: usize,
+}
+
+/// Writes one batch in ONE destination transaction (DESIGN.md §4): every table's events
+/// (sorted by VSN here), the partitions' new positions — each moved by compare-and-set
+/// from the stored next offset it was read at ([`crate::metadata::advance`]) — and the
+/// per-table counts. Counts are added last, in table-name order, so that concurrent
+/// appliers lock `ferry_metadata.table_counts` rows in one order (no deadlock).
+/// Returns the counts per table and how the snapshot rows went in.
+pub(crate) async fn commit_batch(
+    client: &mut Client,
+    tables: &mut Tables,
+    group: &str,
+    destination: &str,
+    events: &mut BTreeMap<TableName, Vec<Event>>,
+    positions: &mut [(i64, &crate::metadata::Stored)],
+) -> Result<(BTreeMap<TableName, Counts>, Applied), Failure> {
+    let mut dest = BTreeMap::new();
+    for (name, evs) in events.iter_mut() {
+        evs.sort_by_key(|e| e.vsn);
+        let first = evs.first().map(|e| e.vsn).unwrap_or_default();
+        dest.insert(
+            name.clone(),
+            tables.get(client, name, destination, first).await?,
+        );
+    }
+    let mut counts = BTreeMap::new();
+    let mut applied = Applied::default();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| db_failure("starting a transaction", &e))?;
+    positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
+    for (expected, new) in positions.iter() {
+        crate::metadata::advance(&tx, group, *expected, new).await?;
+    }
+    let mut stage = 0u32;
+    for (name, evs) in events.iter() {
+        if let Some(t) = dest.get(name) {
+            let a = apply_table(&tx, t, destination, evs, &mut stage).await?;
+            applied.binary_copy_rows += a.binary_copy_rows;
+            applied.text_copy_rows += a.text_copy_rows;
+            applied.direct_copy_rows += a.direct_copy_rows;
+        }
+        counts.insert(name.clone(), count(evs));
+    }
+    for (name, c) in &counts {
+        crate::metadata::add_counts(&tx, group, &name.schema, &name.name, c).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| db_failure("committing a batch", &e))?;
+    Ok((counts, applied))
 }
 
 /// Applies `events` (all of `table`, in VSN order) inside `tx`.

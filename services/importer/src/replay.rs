@@ -407,45 +407,28 @@ impl Run {
             *batch = Batch::default();
             return Ok(());
         }
-        let b = std::mem::take(batch);
-        let mut dest = BTreeMap::new();
-        for (name, events) in &b.events {
-            let first = events.first().map(|e| e.vsn).unwrap_or_default();
-            let t = self
-                .tables
-                .get(&self.client, name, &self.opts.label, first)
-                .await?;
-            dest.insert(name.clone(), t);
-        }
-        let mut counts = BTreeMap::new();
-        {
-            let tx = self
-                .client
-                .transaction()
-                .await
-                .map_err(|e| metadata::db_failure("starting a transaction", &e))?;
-            let mut positions: Vec<&Stored> = b.positions.values().collect();
-            positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-            for new in positions {
+        let mut b = std::mem::take(batch);
+        let mut moves: Vec<(i64, &Stored)> = b
+            .positions
+            .values()
+            .map(|new| {
                 let expected = committed
                     .get(&(new.topic.clone(), new.partition))
                     .copied()
                     .unwrap_or(0);
-                metadata::advance(&tx, &self.group, expected, new).await?;
-            }
-            let mut stage = 0u32;
-            for (name, events) in &b.events {
-                if let Some(t) = dest.get(name) {
-                    apply::apply_table(&tx, t, &self.opts.label, events, &mut stage).await?;
-                }
-                let c = apply::count(events);
-                metadata::add_counts(&tx, &self.group, &name.schema, &name.name, &c).await?;
-                counts.insert(name.clone(), c);
-            }
-            tx.commit()
-                .await
-                .map_err(|e| metadata::db_failure("committing a batch", &e))?;
-        }
+                (expected, new)
+            })
+            .collect();
+        let (counts, _) = apply::commit_batch(
+            &mut self.client,
+            &mut self.tables,
+            &self.group,
+            &self.opts.label,
+            &mut b.events,
+            &mut moves,
+        )
+        .await?;
+        drop(moves);
         for (key, new) in b.positions {
             self.result.last_vsn = self.result.last_vsn.max(Some(new.last_vsn));
             committed.insert(key, new.next_offset);

@@ -177,7 +177,7 @@ async fn a_loaded_source_arrives_equal_with_exact_counts() -> Result<()> {
 
     let (trigger, stop) = shutdown::channel();
     let coordinator = tokio::spawn(ferry_coordinator::run(config.clone(), stop.clone()));
-    ferry_testkit::wait_listening(&listen, Duration::from_secs(30)).await?;
+    ferry_testkit::wait_listening(&listen, Duration::from_secs(90)).await?;
 
     // The load starts with the snapshot and runs on through the change stream.
     let writer = tokio::spawn(write_load(

@@ -34,10 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::{apply_table, count, Applied, Event, Tables};
+use super::{commit_batch, Applied, Event, Tables};
 use crate::consumer::Record;
 use crate::error::Failure;
-use crate::metadata::{self, Counts, Stored};
+use crate::metadata::{Counts, Stored};
 
 /// What every worker of a session shares.
 #[derive(Clone)]
@@ -469,48 +469,16 @@ impl Worker {
             return Ok(());
         }
         let mut b = std::mem::take(&mut self.batch);
-        let mut dest = BTreeMap::new();
-        for (name, events) in &mut b.events {
-            events.sort_by_key(|e| e.vsn);
-            let first = events.first().map(|e| e.vsn).unwrap_or_default();
-            let t = self
-                .tables
-                .get(&self.client, name, &self.setup.destination, first)
-                .await?;
-            dest.insert(name.clone(), t);
-        }
-        let mut counts = BTreeMap::new();
-        let mut applied = Applied::default();
-        {
-            let tx = self
-                .client
-                .transaction()
-                .await
-                .map_err(|e| metadata::db_failure("starting a transaction", &e))?;
-            let mut positions: Vec<&(i64, Stored)> = b.positions.values().collect();
-            positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
-            for (expected, new) in positions {
-                metadata::advance(&tx, &self.setup.group, *expected, new).await?;
-            }
-            let mut stage = 0u32;
-            for (name, events) in &b.events {
-                if let Some(t) = dest.get(name) {
-                    let a =
-                        apply_table(&tx, t, &self.setup.destination, events, &mut stage).await?;
-                    applied.binary_copy_rows += a.binary_copy_rows;
-                    applied.text_copy_rows += a.text_copy_rows;
-                    applied.direct_copy_rows += a.direct_copy_rows;
-                }
-                counts.insert(name.clone(), count(events));
-            }
-            // Last, in table name order (the BTreeMap's): see the module doc.
-            for (name, c) in &counts {
-                metadata::add_counts(&tx, &self.setup.group, &name.schema, &name.name, c).await?;
-            }
-            tx.commit()
-                .await
-                .map_err(|e| metadata::db_failure("committing a batch", &e))?;
-        }
+        let mut moves: Vec<(i64, &Stored)> = b.positions.values().map(|(e, n)| (*e, n)).collect();
+        let (counts, applied) = commit_batch(
+            &mut self.client,
+            &mut self.tables,
+            &self.setup.group,
+            &self.setup.destination,
+            &mut b.events,
+            &mut moves,
+        )
+        .await?;
         let mut positions = Vec::with_capacity(b.positions.len());
         for (key, (_, new)) in b.positions {
             if let Some(p) = self.parts.get_mut(&key) {
