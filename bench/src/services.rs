@@ -84,7 +84,10 @@ impl Service {
     {
         let (trigger, stop) = shutdown::channel();
         let fut = start(stop);
-        let task = on.spawn(async move { fut.await.map_err(|e| chain(&e)) });
+        let task = on.spawn(async move {
+            fut.await
+                .map_err(|e| ferry_shared::process::error_chain(&e))
+        });
         Service {
             name,
             trigger,
@@ -110,17 +113,6 @@ impl Service {
         }
         Ok(())
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Ferry, running in this process for one migration.

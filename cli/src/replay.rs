@@ -139,13 +139,7 @@ pub fn end_at(to_vsn: Option<u64>, to_time: Option<&str>) -> Result<EndAt, Strin
 
 /// A registry client as the configuration says.
 pub fn registry(config: &Config) -> Result<RegistryClient, ReplayError> {
-    let auth = config.schema_registry.username.as_deref().map(|u| {
-        (
-            u,
-            config.schema_registry.password.as_ref().map(|p| p.expose()),
-        )
-    });
-    RegistryClient::new(&config.registry_url(), auth).map_err(|e| ReplayError::Decode {
+    RegistryClient::from_config(config).map_err(|e| ReplayError::Decode {
         at: "(registry)".into(),
         message: e.to_string(),
     })

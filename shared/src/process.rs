@@ -63,3 +63,15 @@ where
         }
     }
 }
+
+/// An error and its causes on one line, `outer: cause: root cause` (for log fields).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -96,6 +96,17 @@ impl RegistryClient {
         })
     }
 
+    /// A client for the registry `config` names (`schema_registry.url`, or the
+    /// coordinator's built-in one), with its basic-auth credentials.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, RegistryError> {
+        let sr = &config.schema_registry;
+        let auth = sr
+            .username
+            .as_deref()
+            .map(|u| (u, sr.password.as_ref().map(|p| p.expose())));
+        RegistryClient::new(&config.registry_url(), auth)
+    }
+
     /// The registry URL.
     pub fn url(&self) -> &str {
         &self.url

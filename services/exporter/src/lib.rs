@@ -294,7 +294,7 @@ pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Resu
                 if started.elapsed() > Duration::from_secs(300) {
                     delay = Duration::from_secs(1);
                 }
-                tracing::warn!(error = %error_chain(&e), ?delay, "exporter run failed; restarting from the stored checkpoint");
+                tracing::warn!(error = %ferry_shared::process::error_chain(&e), ?delay, "exporter run failed; restarting from the stored checkpoint");
                 let mut stop = shutdown.clone();
                 tokio::select! {
                     biased;
@@ -306,17 +306,6 @@ pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Resu
             other => return other,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 async fn run_once(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
@@ -455,17 +444,10 @@ async fn export(e: Export<'_>) -> Result<(), Error> {
         })
         .collect();
     let counts = kafka::ensure_topics(&kafka_config, &specs).await?;
-    let auth = config.schema_registry.username.as_deref().map(|u| {
-        (
-            u,
-            config.schema_registry.password.as_ref().map(|p| p.expose()),
-        )
-    });
-    let registry =
-        RegistryClient::new(&config.registry_url(), auth).map_err(|e| Error::Registry {
-            table: "-".into(),
-            source: e,
-        })?;
+    let registry = RegistryClient::from_config(config).map_err(|e| Error::Registry {
+        table: "-".into(),
+        source: e,
+    })?;
     let mut encoders = Vec::with_capacity(tables.len());
     let mut topic_names = Vec::with_capacity(tables.len());
     for (i, table) in tables.into_iter().enumerate() {

@@ -81,13 +81,7 @@ pub async fn run_for(
     .clone();
     let topics = Topics::new(config.migration.topic_prefix());
     let group = topics.import_group(destination);
-    let auth = config.schema_registry.username.as_deref().map(|u| {
-        (
-            u,
-            config.schema_registry.password.as_ref().map(|p| p.expose()),
-        )
-    });
-    let registry = RegistryClient::new(&config.registry_url(), auth)
+    let registry = RegistryClient::from_config(&config)
         .map_err(|e| Error::Definite(format!("schema registry: {e}")))?;
 
     // Fail at start, with the fix, when the destination can't be written as required.

@@ -92,13 +92,7 @@ pub async fn apply(
 ) -> Result<ReplayApplied, Error> {
     let topics = Topics::new(config.migration.topic_prefix());
     let group = replay_group(topics.prefix(), &opts.name);
-    let auth = config.schema_registry.username.as_deref().map(|u| {
-        (
-            u,
-            config.schema_registry.password.as_ref().map(|p| p.expose()),
-        )
-    });
-    let registry = RegistryClient::new(&config.registry_url(), auth)
+    let registry = RegistryClient::from_config(config)
         .map_err(|e| Error::Definite(format!("schema registry: {e}")))?;
     let (client, conn) = connect(&opts.db, &opts.label)
         .await
