@@ -16,7 +16,7 @@
 //! follows the MSR as it changes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -437,6 +437,9 @@ fn tail<T, F>(
         let consumer: BaseConsumer = match config
             .clone()
             .set("group.id", "ferry-state-reader")
+            // Resuming a partition paused before any record was read falls back on
+            // this in some librdkafka versions.
+            .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
@@ -473,22 +476,81 @@ fn tail<T, F>(
             continue;
         }
         records.clear();
-        let mut caught_up = high == 0;
-        if caught_up {
-            tx.send_replace(Some(view(&records)));
-        }
+        // `next` is the next offset to read, `end` the high watermark last seen. Once
+        // `next` reaches `end` the partition is paused: a broker that answers an empty
+        // fetch at once instead of holding it for `fetch.wait.max.ms` (the local test
+        // broker does) would otherwise have librdkafka fetch thousands of times a
+        // second per tail. While paused, the high watermark is checked every
+        // TAIL_INTERVAL, and every PROBE_EVERY checks the partition is fetched for
+        // PROBE_WINDOW anyway (that broker's watermark can lag its log by seconds).
+        let mut next: i64 = 0;
+        let mut end = high;
+        let mut fetching = true;
+        let mut probe_until = Instant::now();
+        let mut checks: u32 = 0;
+        let mut caught_up = false;
         loop {
             if shutdown.is_triggered() || tx.is_closed() {
                 return;
             }
+            if !fetching {
+                if !sleep_unless(TAIL_INTERVAL, &shutdown, &tx) {
+                    return;
+                }
+                checks = checks.wrapping_add(1);
+                let more = match consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT) {
+                    Ok((_, high)) if high > next => {
+                        end = high;
+                        true
+                    }
+                    Ok(_) => false,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "high watermark of {topic}");
+                        false
+                    }
+                };
+                if (more || checks % PROBE_EVERY == 0) && consumer.resume(&tpl).is_ok() {
+                    fetching = true;
+                    probe_until = Instant::now() + PROBE_WINDOW;
+                }
+                continue;
+            }
+            let timeout = if next < end {
+                Duration::from_millis(200)
+            } else {
+                probe_until
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            };
             let mut changed = false;
-            match consumer.poll(Duration::from_millis(200)) {
-                None => {}
+            let mut got = false;
+            match consumer.poll(timeout) {
+                None => {
+                    if next < end {
+                        // Nothing although the watermark said there is more: read the
+                        // position (records may have been compacted away) and the
+                        // watermark again.
+                        if let Ok(pos) = consumer.position() {
+                            for e in pos.elements() {
+                                if let Offset::Offset(o) = e.offset() {
+                                    next = next.max(o);
+                                }
+                            }
+                        }
+                        if let Ok((_, high)) =
+                            consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT)
+                        {
+                            end = high;
+                        }
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "reading {topic}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Some(Ok(m)) => {
+                    got = true;
+                    next = m.offset() + 1;
                     if let Some(key) = m.key() {
                         match m.payload() {
                             Some(v) => {
@@ -500,26 +562,50 @@ fn tail<T, F>(
                         }
                         changed = true;
                     }
-                    if m.offset() + 1 >= high {
-                        caught_up = true;
-                    }
                 }
             }
-            if !caught_up {
-                if let Ok(pos) = consumer.position() {
-                    caught_up = pos.elements().iter().any(|e| match e.offset() {
-                        Offset::Offset(o) => o >= high,
-                        _ => false,
-                    });
-                }
-                if caught_up {
+            if next >= end {
+                end = next;
+                if !caught_up || tx.borrow().is_none() {
+                    caught_up = true;
                     changed = true;
                 }
+                if got {
+                    // More may follow at once (a watermark that lags).
+                    probe_until = Instant::now() + PROBE_WINDOW;
+                } else if Instant::now() >= probe_until && consumer.pause(&tpl).is_ok() {
+                    fetching = false;
+                }
             }
-            if caught_up && (changed || tx.borrow().is_none()) {
+            if caught_up && changed {
                 tx.send_replace(Some(view(&records)));
             }
         }
+    }
+}
+
+/// How often a paused tail checks the topic's high watermark.
+const TAIL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Every this many checks, a paused tail fetches even when the watermark shows nothing
+/// new.
+const PROBE_EVERY: u32 = 5;
+
+/// How long a tail keeps fetching after the last record when at the watermark.
+const PROBE_WINDOW: Duration = Duration::from_millis(5);
+
+/// Sleeps `d` in short steps; false when the tail should stop.
+fn sleep_unless<T>(d: Duration, shutdown: &Shutdown, tx: &tokio_watch::Sender<Option<T>>) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if shutdown.is_triggered() || tx.is_closed() {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
     }
 }
 
