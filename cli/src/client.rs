@@ -180,10 +180,11 @@ pub fn render_status(s: &Status) -> String {
     for st in &s.streams {
         let _ = writeln!(
             out,
-            "  {:<7} directive {:<8} exporter {:<12} last VSN {:<10} records {:<10} {:.0} events/s",
+            "  {:<7} directive {:<8} exporter {:<12} snapshot {:<8} last VSN {:<10} records {:<10} {:.0} events/s",
             st.stream.as_str(),
             st.directive,
             st.exporter_phase,
+            if st.snapshot_done { "done" } else { "not done" },
             st.last_vsn,
             st.records,
             st.rate_3m

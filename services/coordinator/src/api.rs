@@ -100,14 +100,15 @@ async fn page(State(m): State<Arc<Migration>>) -> Html<String> {
             esc(c.waiting_for.as_deref().unwrap_or(""))
         );
     }
-    h.push_str("</table><h2>Streams</h2><table><tr><th>stream</th><th>directive</th><th>exporter</th><th>last VSN</th><th>records</th><th>events/s (3 min)</th></tr>");
+    h.push_str("</table><h2>Streams</h2><table><tr><th>stream</th><th>directive</th><th>exporter</th><th>snapshot</th><th>last VSN</th><th>records</th><th>events/s (3 min)</th></tr>");
     for st in &s.streams {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
             st.stream,
             st.directive,
             esc(&st.exporter_phase),
+            if st.snapshot_done { "done" } else { "not done" },
             st.last_vsn,
             st.records,
             st.rate_3m

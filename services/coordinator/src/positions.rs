@@ -64,6 +64,10 @@ pub struct StreamStatus {
     pub last_vsn: u64,
     /// Source position of its last checkpoint.
     pub lsn: String,
+    /// Whether a stored checkpoint says the snapshot is done (what a cutover to target
+    /// needs from the source stream).
+    #[serde(default)]
+    pub snapshot_done: bool,
     /// Events per second over 3 and 10 minutes.
     pub rate_3m: f64,
     /// See `rate_3m`.
@@ -158,6 +162,7 @@ pub async fn status(m: &Migration) -> Status {
                 .or(cp.map(|c| c.next_vsn.0.saturating_sub(1)))
                 .unwrap_or(0),
             lsn: cp.map(|c| c.lsn.to_string()).unwrap_or_default(),
+            snapshot_done: cp.is_some_and(|c| c.snapshot.done),
             rate_3m: beat
                 .filter(|b| now - b.at_ms < STALE_MS)
                 .map_or(0.0, |b| b.rate_3m),

@@ -179,6 +179,26 @@ impl Harness {
         .await
     }
 
+    /// Waits until the coordinator has read a source checkpoint saying the snapshot is
+    /// done (a cutover to target is refused before; the target can already equal the
+    /// source while that checkpoint is on its way).
+    async fn wait_snapshot_done(&self) -> Result<()> {
+        wait_until(
+            "the coordinator to see the source snapshot done",
+            Duration::from_secs(60),
+            || async {
+                let (_, s) = self.api("GET", "/api/status", None).await?;
+                let done = s["streams"].as_array().is_some_and(|streams| {
+                    streams
+                        .iter()
+                        .any(|st| st["stream"] == "source" && st["snapshot_done"] == true)
+                });
+                Ok(done.then_some(()))
+            },
+        )
+        .await
+    }
+
     async fn cutover_status(&self, to: &str) -> Result<String> {
         let (_, s) = self.api("GET", "/api/status", None).await?;
         let key = format!("cutover_to_{}", to.replace('-', "_"));
@@ -357,6 +377,7 @@ async fn live_migration_cuts_over_with_sequences_and_refuses_out_of_order() -> R
     // saying so, and completes once the importer runs again.
     h.kill("importer target").await;
     writes(&h.source, "while down", 5).await?;
+    h.wait_snapshot_done().await?;
     let (code, body) = h.cutover("target", "none").await?;
     assert_eq!(code, 200, "{body}");
     let waiting = wait_until(
@@ -490,6 +511,7 @@ async fn fall_back_round_trip_with_writes_on_both_sides() -> Result<()> {
     h.wait_equal(Side::Source, Side::Target, "before cutover")
         .await?;
     writes(&h.source, "late", 10).await?;
+    h.wait_snapshot_done().await?;
     let (code, body) = h.cutover("target", "fall-back").await?;
     assert_eq!(code, 200, "{body}");
     // Cutover to source is refused while cutover to target is in progress.
@@ -581,6 +603,7 @@ async fn fall_forward_with_the_coordinator_killed_throughout_the_cutovers() -> R
     h.wait_equal(Side::Source, Side::Replica, "replica before cutover")
         .await?;
     writes(&h.source, "late", 10).await?;
+    h.wait_snapshot_done().await?;
     let (code, body) = h.cutover("target", "fall-forward").await?;
     assert_eq!(code, 200, "{body}");
     // Killed and restarted every 700 ms until COMPLETED: each step is re-derived from
