@@ -11,6 +11,7 @@
 //! Kafka offsets are committed (asynchronously, for monitoring and tools) only on the
 //! applier's request, after the destination transaction that stored them committed.
 
+use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +39,9 @@ pub(crate) struct Record {
 /// What the consumer thread tells the applier, in order.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// A record of an assigned partition.
-    Record(Record),
+    /// Records of assigned partitions, in the order polled (at most
+    /// [`MAX_RECORDS_PER_ITEM`]).
+    Records(Vec<Record>),
     /// Partitions assigned at these stored positions.
     Assigned(Vec<Stored>),
     /// All partitions revoked.
@@ -62,6 +64,9 @@ struct Ctx {
     db: Arc<tokio_postgres::Client>,
     group: String,
     items: mpsc::Sender<Item>,
+    /// Partitions assigned by the last rebalance, at their stored next offsets: the poll
+    /// loop's starting positions for fetch pacing.
+    assigned: std::sync::Mutex<Vec<(String, i32, i64)>>,
 }
 
 impl ClientContext for Ctx {}
@@ -120,6 +125,12 @@ impl ConsumerContext for Ctx {
                         .blocking_send(Item::Failed(kafka_failure("assigning partitions", &e)));
                     return;
                 }
+                if let Ok(mut a) = self.assigned.lock() {
+                    *a = positions
+                        .iter()
+                        .map(|p| (p.topic.clone(), p.partition, p.next_offset))
+                        .collect();
+                }
                 tracing::info!(
                     partitions = positions.len(),
                     "partitions assigned at the positions stored in the destination"
@@ -162,6 +173,16 @@ pub(crate) fn topic_pattern(prefix: &str, stream: &str) -> String {
     out
 }
 
+/// topic -> partition -> next offset to poll.
+type Next = HashMap<String, HashMap<i32, i64>>;
+
+/// Records handed over in one [`Item::Records`] at most.
+pub(crate) const MAX_RECORDS_PER_ITEM: usize = 1024;
+
+/// When the consumer has handed over everything fetched and fewer than this many
+/// records came since fetching resumed, it checks whether it is at the end of the log.
+const PACE_BELOW: usize = 4 * MAX_RECORDS_PER_ITEM;
+
 /// The running consumer thread.
 pub(crate) struct ConsumerThread {
     pub items: mpsc::Receiver<Item>,
@@ -178,6 +199,7 @@ impl ConsumerThread {
         pattern: &str,
         db: Arc<tokio_postgres::Client>,
         capacity: usize,
+        fetch_wait: Duration,
     ) -> Result<ConsumerThread, Failure> {
         config
             .set("group.id", group)
@@ -194,6 +216,7 @@ impl ConsumerThread {
             db,
             group: group.to_owned(),
             items: tx.clone(),
+            assigned: std::sync::Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<Ctx> = config
             .create_with_context(ctx)
@@ -206,7 +229,7 @@ impl ConsumerThread {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-importer-consumer".into())
-            .spawn(move || poll_loop(consumer, tx, cmd_rx, stop2))
+            .spawn(move || poll_loop(consumer, tx, cmd_rx, stop2, fetch_wait))
             .map_err(|e| Failure::Transient(format!("cannot start the consumer thread: {e}")))?;
         Ok(ConsumerThread {
             items: rx,
@@ -235,14 +258,29 @@ impl Drop for ConsumerThread {
     }
 }
 
+/// Polls the consumer and hands records over in batches.
+///
+/// Fetch pacing: once everything fetched was handed over, and the records since
+/// fetching last resumed are few, the assigned partitions are paused for `fetch_wait`
+/// (pausing drops nothing the applier has not seen: librdkafka resumes from the offset
+/// after the last record polled). This is Kafka's `fetch.min.bytes` +
+/// `fetch.wait.max.ms`, done here because some Kafka-protocol brokers (the local test
+/// broker among them) answer a fetch at once even when it is empty, so librdkafka would
+/// fetch thousands of times a second at the end of the log, one small batch each.
 fn poll_loop(
     consumer: BaseConsumer<Ctx>,
     items: mpsc::Sender<Item>,
     commands: std_mpsc::Receiver<Command>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    fetch_wait: Duration,
 ) {
+    let stopped = || stop.load(std::sync::atomic::Ordering::SeqCst);
     let mut last_watermarks = std::time::Instant::now();
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+    let mut batch: Vec<Record> = Vec::with_capacity(MAX_RECORDS_PER_ITEM);
+    let mut since_resume = 0usize;
+    // topic -> partition -> next offset to poll, for fetch pacing.
+    let mut next: Next = HashMap::new();
+    while !stopped() {
         if last_watermarks.elapsed() >= Duration::from_secs(5) {
             last_watermarks = std::time::Instant::now();
             let mut highs = Vec::new();
@@ -259,42 +297,156 @@ fn poll_loop(
                 break;
             }
         }
-        while let Ok(cmd) = commands.try_recv() {
-            match cmd {
-                Command::Commit(offsets) => {
-                    let mut tpl = TopicPartitionList::new();
-                    for (t, p, o) in &offsets {
-                        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-                    }
-                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                        tracing::debug!(error = %e, "committing offsets to kafka (monitoring only)");
-                    }
+        run_commands(&consumer, &commands);
+        // With pacing on, a poll with nothing to hand over waits about as long as a
+        // pause would: while it waits, librdkafka fetches.
+        let timeout = if !batch.is_empty() {
+            Duration::ZERO
+        } else if fetch_wait.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            fetch_wait.clamp(Duration::from_millis(5), Duration::from_millis(100))
+        };
+        let polled = consumer.poll(timeout);
+        if let Ok(mut a) = consumer.context().assigned.lock() {
+            if !a.is_empty() {
+                next.clear();
+                for (t, p, o) in a.drain(..) {
+                    next.entry(t).or_default().insert(p, o);
                 }
             }
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+        match polled {
             Some(Ok(m)) => {
-                let record = Record {
+                if let Some(n) = next
+                    .get_mut(m.topic())
+                    .and_then(|t| t.get_mut(&m.partition()))
+                {
+                    *n = m.offset() + 1;
+                }
+                batch.push(Record {
                     topic: m.topic().to_owned(),
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
-                };
-                drop(m);
-                if items.blocking_send(Item::Record(record)).is_err() {
+                });
+                since_resume += 1;
+                if batch.len() >= MAX_RECORDS_PER_ITEM && !hand_over(&items, &mut batch) {
                     break;
                 }
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "kafka consumer error");
             }
+            None => {
+                // Everything fetched so far is polled.
+                if !hand_over(&items, &mut batch) {
+                    break;
+                }
+                if !fetch_wait.is_zero() && since_resume < PACE_BELOW {
+                    pause_fetching(&consumer, &commands, fetch_wait, &stopped, &next);
+                }
+                since_resume = 0;
+            }
         }
     }
     let _ = consumer.unassign();
     consumer.unsubscribe();
     drop(consumer);
+}
+
+/// Sends the batch (if any) to the applier, waiting while its channel is full; false
+/// when the applier is gone.
+fn hand_over(items: &mpsc::Sender<Item>, batch: &mut Vec<Record>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let records = std::mem::replace(batch, Vec::with_capacity(MAX_RECORDS_PER_ITEM));
+    items.blocking_send(Item::Records(records)).is_ok()
+}
+
+fn run_commands(consumer: &BaseConsumer<Ctx>, commands: &std_mpsc::Receiver<Command>) {
+    while let Ok(cmd) = commands.try_recv() {
+        match cmd {
+            Command::Commit(offsets) => {
+                let mut tpl = TopicPartitionList::new();
+                for (t, p, o) in &offsets {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::debug!(error = %e, "committing offsets to kafka (monitoring only)");
+                }
+            }
+        }
+    }
+}
+
+/// Unless an assigned partition has records past what was polled (one ListOffsets
+/// request), pauses fetching on every assigned partition for `wait`, then for as long
+/// as none has (checked every `wait`), then resumes it.
+fn pause_fetching(
+    consumer: &BaseConsumer<Ctx>,
+    commands: &std_mpsc::Receiver<Command>,
+    wait: Duration,
+    stopped: &dyn Fn() -> bool,
+    next: &Next,
+) {
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    // Records past the polled ones (a backlog being read, a fetch under way): no pause.
+    if assigned.count() == 0 || more(consumer, next) || consumer.pause(&assigned).is_err() {
+        return;
+    }
+    let idle_since = std::time::Instant::now();
+    loop {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            run_commands(consumer, commands);
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || stopped() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
+        // Come back to `poll` now and then even when idle: rebalances and the
+        // watermark report run there.
+        if stopped() || idle_since.elapsed() >= Duration::from_secs(1) || more(consumer, next) {
+            break;
+        }
+    }
+    // Partitions revoked meanwhile are no longer in the assignment; resume what is.
+    if let Ok(assigned) = consumer.assignment() {
+        let _ = consumer.resume(&assigned);
+    }
+}
+
+/// Whether an assigned partition's end is past the next offset to poll (true when
+/// unknown).
+fn more(consumer: &BaseConsumer<Ctx>, next: &Next) -> bool {
+    let Ok(assigned) = consumer.assignment() else {
+        return true;
+    };
+    let mut latest = TopicPartitionList::new();
+    for e in assigned.elements() {
+        if latest
+            .add_partition_offset(e.topic(), e.partition(), Offset::End)
+            .is_err()
+        {
+            return true;
+        }
+    }
+    let Ok(ends) = consumer.offsets_for_times(latest, Duration::from_secs(5)) else {
+        return true;
+    };
+    ends.elements().iter().any(|e| {
+        let known = next.get(e.topic()).and_then(|t| t.get(&e.partition()));
+        match (e.offset(), known) {
+            (Offset::Offset(end), Some(&n)) => end > n,
+            _ => true,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ pub async fn run_for(
         batch_rows: config.importer.batch_rows.max(1) as usize,
         batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
         workers: config.importer.workers.max(1) as usize,
+        fetch_wait: Duration::from_millis(u64::from(config.importer.fetch_wait_ms)),
         client,
         conn,
         totals: BTreeMap::new(),
@@ -278,6 +279,8 @@ struct Importer {
     batch_max: Duration,
     /// Apply tasks per session (`importer.workers`).
     workers: usize,
+    /// Fetch pacing at the end of the log (`importer.fetch_wait_ms`).
+    fetch_wait: Duration,
     /// For setup and reports; the workers have their own connections.
     client: Client,
     conn: JoinHandle<Result<(), tokio_postgres::Error>>,
@@ -388,7 +391,8 @@ impl Importer {
             &self.group,
             &pattern,
             Arc::new(pos_client),
-            self.batch_rows.min(10_000) * 2,
+            16,
+            self.fetch_wait,
         );
         let mut consumer = match consumer {
             Ok(c) => c,
@@ -471,7 +475,7 @@ impl Importer {
                     }
                     pool.assign(positions).await?;
                 }
-                Some(Item::Record(r)) => pool.record(r).await?,
+                Some(Item::Records(records)) => pool.records(records).await?,
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();

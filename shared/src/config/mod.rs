@@ -340,6 +340,12 @@ pub struct ImporterConfig {
     /// are split among them, each with its own destination connection.
     #[serde(default = "default_workers")]
     pub workers: u32,
+    /// Fetch pacing, 0..=5000 ms: at the end of the log, after a small fetch, fetching
+    /// pauses this long so that the next one brings a batch. This is Kafka's
+    /// `fetch.min.bytes` and `fetch.wait.max.ms`, done by the importer because some
+    /// Kafka-protocol brokers answer empty fetches at once. 0 turns it off.
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_ms: u32,
 }
 
 fn default_partitions() -> u32 {
@@ -362,6 +368,9 @@ fn default_chunk_rows() -> u64 {
 }
 fn default_batch_rows() -> u32 {
     10_000
+}
+fn default_fetch_wait_ms() -> u32 {
+    20
 }
 fn default_batch_max_ms() -> u32 {
     200
@@ -391,6 +400,7 @@ impl Default for ImporterConfig {
         ImporterConfig {
             batch_rows: default_batch_rows(),
             batch_max_ms: default_batch_max_ms(),
+            fetch_wait_ms: default_fetch_wait_ms(),
             workers: default_workers(),
         }
     }

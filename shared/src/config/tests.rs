@@ -93,6 +93,7 @@ fn defaults() {
     assert_eq!(config.exporter.chunk_rows, 100_000);
     assert_eq!(config.importer.batch_rows, 10_000);
     assert_eq!(config.importer.batch_max_ms, 200);
+    assert_eq!(config.importer.fetch_wait_ms, 20);
     assert_eq!(config.importer.workers, 4);
 
     let config = load(&with_source(""), &[], &[]).unwrap();
@@ -390,6 +391,7 @@ fn validation_rules() {
         ("importer.batch_max_ms=0", "use a value from 1 to 60000"),
         ("importer.batch_max_ms=60001", "use a value from 1 to 60000"),
         ("importer.workers=0", "use a value from 1 to 64"),
+        ("importer.fetch_wait_ms=5001", "use a value from 0 to 5000"),
     ];
     let text = with_source("");
     for (flag, expected) in cases {

@@ -36,6 +36,7 @@ pub(super) fn range_of(path: &str) -> Option<(i64, i64)> {
         "exporter.chunk_rows" => (1000, i64::MAX),
         "importer.batch_rows" => (1, 1_000_000),
         "importer.batch_max_ms" => (1, 60_000),
+        "importer.fetch_wait_ms" => (0, 5_000),
         "importer.workers" => (1, 64),
         _ => return None,
     };
@@ -246,6 +247,10 @@ pub(super) fn validate(config: &Config, file: &str) -> Vec<Problem> {
         i64::from(config.importer.batch_max_ms),
     );
     r.range("importer.workers", i64::from(config.importer.workers));
+    r.range(
+        "importer.fetch_wait_ms",
+        i64::from(config.importer.fetch_wait_ms),
+    );
 
     rules.problems
 }

@@ -70,7 +70,7 @@ pub(crate) struct Committed {
 
 enum Job {
     Assign(Vec<Stored>),
-    Record(Record),
+    Records(Vec<Record>),
     /// Write what is pending (and, with `release`, forget the partitions).
     Flush {
         release: bool,
@@ -102,7 +102,10 @@ impl Pool {
     /// Starts one worker per connection.
     pub(crate) fn start(setup: &Setup, connections: Vec<Connection>) -> Pool {
         let (report_tx, reports) = mpsc::unbounded_channel();
-        let capacity = setup.batch_rows.clamp(16, 10_000);
+        // A job carries up to MAX_RECORDS_PER_ITEM records (split among the workers).
+        // Room for more than a batch, so that a worker writing its batch does not
+        // hold up the records of the others.
+        let capacity = (setup.batch_rows / 64).clamp(16, 256);
         let mut jobs = Vec::with_capacity(connections.len());
         let mut tasks = Vec::with_capacity(connections.len());
         for (index, (client, conn)) in connections.into_iter().enumerate() {
@@ -169,17 +172,30 @@ impl Pool {
         Ok(())
     }
 
-    /// Passes a record to the worker owning its partition (dropped when none does: the
-    /// partition is not, or no longer, assigned here). Waits while that worker is busy.
-    pub(crate) async fn record(&mut self, r: Record) -> Result<(), Failure> {
-        let Some(&i) = self
-            .owner
-            .get(r.topic.as_str())
-            .and_then(|m| m.get(&r.partition))
-        else {
-            return Ok(());
-        };
-        self.send(i, Job::Record(r)).await
+    /// Passes records to the workers owning their partitions (a record is dropped when
+    /// none does: its partition is not, or no longer, assigned here). Waits while a
+    /// worker is busy.
+    pub(crate) async fn records(&mut self, records: Vec<Record>) -> Result<(), Failure> {
+        let n = self.jobs.len();
+        if n == 1 {
+            return self.send(0, Job::Records(records)).await;
+        }
+        let mut shares: Vec<Vec<Record>> = (0..n).map(|_| Vec::new()).collect();
+        for r in records {
+            let owner = self
+                .owner
+                .get(r.topic.as_str())
+                .and_then(|m| m.get(&r.partition));
+            if let Some(share) = owner.and_then(|&i| shares.get_mut(i)) {
+                share.push(r);
+            }
+        }
+        for (i, share) in shares.into_iter().enumerate() {
+            if !share.is_empty() {
+                self.send(i, Job::Records(share)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Every worker writes what it holds; with `release`, they also forget their
@@ -354,10 +370,12 @@ impl Worker {
                         );
                     }
                 }
-                Some(Job::Record(r)) => {
-                    self.take(r).await?;
-                    if self.batch.records >= self.setup.batch_rows {
-                        self.flush().await?;
+                Some(Job::Records(records)) => {
+                    for r in records {
+                        self.take(r).await?;
+                        if self.batch.records >= self.setup.batch_rows {
+                            self.flush().await?;
+                        }
                     }
                 }
                 Some(Job::Flush { release, done }) => {
