@@ -425,7 +425,8 @@ fn primitive(name: &str) -> Option<AvroType> {
 
 // ---- encoding ----
 
-fn write_long(v: i64, out: &mut Vec<u8>) {
+/// Appends an Avro `long` (zigzag varint).
+pub fn write_long(v: i64, out: &mut Vec<u8>) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     loop {
         if z < 0x80 {
@@ -437,7 +438,8 @@ fn write_long(v: i64, out: &mut Vec<u8>) {
     }
 }
 
-fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
+/// Appends Avro `bytes` or `string`: the length, then the bytes.
+pub fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
     write_long(b.len() as i64, out);
     out.extend_from_slice(b);
 }
@@ -549,28 +551,75 @@ pub fn encode(ty: &AvroType, datum: &Datum, out: &mut Vec<u8>) -> Result<(), Avr
             write_long(0, out);
             Ok(())
         }
-        (AvroType::Record(record), Datum::Record(values)) => {
-            if record.fields.len() != values.len() {
-                return Err(AvroError::Mismatch(format!(
-                    "record {} has {} fields, the value {}",
-                    record.name,
-                    record.fields.len(),
-                    values.len()
-                )));
-            }
-            for (field, value) in record.fields.iter().zip(values) {
-                encode(&field.ty, value, out).map_err(|e| match e {
-                    AvroError::Mismatch(m) => {
-                        AvroError::Mismatch(format!("field {}: {m}", field.name))
-                    }
-                    other => other,
-                })?;
-            }
-            Ok(())
-        }
+        (AvroType::Record(record), Datum::Record(values)) => encode_fields(record, values, out),
         (ty, datum) => Err(AvroError::Mismatch(format!(
             "a {} where the schema has {ty:?}",
             describe(datum)
+        ))),
+    }
+}
+
+/// Encodes `values` as a record of type `record`, field by field (what [`encode`] does
+/// with a [`Datum::Record`], without building one).
+pub fn encode_fields(
+    record: &RecordType,
+    values: &[Datum],
+    out: &mut Vec<u8>,
+) -> Result<(), AvroError> {
+    if record.fields.len() != values.len() {
+        return Err(AvroError::Mismatch(format!(
+            "record {} has {} fields, the value {}",
+            record.name,
+            record.fields.len(),
+            values.len()
+        )));
+    }
+    for (field, value) in record.fields.iter().zip(values) {
+        encode_field(field, value, out)?;
+    }
+    Ok(())
+}
+
+/// Encodes one field's value, naming the field in a mismatch.
+pub fn encode_field(field: &FieldType, value: &Datum, out: &mut Vec<u8>) -> Result<(), AvroError> {
+    encode(&field.ty, value, out).map_err(|e| match e {
+        AvroError::Mismatch(m) => AvroError::Mismatch(format!("field {}: {m}", field.name)),
+        other => other,
+    })
+}
+
+/// Encodes a row that may be absent into `ty`, a union of null and a record (or the
+/// record itself when `row` is present): the envelope's `before` and `after`.
+pub fn encode_optional_row(
+    ty: &AvroType,
+    row: Option<&[Datum]>,
+    out: &mut Vec<u8>,
+) -> Result<(), AvroError> {
+    match (ty, row) {
+        (AvroType::Union(branches), None) => {
+            let index = branches
+                .iter()
+                .position(|b| matches!(b, AvroType::Null))
+                .ok_or_else(|| AvroError::Mismatch("no null branch for an absent row".into()))?;
+            write_long(index as i64, out);
+            Ok(())
+        }
+        (AvroType::Union(branches), Some(values)) => {
+            let (index, record) = branches
+                .iter()
+                .enumerate()
+                .find_map(|(i, b)| match b {
+                    AvroType::Record(r) => Some((i, r)),
+                    _ => None,
+                })
+                .ok_or_else(|| AvroError::Mismatch("no record branch for a row".into()))?;
+            write_long(index as i64, out);
+            encode_fields(record, values, out)
+        }
+        (AvroType::Record(record), Some(values)) => encode_fields(record, values, out),
+        (AvroType::Null, None) => Ok(()),
+        (ty, _) => Err(AvroError::Mismatch(format!(
+            "a row where the schema has {ty:?}"
         ))),
     }
 }

@@ -101,15 +101,22 @@ impl ChangeEvent {
             Datum::String(self.op.code().to_owned()),
             Datum::Long(self.ts_ms),
             Datum::Long(self.vsn.as_i64()),
-            Datum::Record(vec![
-                Datum::String(self.source.db.clone()),
-                Datum::String(self.source.schema.clone()),
-                Datum::String(self.source.table.clone()),
-                Datum::Bool(self.source.snapshot),
-                Datum::String(self.source.lsn_or_scn.clone()),
-                self.source.txid.map_or(Datum::Null, Datum::Long),
-                Datum::Long(self.source.commit_ts_ms),
-            ]),
+            self.source.to_datum(),
+        ])
+    }
+}
+
+impl SourceInfo {
+    /// The `source` record value in the layout of [`crate::avro::value_schema`].
+    pub fn to_datum(&self) -> Datum {
+        Datum::Record(vec![
+            Datum::String(self.db.clone()),
+            Datum::String(self.schema.clone()),
+            Datum::String(self.table.clone()),
+            Datum::Bool(self.snapshot),
+            Datum::String(self.lsn_or_scn.clone()),
+            self.txid.map_or(Datum::Null, Datum::Long),
+            Datum::Long(self.commit_ts_ms),
         ])
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ferry_shared::avro::{self, AvroError, AvroType};
 use ferry_shared::catalog::TableSchema;
-use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
+use ferry_shared::envelope::{Op, SourceInfo};
 use ferry_shared::kafka::partition_for_key;
 use ferry_shared::position::Vsn;
 use ferry_shared::registry::{write_header, RegistryClient, RegistryError, TableCodec};
@@ -50,8 +50,8 @@ pub struct Pending {
     pub key: Vec<u8>,
     /// Header + `before`, `after`, `op`, `ts_ms`.
     pub head: Vec<u8>,
-    /// `source`.
-    pub tail: Vec<u8>,
+    /// `source` (shared by the events of a snapshot or a transaction).
+    pub tail: Arc<[u8]>,
 }
 
 impl TableEncoder {
@@ -74,7 +74,11 @@ impl TableEncoder {
             ));
         };
         let value_fields: Vec<AvroType> = record.fields.iter().map(|f| f.ty.clone()).collect();
-        if value_fields.len() != 6 || record.fields[4].name != "vsn" {
+        if value_fields.len() != 6
+            || record.fields[4].name != "vsn"
+            || value_fields[2] != AvroType::String
+            || value_fields[3] != AvroType::Long
+        {
             return Err(RegistryError::Envelope(
                 "value schema does not have the envelope layout".into(),
             ));
@@ -102,57 +106,93 @@ impl TableEncoder {
             .collect()
     }
 
-    /// Encodes one event (its `vsn` is ignored).
-    pub fn encode(&self, event: &ChangeEvent) -> Result<Pending, AvroError> {
-        let mut key = Vec::with_capacity(32);
-        write_header(self.key_id, &mut key);
-        avro::encode(&self.key_type, &Datum::Record(event.key.clone()), &mut key)?;
-        let Datum::Record(fields) = event.to_datum() else {
-            return Err(AvroError::Mismatch("envelope is not a record".into()));
-        };
-        let mut head = Vec::with_capacity(128);
-        write_header(self.value_id, &mut head);
-        for (ty, datum) in self.value_fields.iter().zip(&fields).take(4) {
-            avro::encode(ty, datum, &mut head)?;
+    /// The encoded `source` of this table's events: the same for every event of a
+    /// snapshot, and of a transaction.
+    pub fn source_tail(
+        &self,
+        snapshot: bool,
+        source: SourceTemplate<'_>,
+    ) -> Result<Arc<[u8]>, AvroError> {
+        let datum = SourceInfo {
+            db: self.db.clone(),
+            schema: self.table.schema.clone(),
+            table: self.table.name.clone(),
+            snapshot,
+            lsn_or_scn: source.lsn.to_owned(),
+            txid: source.txid,
+            commit_ts_ms: source.commit_ts_ms,
         }
+        .to_datum();
         let mut tail = Vec::with_capacity(64);
-        avro::encode(&self.value_fields[5], &fields[5], &mut tail)?;
-        Ok(Pending {
-            topic_index: self.topic_index,
-            op: event.op,
-            partition: partition_for_key(&key, self.partitions),
-            key,
-            head,
-            tail,
-        })
+        avro::encode(&self.value_fields[5], &datum, &mut tail)?;
+        Ok(tail.into())
     }
 
-    /// A [`ChangeEvent`] of this table (VSN to be stamped).
-    pub fn event(
+    /// Encodes one change event (the VSN is stamped later). `key` holds the key's
+    /// values in key order; `tail` comes from [`TableEncoder::source_tail`].
+    pub fn encode(
         &self,
         op: Op,
-        key: Vec<Datum>,
-        before: Option<Vec<Datum>>,
-        after: Option<Vec<Datum>>,
-        source: SourceTemplate<'_>,
-    ) -> ChangeEvent {
-        ChangeEvent {
-            key,
-            before,
-            after,
-            op,
-            ts_ms: now_ms(),
-            vsn: Vsn::ZERO,
-            source: SourceInfo {
-                db: self.db.clone(),
-                schema: self.table.schema.clone(),
-                table: self.table.name.clone(),
-                snapshot: op == Op::Read,
-                lsn_or_scn: source.lsn.to_owned(),
-                txid: source.txid,
-                commit_ts_ms: source.commit_ts_ms,
-            },
+        key: &[Datum],
+        before: Option<&[Datum]>,
+        after: Option<&[Datum]>,
+        tail: &Arc<[u8]>,
+    ) -> Result<Pending, AvroError> {
+        self.encode_with(op, key.iter(), before, after, tail)
+    }
+
+    /// Encodes a snapshot row (op `r`): the key is read from the row itself.
+    pub fn encode_snapshot_row(
+        &self,
+        row: &[Datum],
+        tail: &Arc<[u8]>,
+    ) -> Result<Pending, AvroError> {
+        let key = self
+            .table
+            .primary_key
+            .iter()
+            .map(|&i| row.get(i).unwrap_or(&Datum::Null));
+        self.encode_with(Op::Read, key, None, Some(row), tail)
+    }
+
+    fn encode_with<'a>(
+        &self,
+        op: Op,
+        key: impl ExactSizeIterator<Item = &'a Datum>,
+        before: Option<&[Datum]>,
+        after: Option<&[Datum]>,
+        tail: &Arc<[u8]>,
+    ) -> Result<Pending, AvroError> {
+        let mut framed_key = Vec::with_capacity(32);
+        write_header(self.key_id, &mut framed_key);
+        let AvroType::Record(key_record) = &self.key_type else {
+            return Err(AvroError::Mismatch("key schema is not a record".into()));
+        };
+        if key_record.fields.len() != key.len() {
+            return Err(AvroError::Mismatch(format!(
+                "key record has {} fields, the key {}",
+                key_record.fields.len(),
+                key.len()
+            )));
         }
+        for (field, value) in key_record.fields.iter().zip(key) {
+            avro::encode_field(field, value, &mut framed_key)?;
+        }
+        let mut head = Vec::with_capacity(16 + 24 * after.or(before).map_or(0, <[Datum]>::len));
+        write_header(self.value_id, &mut head);
+        avro::encode_optional_row(&self.value_fields[0], before, &mut head)?;
+        avro::encode_optional_row(&self.value_fields[1], after, &mut head)?;
+        // `op` (string) and `ts_ms` (long), checked in `new`.
+        avro::write_bytes(op.code().as_bytes(), &mut head);
+        avro::write_long(now_ms(), &mut head);
+        Ok(Pending {
+            topic_index: self.topic_index,
+            op,
+            partition: partition_for_key(&framed_key, self.partitions),
+            key: framed_key,
+            head,
+            tail: tail.clone(),
+        })
     }
 }
 

@@ -308,14 +308,18 @@ async fn stamp_loop(
         }
     };
     while let Some(batch) = rx.recv().await {
+        // Every event of the batch gets its place in the window before the first is
+        // sent (one lock per batch, not per event).
+        let events = batch.iter().filter(|i| matches!(i, Item::Event(_))).count();
+        if let Ok(mut a) = acks.lock() {
+            let len = a.window.len();
+            a.window.resize(len + events, false);
+        }
         for item in batch {
             match item {
                 Item::Event(p) => {
                     let vsn = Vsn(next);
                     stamp(&p, vsn, &mut value);
-                    if let Ok(mut a) = acks.lock() {
-                        a.window.push_back(false);
-                    }
                     let topic = topics.get(p.topic_index).map(String::as_str).unwrap_or("");
                     loop {
                         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use ferry_shared::catalog::{quote_ident, TableSchema};
 use ferry_shared::checkpoint::Chunk;
 use ferry_shared::config::DatabaseConfig;
-use ferry_shared::envelope::Op;
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::value::{parse_text, session_settings_sql, Datum};
 use futures::StreamExt;
@@ -207,19 +206,24 @@ async fn read_chunk(
     futures::pin_mut!(stream);
     let mut pending: Vec<u8> = Vec::new();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut row = Vec::with_capacity(table.columns.len());
+    let tail = enc.source_tail(true, template).map_err(|e| Error::Encode {
+        table: enc.name.clone(),
+        source: e,
+    })?;
     while let Some(data) = stream.next().await {
         let data: Bytes = data.map_err(|e| Error::sql(format!("reading table {table}"), e))?;
         pending.extend_from_slice(&data);
         let mut start = 0;
         while let Some(nl) = pending[start..].iter().position(|&b| b == b'\n') {
             let line = &pending[start..start + nl];
-            let row = parse_copy_line(table, line)?;
-            let key = enc.key_of(&row);
-            let event = enc.event(Op::Read, key, None, Some(row), template);
-            let p = enc.encode(&event).map_err(|e| Error::Encode {
-                table: enc.name.clone(),
-                source: e,
-            })?;
+            parse_copy_line(table, line, &mut row)?;
+            let p = enc
+                .encode_snapshot_row(&row, &tail)
+                .map_err(|e| Error::Encode {
+                    table: enc.name.clone(),
+                    source: e,
+                })?;
             batch.push(Item::Event(p));
             if batch.len() >= BATCH {
                 items
@@ -240,9 +244,14 @@ async fn read_chunk(
     Ok(())
 }
 
-/// One COPY text line to column values.
-fn parse_copy_line(table: &TableSchema, line: &[u8]) -> Result<Vec<Datum>, Error> {
-    let mut row = Vec::with_capacity(table.columns.len());
+/// One COPY text line to column values, into `row` (cleared first).
+fn parse_copy_line(table: &TableSchema, line: &[u8], row: &mut Vec<Datum>) -> Result<(), Error> {
+    row.clear();
+    let not_utf8 = |column: &str| {
+        Error::Internal(format!(
+            "table {table} column {column}: COPY text is not UTF-8"
+        ))
+    };
     for (i, field) in line.split(|&b| b == b'\t').enumerate() {
         let Some(column) = table.columns.get(i) else {
             return Err(Error::Internal(format!(
@@ -253,14 +262,14 @@ fn parse_copy_line(table: &TableSchema, line: &[u8]) -> Result<Vec<Datum>, Error
             row.push(Datum::Null);
             continue;
         }
-        let text = unescape(field);
-        let text = String::from_utf8(text).map_err(|_| {
-            Error::Internal(format!(
-                "table {table} column {}: COPY text is not UTF-8",
-                column.name
-            ))
-        })?;
-        row.push(parse_text(&column.kind, &text).map_err(|e| Error::Value {
+        let value = if field.contains(&b'\\') {
+            let text = String::from_utf8(unescape(field)).map_err(|_| not_utf8(&column.name))?;
+            parse_text(&column.kind, &text)
+        } else {
+            let text = std::str::from_utf8(field).map_err(|_| not_utf8(&column.name))?;
+            parse_text(&column.kind, text)
+        };
+        row.push(value.map_err(|e| Error::Value {
             table: table.to_string(),
             column: column.name.clone(),
             source: e,
@@ -273,7 +282,7 @@ fn parse_copy_line(table: &TableSchema, line: &[u8]) -> Result<Vec<Datum>, Error
             table.columns.len()
         )));
     }
-    Ok(row)
+    Ok(())
 }
 
 /// Undoes COPY text escaping.

@@ -309,18 +309,17 @@ fn push(
     xid: i64,
     commit_ms: i64,
 ) -> Result<(), Error> {
-    let event = enc.event(
-        op,
-        key,
-        before,
-        after,
-        SourceTemplate {
-            lsn,
-            txid: Some(xid),
-            commit_ts_ms: commit_ms,
-        },
-    );
-    let p = enc.encode(&event).map_err(|e| Error::Encode {
+    let encoded = enc
+        .source_tail(
+            false,
+            SourceTemplate {
+                lsn,
+                txid: Some(xid),
+                commit_ts_ms: commit_ms,
+            },
+        )
+        .and_then(|tail| enc.encode(op, &key, before.as_deref(), after.as_deref(), &tail));
+    let p = encoded.map_err(|e| Error::Encode {
         table: enc.name.clone(),
         source: e,
     })?;
