@@ -371,6 +371,16 @@ impl Report {
                     100.0 * secs / u.cpu_seconds.max(1e-9)
                 ));
             }
+            let wall = u.wall_seconds.max(1e-9);
+            out.push_str(&format!(
+                "  in {:.1} s wall: this process {:.2} cores; other processes:",
+                u.wall_seconds,
+                u.cpu_seconds / wall
+            ));
+            for (name, secs) in u.machine.iter().take(5) {
+                out.push_str(&format!(" {name} {secs:.1} s ({:.2} cores)", secs / wall));
+            }
+            out.push('\n');
         }
         out
     }

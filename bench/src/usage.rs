@@ -116,10 +116,41 @@ pub fn peak_rss() -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU seconds so far of every other process on the machine, by pid: (name, seconds).
+fn other_processes() -> BTreeMap<u64, (String, f64)> {
+    let me = std::process::id();
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if pid == u64::from(me) {
+            continue;
+        }
+        if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        {
+            out.insert(pid, stat);
+        }
+    }
+    out
+}
+
 /// A CPU reading taken at the start of a measured phase.
 pub struct CpuMark {
     total: f64,
     threads: BTreeMap<u64, (String, f64)>,
+    others: BTreeMap<u64, (String, f64)>,
+    started: std::time::Instant,
 }
 
 /// What a measured phase used.
@@ -134,6 +165,12 @@ pub struct Usage {
     pub split: Vec<(String, f64)>,
     /// Peak RSS of the process during the phase, bytes.
     pub peak_rss_bytes: u64,
+    /// Wall-clock seconds of the phase.
+    pub wall_seconds: f64,
+    /// CPU seconds of the other processes on the machine during the phase, by process
+    /// name (PostgreSQL, the broker, ...), largest first; processes that started and
+    /// ended inside the phase are not seen.
+    pub machine: Vec<(String, f64)>,
 }
 
 impl CpuMark {
@@ -143,6 +180,8 @@ impl CpuMark {
         Ok(CpuMark {
             total: process_cpu()?,
             threads: threads(),
+            others: other_processes(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -169,11 +208,21 @@ impl CpuMark {
         let mut split: Vec<(String, f64)> =
             groups.into_iter().filter(|(_, s)| *s >= 0.005).collect();
         split.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+        for (pid, (name, secs)) in other_processes() {
+            let before = self.others.get(&pid).map_or(0.0, |(_, s)| *s);
+            *by_name.entry(name).or_default() += secs - before;
+        }
+        let mut machine: Vec<(String, f64)> =
+            by_name.into_iter().filter(|(_, s)| *s >= 0.05).collect();
+        machine.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(Usage {
             cpu_seconds: total,
             bench_cpu_seconds: bench,
             split,
             peak_rss_bytes: peak,
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            machine,
         })
     }
 }
