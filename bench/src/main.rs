@@ -24,6 +24,11 @@ use crate::phases::Ctx;
 use crate::report::Report;
 use crate::services::Runtimes;
 
+/// mimalloc: the snapshot and change paths allocate per row; it cut the allocator's
+/// share of the exporter's CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Which phase to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Only {

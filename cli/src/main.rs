@@ -19,6 +19,11 @@ use verbs::{
     ExportFrom, Get, Import, ImportTo, Initiate, ReportFormat, Verb,
 };
 
+/// mimalloc: the snapshot and change paths allocate per row; it cut the allocator's
+/// share of the exporter's CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What a verb does when it runs.
 enum Action {
     /// Runs the exporter of a stream in this process.
