@@ -219,7 +219,7 @@ pub async fn delete_topics(config: &ClientConfig, names: &[String]) -> Result<()
 }
 
 /// `config` with the settings of an idempotent, ordered producer: `enable.idempotence`,
-/// `acks=all`, a short linger, a large local queue, and the Java client's partitioner
+/// `acks=all`, a short linger, a bounded local queue, and the Java client's partitioner
 /// (`murmur2_random`) for records produced without an explicit partition.
 pub fn idempotent_producer_config(config: &ClientConfig) -> ClientConfig {
     let mut c = config.clone();
@@ -227,8 +227,10 @@ pub fn idempotent_producer_config(config: &ClientConfig) -> ClientConfig {
         ("enable.idempotence", "true"),
         ("acks", "all"),
         ("linger.ms", "5"),
-        ("queue.buffering.max.messages", "1000000"),
-        ("queue.buffering.max.kbytes", "1048576"),
+        // A bounded local queue: when the broker takes less than the exporter makes,
+        // the stamper waits (QueueFull) instead of the queue growing to gigabytes.
+        ("queue.buffering.max.messages", "100000"),
+        ("queue.buffering.max.kbytes", "65536"),
         ("batch.num.messages", "10000"),
         ("compression.type", "lz4"),
         ("message.timeout.ms", "300000"),
