@@ -26,14 +26,16 @@ mod binary;
 pub(crate) mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_shared::avro::RecordType;
+use ferry_shared::avro::{AvroType, RecordType};
 use ferry_shared::catalog::{self, quote_ident, CatalogError, TableName, TypeCatalog};
 use ferry_shared::envelope::Op;
 use ferry_shared::position::Vsn;
+use ferry_shared::registry::EventDecoder;
 use ferry_shared::value::{format_text, write_text, Datum};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
@@ -58,10 +60,75 @@ pub(crate) struct Event {
     pub before: Option<Vec<Datum>>,
     /// The row after.
     pub after: Option<Vec<Datum>>,
-    /// The key record's layout.
+    /// The key record's layout (decoded for deletes only; empty otherwise).
     pub key_type: Arc<RecordType>,
-    /// The key values.
+    /// The key values (deletes only).
     pub key: Vec<Datum>,
+}
+
+impl Event {
+    /// Decodes a record: its value, and for a delete its key (the other kinds carry the
+    /// key's values in the row after). `at` names the record in errors.
+    pub(crate) async fn decode(
+        decoder: &EventDecoder,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        at: &(dyn Fn() -> String + Sync),
+    ) -> Result<Event, Failure> {
+        let decoded = decoder
+            .decode_event(payload)
+            .await
+            .map_err(|e| crate::registry_failure(&e, &at()))?;
+        let Some(key) = key else {
+            return Err(Failure::Definite(format!(
+                "record {} has no key; the stream is damaged",
+                at()
+            )));
+        };
+        let (key_type, key) = if decoded.op == Op::Delete {
+            let (ty, datum) = decoder
+                .decode_datum(key)
+                .await
+                .map_err(|e| crate::registry_failure(&e, &at()))?;
+            match (ty.as_ref(), datum) {
+                (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
+                _ => {
+                    return Err(Failure::Definite(format!(
+                        "record {} has a key that is not a record; the stream is damaged",
+                        at()
+                    )))
+                }
+            }
+        } else {
+            (no_key_type(), Vec::new())
+        };
+        Ok(Event {
+            vsn: decoded.vsn,
+            op: decoded.op,
+            table: TableName {
+                schema: decoded.source.schema,
+                name: decoded.source.table,
+            },
+            row_type: decoded.row_type,
+            before: decoded.before,
+            after: decoded.after,
+            key_type,
+            key,
+        })
+    }
+}
+
+/// The key layout of events whose key is not decoded.
+fn no_key_type() -> Arc<RecordType> {
+    static EMPTY: std::sync::OnceLock<Arc<RecordType>> = std::sync::OnceLock::new();
+    EMPTY
+        .get_or_init(|| {
+            Arc::new(RecordType {
+                name: String::new(),
+                fields: Vec::new(),
+            })
+        })
+        .clone()
 }
 
 /// A destination table as the importer writes it.
@@ -471,14 +538,19 @@ async fn apply_table_with(
 
 /// The last operation per key; deletes first, then upserts in stream order.
 fn collapse(ops: Vec<(Vsn, RowOp<'_>)>) -> Vec<(Vsn, RowOp<'_>)> {
-    let mut last: HashMap<Vec<Option<String>>, usize> = HashMap::with_capacity(ops.len());
-    for (i, (_, op)) in ops.iter().enumerate() {
-        last.insert(op.key().to_vec(), i);
+    let mut keep = vec![false; ops.len()];
+    {
+        let mut last: HashMap<&[Option<String>], usize> = HashMap::with_capacity(ops.len());
+        for (i, (_, op)) in ops.iter().enumerate() {
+            last.insert(op.key(), i);
+        }
+        for i in last.into_values() {
+            keep[i] = true;
+        }
     }
-    let keep: HashSet<usize> = last.into_values().collect();
     let (mut deletes, mut upserts) = (Vec::new(), Vec::new());
-    for (i, item) in ops.into_iter().enumerate() {
-        if keep.contains(&i) {
+    for (item, keep) in ops.into_iter().zip(keep) {
+        if keep {
             match item.1 {
                 RowOp::Delete { .. } => deletes.push(item),
                 RowOp::Upsert { .. } => upserts.push(item),
@@ -492,8 +564,11 @@ fn collapse(ops: Vec<(Vsn, RowOp<'_>)>) -> Vec<(Vsn, RowOp<'_>)> {
 /// Consecutive operations of one kind (and one column list) with distinct keys.
 fn runs(ops: Vec<(Vsn, RowOp<'_>)>) -> Vec<Vec<(Vsn, RowOp<'_>)>> {
     let mut out: Vec<Vec<(Vsn, RowOp<'_>)>> = Vec::new();
-    let mut keys: HashSet<Vec<Option<String>>> = HashSet::new();
+    // Hashes of the run's keys: a collision only starts a new run early, which is safe.
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut keys: HashSet<u64> = HashSet::new();
     for item in ops {
+        let h = hasher.hash_one(item.1.key());
         let same = out
             .last()
             .and_then(|run| run.last())
@@ -513,12 +588,12 @@ fn runs(ops: Vec<(Vsn, RowOp<'_>)>) -> Vec<Vec<(Vsn, RowOp<'_>)>> {
                 ) => sa == sb && (Arc::ptr_eq(a, b) || a == b),
                 _ => false,
             })
-            && !keys.contains(item.1.key());
+            && !keys.contains(&h);
         if !same {
             keys.clear();
             out.push(Vec::new());
         }
-        keys.insert(item.1.key().to_vec());
+        keys.insert(h);
         if let Some(run) = out.last_mut() {
             run.push(item);
         }

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use ferry_shared::avro::AvroType;
 use ferry_shared::catalog::TableName;
 use ferry_shared::config::{Config, DatabaseConfig};
 use ferry_shared::position::Vsn;
@@ -26,7 +25,7 @@ use ferry_shared::replay::{
 };
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Topics;
-use ferry_shared::value::{session_settings_sql, Datum};
+use ferry_shared::value::session_settings_sql;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -34,7 +33,7 @@ use tokio_postgres::Client;
 use crate::apply::{self, Event, Tables};
 use crate::error::{Backoff, Failure};
 use crate::metadata::{self, Counts, Stored};
-use crate::{registry_failure, Error};
+use crate::Error;
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -339,43 +338,13 @@ impl Run {
     async fn take(&mut self, r: RetainedRecord, batch: &mut Batch) -> Result<(), Failure> {
         let at = format!("{}[{}]@{}", r.topic, r.partition, r.offset);
         if let Some(payload) = &r.value {
-            let decoded = self
-                .decoder
-                .decode_event(payload)
-                .await
-                .map_err(|e| registry_failure(&e, &at))?;
-            let Some(k) = &r.key else {
-                return Err(Failure::Definite(format!(
-                    "record {at} has no key; the stream is damaged"
-                )));
-            };
-            let (ty, datum) = self
-                .decoder
-                .decode_datum(k)
-                .await
-                .map_err(|e| registry_failure(&e, &at))?;
-            let (key_type, key) = match (ty.as_ref(), datum) {
-                (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
-                _ => {
-                    return Err(Failure::Definite(format!(
-                        "record {at} has a key that is not a record; the stream is damaged"
-                    )))
-                }
-            };
-            let table = TableName {
-                schema: decoded.source.schema.clone(),
-                name: decoded.source.table.clone(),
-            };
-            batch.events.entry(table.clone()).or_default().push(Event {
-                vsn: decoded.vsn,
-                op: decoded.op,
-                table,
-                row_type: decoded.row_type,
-                before: decoded.before,
-                after: decoded.after,
-                key_type,
-                key,
-            });
+            let event =
+                Event::decode(&self.decoder, r.key.as_deref(), payload, &|| at.clone()).await?;
+            batch
+                .events
+                .entry(event.table.clone())
+                .or_default()
+                .push(event);
         }
         batch.positions.insert(
             (r.topic.to_string(), r.partition),

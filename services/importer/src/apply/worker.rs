@@ -25,11 +25,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ferry_shared::avro::AvroType;
 use ferry_shared::catalog::TableName;
 use ferry_shared::position::Vsn;
 use ferry_shared::registry::EventDecoder;
-use ferry_shared::value::Datum;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -410,56 +408,16 @@ impl Worker {
         part.expected = r.offset + 1;
         let at = || format!("{}[{}]@{}", key.0, key.1, r.offset);
         if let Some(payload) = &r.payload {
-            let decoder = &self.setup.decoder;
-            let decoded = decoder
-                .decode_event(payload)
-                .await
-                .map_err(|e| crate::registry_failure(&e, &at()))?;
-            if decoded.vsn > part.last_vsn {
-                part.last_vsn = decoded.vsn;
-                let (key_type, key_values) = match &r.key {
-                    Some(k) => {
-                        let (ty, datum) = decoder
-                            .decode_datum(k)
-                            .await
-                            .map_err(|e| crate::registry_failure(&e, &at()))?;
-                        match (ty.as_ref(), datum) {
-                            (AvroType::Record(rt), Datum::Record(values)) => (rt.clone(), values),
-                            _ => {
-                                return Err(Failure::Definite(format!(
-                                "record {} has a key that is not a record; the stream is damaged",
-                                at()
-                            )))
-                            }
-                        }
-                    }
-                    None => {
-                        return Err(Failure::Definite(format!(
-                            "record {} has no key; the stream is damaged",
-                            at()
-                        )))
-                    }
-                };
-                let table = TableName {
-                    schema: decoded.source.schema.clone(),
-                    name: decoded.source.table.clone(),
-                };
+            let event = Event::decode(&self.setup.decoder, r.key.as_deref(), payload, &at).await?;
+            if event.vsn > part.last_vsn {
+                part.last_vsn = event.vsn;
                 self.batch
                     .events
-                    .entry(table.clone())
+                    .entry(event.table.clone())
                     .or_default()
-                    .push(Event {
-                        vsn: decoded.vsn,
-                        op: decoded.op,
-                        table,
-                        row_type: decoded.row_type,
-                        before: decoded.before,
-                        after: decoded.after,
-                        key_type,
-                        key: key_values,
-                    });
+                    .push(event);
             } else {
-                tracing::debug!(record = %at(), vsn = %decoded.vsn, "skipping an event at or below the last applied vsn");
+                tracing::debug!(record = %at(), vsn = %event.vsn, "skipping an event at or below the last applied vsn");
             }
         }
         let stored_next = part.stored_next;
