@@ -373,7 +373,7 @@ fn default_fetch_wait_ms() -> u32 {
     20
 }
 fn default_batch_max_ms() -> u32 {
-    200
+    100
 }
 
 impl Default for CoordinatorConfig {

@@ -92,7 +92,7 @@ fn defaults() {
     assert_eq!(config.exporter.snapshot_workers, 4);
     assert_eq!(config.exporter.chunk_rows, 100_000);
     assert_eq!(config.importer.batch_rows, 10_000);
-    assert_eq!(config.importer.batch_max_ms, 200);
+    assert_eq!(config.importer.batch_max_ms, 100);
     assert_eq!(config.importer.fetch_wait_ms, 20);
     assert_eq!(config.importer.workers, 4);
 
