@@ -340,11 +340,12 @@ impl Run {
         if let Some(payload) = &r.value {
             let event =
                 Event::decode(&self.decoder, r.key.as_deref(), payload, &|| at.clone()).await?;
-            batch
-                .events
-                .entry(event.table.clone())
-                .or_default()
-                .push(event);
+            match batch.events.get_mut(&event.table) {
+                Some(events) => events.push(event),
+                None => {
+                    batch.events.insert(event.table.clone(), vec![event]);
+                }
+            }
         }
         batch.positions.insert(
             (r.topic.to_string(), r.partition),

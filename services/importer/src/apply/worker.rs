@@ -411,11 +411,13 @@ impl Worker {
             let event = Event::decode(&self.setup.decoder, r.key.as_deref(), payload, &at).await?;
             if event.vsn > part.last_vsn {
                 part.last_vsn = event.vsn;
-                self.batch
-                    .events
-                    .entry(event.table.clone())
-                    .or_default()
-                    .push(event);
+                // Look up before cloning the name: most events go to a table already there.
+                match self.batch.events.get_mut(&event.table) {
+                    Some(events) => events.push(event),
+                    None => {
+                        self.batch.events.insert(event.table.clone(), vec![event]);
+                    }
+                }
             } else {
                 tracing::debug!(record = %at(), vsn = %event.vsn, "skipping an event at or below the last applied vsn");
             }
