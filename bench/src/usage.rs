@@ -53,20 +53,33 @@ pub fn process_cpu() -> Result<f64> {
 
 /// CPU seconds per live thread: tid -> (name, seconds).
 pub fn threads() -> BTreeMap<u64, (String, f64)> {
+    stat_files("/proc/self/task", None)
+}
+
+/// `(name, CPU seconds)` from `<dir>/<id>/stat` for every numeric entry of `dir`,
+/// except `skip`.
+fn stat_files(dir: &str, skip: Option<u64>) -> BTreeMap<u64, (String, f64)> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
-    for entry in dir.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+    for entry in entries.flatten() {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
             continue;
         };
+        if Some(id) == skip {
+            continue;
+        }
         if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
             .as_deref()
             .and_then(parse_stat)
         {
-            out.insert(tid, stat);
+            out.insert(id, stat);
         }
     }
     out
@@ -118,31 +131,7 @@ pub fn peak_rss() -> Result<u64> {
 
 /// CPU seconds so far of every other process on the machine, by pid: (name, seconds).
 fn other_processes() -> BTreeMap<u64, (String, f64)> {
-    let me = std::process::id();
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if pid == u64::from(me) {
-            continue;
-        }
-        if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        {
-            out.insert(pid, stat);
-        }
-    }
-    out
+    stat_files("/proc", Some(u64::from(std::process::id())))
 }
 
 /// A CPU reading taken at the start of a measured phase.
