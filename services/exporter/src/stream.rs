@@ -50,7 +50,7 @@ pub async fn run(
 ) -> Result<Option<Lsn>, Error> {
     let mut relations: HashMap<u32, Option<Arc<TableEncoder>>> = HashMap::new();
     let mut batch: Vec<Item> = Vec::new();
-    let mut tx: Option<(String, i64, i64)> = None; // (commit lsn text, xid, commit ms)
+    let mut tx: Option<Tx> = None;
     let mut last_end = *durable.borrow();
     // The requested stop LSN, and the highest stop message of this slot seen so far
     // (it may arrive before the request's LSN is known).
@@ -103,11 +103,12 @@ pub async fn run(
                 xid,
                 commit_time_micros,
             } => {
-                tx = Some((
-                    Lsn(final_lsn.0).to_string(),
-                    i64::from(xid),
-                    pgoutput::pg_time_to_unix_ms(commit_time_micros),
-                ));
+                tx = Some(Tx {
+                    lsn: Lsn(final_lsn.0).to_string(),
+                    xid: i64::from(xid),
+                    commit_ms: pgoutput::pg_time_to_unix_ms(commit_time_micros),
+                    tails: HashMap::new(),
+                });
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 last_end = Lsn(end_lsn.0);
@@ -119,7 +120,7 @@ pub async fn run(
             }
             ReplicationEvent::XLogData { data, .. } => {
                 let message = pgoutput::decode(data).map_err(Error::Decode)?;
-                handle(message, tables, &mut relations, tx.as_ref(), &mut batch)?;
+                handle(message, tables, &mut relations, tx.as_mut(), &mut batch)?;
                 if batch.len() >= BATCH && items.send(std::mem::take(&mut batch)).await.is_err() {
                     return Err(Error::Internal("the stamper stopped".into()));
                 }
@@ -178,16 +179,55 @@ pub(crate) fn replication_error(e: PgWireError, slot: &str, publication: &str) -
     }
 }
 
+/// The open transaction: its `source` fields, and the encoded `source` of each table
+/// it changed (the same for all of that table's events in it).
+struct Tx {
+    /// Commit LSN, as text.
+    lsn: String,
+    xid: i64,
+    commit_ms: i64,
+    /// Encoder address -> encoded `source`.
+    tails: HashMap<usize, Arc<[u8]>>,
+}
+
+impl Tx {
+    fn tail(&mut self, enc: &Arc<TableEncoder>) -> Result<Arc<[u8]>, Error> {
+        let id = Arc::as_ptr(enc) as usize;
+        if let Some(tail) = self.tails.get(&id) {
+            return Ok(tail.clone());
+        }
+        let tail = enc
+            .source_tail(
+                false,
+                SourceTemplate {
+                    lsn: &self.lsn,
+                    txid: Some(self.xid),
+                    commit_ts_ms: self.commit_ms,
+                },
+            )
+            .map_err(|e| Error::Encode {
+                table: enc.name.clone(),
+                source: e,
+            })?;
+        self.tails.insert(id, tail.clone());
+        Ok(tail)
+    }
+}
+
 fn handle(
     message: Message,
     tables: &HashMap<(String, String), Arc<TableEncoder>>,
     relations: &mut HashMap<u32, Option<Arc<TableEncoder>>>,
-    tx: Option<&(String, i64, i64)>,
+    mut tx: Option<&mut Tx>,
     batch: &mut Vec<Item>,
 ) -> Result<(), Error> {
-    let template = |tx: Option<&(String, i64, i64)>| -> Result<(String, i64, i64), Error> {
-        tx.cloned()
-            .ok_or_else(|| Error::Internal("a change arrived outside a transaction".into()))
+    let mut tail_of = |enc: &Arc<TableEncoder>| -> Result<Arc<[u8]>, Error> {
+        match tx.as_deref_mut() {
+            Some(tx) => tx.tail(enc),
+            None => Err(Error::Internal(
+                "a change arrived outside a transaction".into(),
+            )),
+        }
     };
     match message {
         Message::Relation(rel) => {
@@ -215,16 +255,16 @@ fn handle(
             let Some(enc) = relation(relations, relid)? else {
                 return Ok(());
             };
-            let (lsn, xid, ms) = template(tx)?;
+            let tail = tail_of(&enc)?;
             let row = to_row(&enc, &new, None)?;
             let key = enc.key_of(&row);
-            push(batch, &enc, Op::Create, key, None, Some(row), &lsn, xid, ms)?;
+            push(batch, &enc, Op::Create, key, None, Some(row), &tail)?;
         }
         Message::Update { relid, old, new } => {
             let Some(enc) = relation(relations, relid)? else {
                 return Ok(());
             };
-            let (lsn, xid, ms) = template(tx)?;
+            let tail = tail_of(&enc)?;
             let before = match &old {
                 Some(OldTuple::Full(t)) => Some(to_row(&enc, t, None)?),
                 _ => None,
@@ -238,47 +278,17 @@ fn handle(
             };
             match old_key {
                 Some(old_key) if old_key != new_key => {
-                    push(
-                        batch,
-                        &enc,
-                        Op::Delete,
-                        old_key,
-                        before,
-                        None,
-                        &lsn,
-                        xid,
-                        ms,
-                    )?;
-                    push(
-                        batch,
-                        &enc,
-                        Op::Create,
-                        new_key,
-                        None,
-                        Some(after),
-                        &lsn,
-                        xid,
-                        ms,
-                    )?;
+                    push(batch, &enc, Op::Delete, old_key, before, None, &tail)?;
+                    push(batch, &enc, Op::Create, new_key, None, Some(after), &tail)?;
                 }
-                _ => push(
-                    batch,
-                    &enc,
-                    Op::Update,
-                    new_key,
-                    before,
-                    Some(after),
-                    &lsn,
-                    xid,
-                    ms,
-                )?,
+                _ => push(batch, &enc, Op::Update, new_key, before, Some(after), &tail)?,
             }
         }
         Message::Delete { relid, old } => {
             let Some(enc) = relation(relations, relid)? else {
                 return Ok(());
             };
-            let (lsn, xid, ms) = template(tx)?;
+            let tail = tail_of(&enc)?;
             let (key, before) = match &old {
                 OldTuple::Full(t) => {
                     let row = to_row(&enc, t, None)?;
@@ -286,7 +296,7 @@ fn handle(
                 }
                 OldTuple::Key(t) => (enc.key_of(&to_row_lenient(&enc, t)?), None),
             };
-            push(batch, &enc, Op::Delete, key, before, None, &lsn, xid, ms)?;
+            push(batch, &enc, Op::Delete, key, before, None, &tail)?;
         }
         Message::Begin { .. }
         | Message::Commit { .. }
@@ -297,7 +307,6 @@ fn handle(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn push(
     batch: &mut Vec<Item>,
     enc: &TableEncoder,
@@ -305,24 +314,14 @@ fn push(
     key: Vec<Datum>,
     before: Option<Vec<Datum>>,
     after: Option<Vec<Datum>>,
-    lsn: &str,
-    xid: i64,
-    commit_ms: i64,
+    tail: &Arc<[u8]>,
 ) -> Result<(), Error> {
-    let encoded = enc
-        .source_tail(
-            false,
-            SourceTemplate {
-                lsn,
-                txid: Some(xid),
-                commit_ts_ms: commit_ms,
-            },
-        )
-        .and_then(|tail| enc.encode(op, &key, before.as_deref(), after.as_deref(), &tail));
-    let p = encoded.map_err(|e| Error::Encode {
-        table: enc.name.clone(),
-        source: e,
-    })?;
+    let p = enc
+        .encode(op, &key, before.as_deref(), after.as_deref(), tail)
+        .map_err(|e| Error::Encode {
+            table: enc.name.clone(),
+            source: e,
+        })?;
     batch.push(Item::Event(p));
     Ok(())
 }
