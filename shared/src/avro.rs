@@ -654,7 +654,8 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn long(&mut self) -> Result<i64, AvroError> {
+    /// Reads a `long` (zigzag varint).
+    pub fn long(&mut self) -> Result<i64, AvroError> {
         let mut z: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.take(1)?[0];
@@ -671,12 +672,76 @@ impl<'a> Reader<'a> {
         i32::try_from(v).map_err(|_| AvroError::Malformed(format!("int out of range: {v}")))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], AvroError> {
+    /// Reads a length-prefixed `bytes` or `string`, borrowed from the buffer.
+    pub fn bytes(&mut self) -> Result<&'a [u8], AvroError> {
         let len = self.long()?;
         let len = usize::try_from(len)
             .map_err(|_| AvroError::Malformed(format!("negative length {len}")))?;
         self.take(len)
     }
+}
+
+/// Reads past one value of type `ty` without building it.
+pub fn skip(ty: &AvroType, r: &mut Reader<'_>) -> Result<(), AvroError> {
+    match ty {
+        AvroType::Null => {}
+        AvroType::Boolean => {
+            r.take(1)?;
+        }
+        AvroType::Int
+        | AvroType::Date
+        | AvroType::Long
+        | AvroType::TimeMicros
+        | AvroType::LocalTimestampMicros
+        | AvroType::TimestampMicros => {
+            r.long()?;
+        }
+        AvroType::Float => {
+            r.take(4)?;
+        }
+        AvroType::Double => {
+            r.take(8)?;
+        }
+        AvroType::Bytes | AvroType::String | AvroType::Decimal { .. } => {
+            r.bytes()?;
+        }
+        AvroType::Array(item) => loop {
+            let count = r.long()?;
+            if count == 0 {
+                break;
+            }
+            if count < 0 {
+                // A negative count is followed by the block's size in bytes.
+                let size = r.long()?;
+                let size = usize::try_from(size)
+                    .map_err(|_| AvroError::Malformed(format!("negative block size {size}")))?;
+                r.take(size)?;
+                continue;
+            }
+            if count as usize > r.remaining().max(1) * 8 + 1 {
+                return Err(AvroError::Malformed(format!(
+                    "array block of {count} items"
+                )));
+            }
+            for _ in 0..count {
+                skip(item, r)?;
+            }
+        },
+        AvroType::Union(branches) => {
+            let index = r.long()?;
+            let branch = usize::try_from(index)
+                .ok()
+                .and_then(|i| branches.get(i))
+                .ok_or_else(|| AvroError::Malformed(format!("union branch {index}")))?;
+            skip(branch, r)?;
+        }
+        AvroType::Record(record) => {
+            for f in &record.fields {
+                skip(&f.ty, r)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads one value of type `ty`.
@@ -848,6 +913,17 @@ mod tests {
         assert!(err.to_string().contains("field op"), "{err}");
         let back = decode(&ours, &mut Reader::new(&bytes)).unwrap();
         assert_eq!(back, ok);
+        // Skipping reads exactly what decoding reads, and garbage fails cleanly.
+        let mut twice = bytes.clone();
+        twice.extend_from_slice(&bytes);
+        let mut r = Reader::new(&twice);
+        skip(&ours, &mut r).unwrap();
+        assert_eq!(r.remaining(), bytes.len());
+        assert_eq!(decode(&ours, &mut r).unwrap(), ok);
+        assert_eq!(r.remaining(), 0);
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(skip(&ours, &mut Reader::new(&bytes[..cut])).is_err());
+        }
         // apache-avro reads our bytes with the same schema.
         let schema = apache_avro::Schema::parse_str(&text).unwrap();
         let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
