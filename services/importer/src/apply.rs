@@ -53,7 +53,7 @@ pub(crate) struct Event {
     /// What happened.
     pub op: Op,
     /// The table it belongs to (the same name on the destination).
-    pub table: TableName,
+    pub table: Arc<TableName>,
     /// The writer schema's row layout.
     pub row_type: Arc<RecordType>,
     /// The row before (updates and deletes).
@@ -68,15 +68,18 @@ pub(crate) struct Event {
 
 impl Event {
     /// Decodes a record: its value, and for a delete its key (the other kinds carry the
-    /// key's values in the row after). `at` names the record in errors.
+    /// key's values in the row after). `at` names the record in errors. `table` is the
+    /// table of the partition's last event: shared, not built again, while it stays the
+    /// same.
     pub(crate) async fn decode(
         decoder: &EventDecoder,
         key: Option<&[u8]>,
         payload: &[u8],
+        table: &mut Option<Arc<TableName>>,
         at: &(dyn Fn() -> String + Sync),
     ) -> Result<Event, Failure> {
         let decoded = decoder
-            .decode_event(payload)
+            .decode_change(payload)
             .await
             .map_err(|e| crate::registry_failure(&e, &at()))?;
         let Some(key) = key else {
@@ -102,13 +105,21 @@ impl Event {
         } else {
             (no_key_type(), Vec::new())
         };
+        let name = match table {
+            Some(t) if t.schema == decoded.schema && t.name == decoded.table => t.clone(),
+            _ => {
+                let t = Arc::new(TableName {
+                    schema: decoded.schema.to_owned(),
+                    name: decoded.table.to_owned(),
+                });
+                *table = Some(t.clone());
+                t
+            }
+        };
         Ok(Event {
             vsn: decoded.vsn,
             op: decoded.op,
-            table: TableName {
-                schema: decoded.source.schema,
-                name: decoded.source.table,
-            },
+            table: name,
             row_type: decoded.row_type,
             before: decoded.before,
             after: decoded.after,
@@ -288,16 +299,24 @@ struct Mapper<'a> {
     destination: &'a str,
     /// Row layouts seen in this batch (by address; the batch holds the `Arc`s) ->
     /// (column names, index of each pk column).
-    layouts: HashMap<usize, (Arc<Vec<String>>, Vec<usize>)>,
+    layouts: HashMap<usize, Layout>,
+    /// The last one looked up (most events of a table share one).
+    last: Option<(usize, Layout)>,
 }
 
+/// A row layout's destination column names and the index of each pk column.
+type Layout = (Arc<Vec<String>>, Arc<[usize]>);
+
 impl Mapper<'_> {
-    fn layout(
-        &mut self,
-        row_type: &Arc<RecordType>,
-        vsn: Vsn,
-    ) -> Result<(Arc<Vec<String>>, Vec<usize>), Failure> {
-        if let Some(l) = self.layouts.get(&(Arc::as_ptr(row_type) as usize)) {
+    fn layout(&mut self, row_type: &Arc<RecordType>, vsn: Vsn) -> Result<Layout, Failure> {
+        let addr = Arc::as_ptr(row_type) as usize;
+        if let Some((a, l)) = &self.last {
+            if *a == addr {
+                return Ok(l.clone());
+            }
+        }
+        if let Some(l) = self.layouts.get(&addr) {
+            self.last = Some((addr, l.clone()));
             return Ok(l.clone());
         }
         let mut cols = Vec::with_capacity(row_type.fields.len());
@@ -328,9 +347,9 @@ impl Mapper<'_> {
                 }
             }
         }
-        let l = (Arc::new(cols), pk_idx);
-        self.layouts
-            .insert(Arc::as_ptr(row_type) as usize, l.clone());
+        let l: Layout = (Arc::new(cols), pk_idx.into());
+        self.layouts.insert(addr, l.clone());
+        self.last = Some((addr, l.clone()));
         Ok(l)
     }
 
@@ -512,6 +531,7 @@ async fn apply_table_with(
         table,
         destination,
         layouts: HashMap::new(),
+        last: None,
     };
     let mut ops = Vec::with_capacity(events.len());
     for e in events {
@@ -1366,10 +1386,10 @@ mod tests {
                 Event {
                     vsn: Vsn(n as u64 + 1),
                     op: Op::Read,
-                    table: TableName {
+                    table: Arc::new(TableName {
                         schema: "public".into(),
                         name: table.into(),
-                    },
+                    }),
                     row_type: row_type.clone(),
                     before: None,
                     key: vec![after[0].clone()],

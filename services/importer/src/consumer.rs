@@ -29,7 +29,7 @@ use crate::metadata::{self, Stored};
 /// One record as the applier needs it.
 #[derive(Debug)]
 pub(crate) struct Record {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -280,6 +280,7 @@ fn poll_loop(
     let mut since_resume = 0usize;
     // topic -> partition -> next offset to poll, for fetch pacing.
     let mut next: Next = HashMap::new();
+    let mut last_topic: Option<Arc<str>> = None;
     while !stopped() {
         if last_watermarks.elapsed() >= Duration::from_secs(5) {
             last_watermarks = std::time::Instant::now();
@@ -324,8 +325,17 @@ fn poll_loop(
                 {
                     *n = m.offset() + 1;
                 }
+                // Records come in runs of one partition: share the topic's name.
+                let topic = match &last_topic {
+                    Some(t) if **t == *m.topic() => t.clone(),
+                    _ => {
+                        let t: Arc<str> = Arc::from(m.topic());
+                        last_topic = Some(t.clone());
+                        t
+                    }
+                };
                 batch.push(Record {
-                    topic: m.topic().to_owned(),
+                    topic,
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),

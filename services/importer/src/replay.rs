@@ -14,6 +14,7 @@
 //! starts. It does not wait for new events.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_shared::catalog::TableName;
@@ -112,6 +113,7 @@ pub async fn apply(
         topics,
         group: group.clone(),
         decoder: EventDecoder::new(registry),
+        last_table: None,
         batch_rows: config.importer.batch_rows.max(1) as usize,
         batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
         client,
@@ -204,6 +206,8 @@ struct Run {
     topics: Topics,
     group: String,
     decoder: EventDecoder,
+    /// The table of the last event (shared by the events that follow it).
+    last_table: Option<Arc<TableName>>,
     batch_rows: usize,
     batch_max: Duration,
     client: Client,
@@ -338,12 +342,18 @@ impl Run {
     async fn take(&mut self, r: RetainedRecord, batch: &mut Batch) -> Result<(), Failure> {
         let at = format!("{}[{}]@{}", r.topic, r.partition, r.offset);
         if let Some(payload) = &r.value {
-            let event =
-                Event::decode(&self.decoder, r.key.as_deref(), payload, &|| at.clone()).await?;
-            match batch.events.get_mut(&event.table) {
+            let event = Event::decode(
+                &self.decoder,
+                r.key.as_deref(),
+                payload,
+                &mut self.last_table,
+                &|| at.clone(),
+            )
+            .await?;
+            match batch.events.get_mut(event.table.as_ref()) {
                 Some(events) => events.push(event),
                 None => {
-                    batch.events.insert(event.table.clone(), vec![event]);
+                    batch.events.insert((*event.table).clone(), vec![event]);
                 }
             }
         }

@@ -23,6 +23,7 @@
 //!   positions, as after a failed batch with one applier.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_shared::catalog::TableName;
@@ -180,10 +181,7 @@ impl Pool {
         }
         let mut shares: Vec<Vec<Record>> = (0..n).map(|_| Vec::new()).collect();
         for r in records {
-            let owner = self
-                .owner
-                .get(r.topic.as_str())
-                .and_then(|m| m.get(&r.partition));
+            let owner = self.owner.get(&*r.topic).and_then(|m| m.get(&r.partition));
             if let Some(share) = owner.and_then(|&i| shares.get_mut(i)) {
                 share.push(r);
             }
@@ -297,14 +295,19 @@ struct Part {
     expected: i64,
     /// Last VSN taken (applied or pending).
     last_vsn: Vsn,
+    /// Whether the pending batch took records of this partition (its position then
+    /// moves from `stored_next` to `expected`, `last_vsn` in the batch's transaction).
+    in_batch: bool,
+    /// The table of the partition's last event (shared by the events that follow).
+    table: Option<Arc<TableName>>,
 }
 
-/// Events and positions not yet written.
+/// Events not yet written; their positions are in the [`Part`]s marked `in_batch`.
 #[derive(Default)]
 struct Batch {
     events: BTreeMap<TableName, Vec<Event>>,
-    /// (topic, partition) -> (stored next offset it moves from, new position).
-    positions: HashMap<(String, i32), (i64, Stored)>,
+    /// The partitions marked `in_batch`.
+    parts: Vec<(Arc<str>, i32)>,
     records: usize,
     started: Option<Instant>,
 }
@@ -313,7 +316,7 @@ struct Worker {
     setup: Setup,
     client: Client,
     tables: Tables,
-    parts: HashMap<(String, i32), Part>,
+    parts: HashMap<(Arc<str>, i32), Part>,
     batch: Batch,
     reports: mpsc::UnboundedSender<Report>,
 }
@@ -359,11 +362,13 @@ impl Worker {
                     for p in positions {
                         tracing::debug!(topic = %p.topic, partition = p.partition, next_offset = p.next_offset, vsn = %p.last_vsn, "assigned");
                         self.parts.insert(
-                            (p.topic, p.partition),
+                            (Arc::from(p.topic), p.partition),
                             Part {
                                 stored_next: p.next_offset,
                                 expected: p.next_offset,
                                 last_vsn: p.last_vsn,
+                                in_batch: false,
+                                table: None,
                             },
                         );
                     }
@@ -408,32 +413,33 @@ impl Worker {
         part.expected = r.offset + 1;
         let at = || format!("{}[{}]@{}", key.0, key.1, r.offset);
         if let Some(payload) = &r.payload {
-            let event = Event::decode(&self.setup.decoder, r.key.as_deref(), payload, &at).await?;
+            let event = Event::decode(
+                &self.setup.decoder,
+                r.key.as_deref(),
+                payload,
+                &mut part.table,
+                &at,
+            )
+            .await?;
             if event.vsn > part.last_vsn {
                 part.last_vsn = event.vsn;
                 // Look up before cloning the name: most events go to a table already there.
-                match self.batch.events.get_mut(&event.table) {
+                match self.batch.events.get_mut(event.table.as_ref()) {
                     Some(events) => events.push(event),
                     None => {
-                        self.batch.events.insert(event.table.clone(), vec![event]);
+                        self.batch
+                            .events
+                            .insert((*event.table).clone(), vec![event]);
                     }
                 }
             } else {
                 tracing::debug!(record = %at(), vsn = %event.vsn, "skipping an event at or below the last applied vsn");
             }
         }
-        let stored_next = part.stored_next;
-        let new = Stored {
-            topic: key.0.clone(),
-            partition: key.1,
-            next_offset: part.expected,
-            last_vsn: part.last_vsn,
-        };
-        self.batch
-            .positions
-            .entry(key)
-            .and_modify(|e| e.1 = new.clone())
-            .or_insert((stored_next, new));
+        if !part.in_batch {
+            part.in_batch = true;
+            self.batch.parts.push(key);
+        }
         self.batch.records += 1;
         self.batch.started.get_or_insert_with(Instant::now);
         Ok(())
@@ -442,12 +448,27 @@ impl Worker {
     /// Writes the batch, its positions and counts in one transaction, then reports the
     /// commit.
     async fn flush(&mut self) -> Result<(), Failure> {
-        if self.batch.positions.is_empty() {
+        if self.batch.parts.is_empty() {
             self.batch = Batch::default();
             return Ok(());
         }
         let mut b = std::mem::take(&mut self.batch);
-        let mut moves: Vec<(i64, &Stored)> = b.positions.values().map(|(e, n)| (*e, n)).collect();
+        let mut moved = Vec::with_capacity(b.parts.len());
+        for key in &b.parts {
+            if let Some(p) = self.parts.get(key) {
+                moved.push((
+                    key,
+                    p.stored_next,
+                    Stored {
+                        topic: key.0.to_string(),
+                        partition: key.1,
+                        next_offset: p.expected,
+                        last_vsn: p.last_vsn,
+                    },
+                ));
+            }
+        }
+        let mut moves: Vec<(i64, &Stored)> = moved.iter().map(|(_, e, n)| (*e, n)).collect();
         let (counts, applied) = commit_batch(
             &mut self.client,
             &mut self.tables,
@@ -457,10 +478,11 @@ impl Worker {
             &mut moves,
         )
         .await?;
-        let mut positions = Vec::with_capacity(b.positions.len());
-        for (key, (_, new)) in b.positions {
-            if let Some(p) = self.parts.get_mut(&key) {
+        let mut positions = Vec::with_capacity(moved.len());
+        for (key, _, new) in moved {
+            if let Some(p) = self.parts.get_mut(key) {
                 p.stored_next = new.next_offset;
+                p.in_batch = false;
             }
             positions.push(new);
         }
