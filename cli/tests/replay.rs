@@ -130,15 +130,10 @@ impl Fixture {
             else {
                 panic!("key is not a record");
             };
-            let header = r
-                .headers
-                .iter()
-                .find(|(k, _)| k == "ferry.vsn")
-                .map(|(_, v)| u64::from_be_bytes(v.as_slice().try_into().unwrap()));
             assert_eq!(
-                header,
-                Some(event.vsn.0),
-                "the header carries the event's vsn"
+                ferry_shared::registry::framed_vsn(r.value.as_deref().unwrap()),
+                Some(event.vsn),
+                "the value starts with the event's vsn"
             );
             if seen.insert(event.vsn) {
                 out.push((

@@ -96,11 +96,11 @@ impl ChangeEvent {
             None => Datum::Null,
         };
         Datum::Record(vec![
+            Datum::Long(self.vsn.as_i64()),
             row(&self.before),
             row(&self.after),
             Datum::String(self.op.code().to_owned()),
             Datum::Long(self.ts_ms),
-            Datum::Long(self.vsn.as_i64()),
             self.source.to_datum(),
         ])
     }

@@ -184,6 +184,15 @@ pub fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), RegistryError> {
     }
 }
 
+/// The VSN of a framed change envelope, read without its schema: `vsn` is the first
+/// field of every envelope schema Ferry writes ([`avro::value_schema`]). `None` when the
+/// bytes are not a framed record starting with a non-negative long.
+pub fn framed_vsn(bytes: &[u8]) -> Option<Vsn> {
+    let (_, body) = split_header(bytes).ok()?;
+    let mut r = Reader::new(body);
+    Vsn::from_i64(r.long().ok()?)
+}
+
 /// The registered key and value schemas of one table's topic, ready to encode events.
 #[derive(Clone, Debug)]
 pub struct TableCodec {
@@ -589,11 +598,11 @@ mod tests {
         assert_eq!(
             slots,
             [
+                Slot::Vsn,
                 Slot::Before,
                 Slot::After,
                 Slot::Op,
                 Slot::Skip,
-                Slot::Vsn,
                 Slot::Source
             ]
         );
@@ -601,6 +610,50 @@ mod tests {
         let key = avro::parse_schema(&avro::key_schema(&table).to_string()).unwrap();
         let err = EnvelopePlan::of(&key).unwrap_err().to_string();
         assert!(err.contains("no field \"before\""), "{err}");
+    }
+
+    #[test]
+    fn the_vsn_is_read_from_the_front_of_a_framed_envelope() {
+        let table = TableSchema {
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![crate::catalog::Column {
+                name: "id".into(),
+                type_name: "bigint".into(),
+                type_oid: 20,
+                nullable: false,
+                kind: crate::catalog::Kind::Int64,
+            }],
+            primary_key: vec![0],
+            replica_identity: 'f',
+        };
+        let ty = avro::parse_schema(&avro::value_schema(&table).to_string()).unwrap();
+        for vsn in [0u64, 1, 63, 64, 300, 1 << 40, i64::MAX as u64] {
+            let event = ChangeEvent {
+                op: Op::Create,
+                before: None,
+                after: Some(vec![Datum::Long(7)]),
+                key: vec![Datum::Long(7)],
+                ts_ms: 1,
+                vsn: Vsn(vsn),
+                source: SourceInfo {
+                    db: "d".into(),
+                    schema: "public".into(),
+                    table: "t".into(),
+                    snapshot: false,
+                    lsn_or_scn: "0/1".into(),
+                    txid: None,
+                    commit_ts_ms: 1,
+                },
+            };
+            let mut out = Vec::new();
+            write_header(9, &mut out);
+            avro::encode(&ty, &event.to_datum(), &mut out).unwrap();
+            assert_eq!(framed_vsn(&out), Some(Vsn(vsn)));
+        }
+        assert_eq!(framed_vsn(&[0, 0, 0, 0, 9]), None);
+        assert_eq!(framed_vsn(&[1, 0, 0, 0, 9, 2]), None);
+        assert_eq!(framed_vsn(&[0, 0, 0, 0, 9, 1]), None); // -1
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //!   A partition's head is released only when every unfinished partition has one queued,
 //!   so the output never goes backwards. Partitions whose queue is full are paused, so
 //!   memory stays bounded whatever the skew between partitions.
-//! - The VSN is read from the `ferry.vsn` header (8 bytes, big-endian) that the
-//!   exporter writes on every record, so records are merged without decoding Avro.
+//! - The VSN is read from the front of the value, where every envelope carries it as
+//!   its first field ([`crate::registry::framed_vsn`]), so records are merged without
+//!   their schemas. Records written before that layout carry it in a `ferry.vsn` header
+//!   (8 bytes, big-endian), which is read first.
 //! - Records removed from a partition while it is being read (retention, `ferry archive
 //!   changes`) are an error, never a silent gap (`auto.offset.reset=error`).
 //!
@@ -38,7 +40,8 @@ use crate::position::Vsn;
 use crate::topics::{Stream, Topics};
 use crate::value::{parse_text, Datum};
 
-/// The Kafka header carrying an event's VSN (8 bytes, big-endian).
+/// The Kafka header in which exporters before the VSN-first envelope wrote an event's
+/// VSN (8 bytes, big-endian); still read, no longer written.
 pub const VSN_HEADER: &str = "ferry.vsn";
 
 /// Records queued per partition before the partition is paused.
@@ -379,7 +382,7 @@ pub struct RetainedRecord {
     pub offset: i64,
     /// Kafka timestamp (ms since the epoch), when the record has one.
     pub timestamp_ms: Option<i64>,
-    /// The event's VSN (from the `ferry.vsn` header).
+    /// The event's VSN ([`message_vsn`]).
     pub vsn: Vsn,
     /// Key bytes (Confluent-framed Avro).
     pub key: Option<Vec<u8>>,
@@ -387,16 +390,25 @@ pub struct RetainedRecord {
     pub value: Option<Vec<u8>>,
 }
 
-/// The VSN in a record's `ferry.vsn` header.
-pub fn header_vsn<M: Message>(m: &M) -> Option<Vsn> {
-    let headers = m.headers()?;
-    headers.iter().find_map(|h| {
-        if h.key != VSN_HEADER {
-            return None;
-        }
-        let bytes: [u8; 8] = h.value?.try_into().ok()?;
-        Some(Vsn(u64::from_be_bytes(bytes)))
-    })
+/// The VSN of a table topic's record, from its `ferry.vsn` header (`header`: that
+/// header's value, on records of earlier exporters) or else from the front of its value.
+pub fn record_vsn(header: Option<&[u8]>, value: Option<&[u8]>) -> Option<Vsn> {
+    if let Some(h) = header {
+        let bytes: [u8; 8] = h.try_into().ok()?;
+        return Some(Vsn(u64::from_be_bytes(bytes)));
+    }
+    crate::registry::framed_vsn(value?)
+}
+
+/// [`record_vsn`] of a consumed message.
+pub fn message_vsn<M: Message>(m: &M) -> Option<Vsn> {
+    let header = m.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == VSN_HEADER)
+            .map(|h| h.value.unwrap_or_default())
+    });
+    record_vsn(header, m.payload())
 }
 
 /// Reads partition ranges on a background thread and returns their records merged into
@@ -594,9 +606,9 @@ fn merge_loop(
                 if offset + 1 >= p.range.to {
                     p.done = true;
                 }
-                let vsn = header_vsn(&m).ok_or_else(|| {
+                let vsn = message_vsn(&m).ok_or_else(|| {
                     ReadError::Stream(format!(
-                        "record {}[{}]@{offset} has no {VSN_HEADER} header; it was not written by a Ferry exporter",
+                        "record {}[{}]@{offset} carries no VSN; it was not written by a Ferry exporter",
                         p.range.topic, p.range.partition
                     ))
                 })?;
@@ -648,6 +660,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_records_vsn_comes_from_an_old_header_else_from_the_value() {
+        // framing (magic 0, schema id 7), then vsn 42 as an Avro long (zigzag 84).
+        let value = [0u8, 0, 0, 0, 7, 84, 0];
+        assert_eq!(record_vsn(None, Some(&value)), Some(Vsn(42)));
+        assert_eq!(
+            record_vsn(Some(&9u64.to_be_bytes()), Some(&value)),
+            Some(Vsn(9))
+        );
+        assert_eq!(record_vsn(Some(&[1, 2]), Some(&value)), None);
+        assert_eq!(record_vsn(None, None), None);
+        assert_eq!(record_vsn(None, Some(&[1, 0, 0, 0, 7, 84])), None);
+    }
 
     #[test]
     fn offsets_and_times_parse() {

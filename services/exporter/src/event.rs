@@ -2,9 +2,9 @@
 //!
 //! Snapshot readers and the change stream encode events in parallel; only the single
 //! stamping task ([`crate::sequencer`]) knows VSNs. An Avro record is the concatenation of
-//! its fields, and `vsn` is the fifth field of the envelope, so an event is encoded as a
-//! head (`before`, `after`, `op`, `ts_ms`) and a tail (`source`); the stamper writes
-//! head + vsn + tail.
+//! its fields, and `vsn` is the first field of the envelope, so an event is encoded as a
+//! head (the 5-byte framing, then `before`, `after`, `op`, `ts_ms`) and a tail (`source`);
+//! the stamper writes framing + vsn + the rest of the head + tail.
 
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ pub struct Pending {
     pub partition: i32,
     /// Framed key.
     pub key: Vec<u8>,
-    /// Header + `before`, `after`, `op`, `ts_ms`.
+    /// The 5-byte framing, then `before`, `after`, `op`, `ts_ms` (the VSN goes between).
     pub head: Vec<u8>,
     /// `source` (shared by the events of a snapshot or a transaction).
     pub tail: Arc<[u8]>,
@@ -75,9 +75,10 @@ impl TableEncoder {
         };
         let value_fields: Vec<AvroType> = record.fields.iter().map(|f| f.ty.clone()).collect();
         if value_fields.len() != 6
-            || record.fields[4].name != "vsn"
-            || value_fields[2] != AvroType::String
-            || value_fields[3] != AvroType::Long
+            || record.fields[0].name != "vsn"
+            || value_fields[0] != AvroType::Long
+            || value_fields[3] != AvroType::String
+            || value_fields[4] != AvroType::Long
         {
             return Err(RegistryError::Envelope(
                 "value schema does not have the envelope layout".into(),
@@ -180,8 +181,8 @@ impl TableEncoder {
         }
         let mut head = Vec::with_capacity(16 + 24 * after.or(before).map_or(0, <[Datum]>::len));
         write_header(self.value_id, &mut head);
-        avro::encode_optional_row(&self.value_fields[0], before, &mut head)?;
-        avro::encode_optional_row(&self.value_fields[1], after, &mut head)?;
+        avro::encode_optional_row(&self.value_fields[1], before, &mut head)?;
+        avro::encode_optional_row(&self.value_fields[2], after, &mut head)?;
         // `op` (string) and `ts_ms` (long), checked in `new`.
         avro::write_bytes(op.code().as_bytes(), &mut head);
         avro::write_long(now_ms(), &mut head);
@@ -207,10 +208,11 @@ pub struct SourceTemplate<'a> {
     pub commit_ts_ms: i64,
 }
 
-/// Appends `head + vsn + tail`: the complete framed value.
+/// Writes framing + vsn + the rest of the head + tail: the complete framed value.
 pub fn stamp(pending: &Pending, vsn: Vsn, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(&pending.head);
+    let (framing, rest) = pending.head.split_at(FRAMING.min(pending.head.len()));
+    out.extend_from_slice(framing);
     // Avro long: zigzag varint.
     let mut n = ((vsn.as_i64() << 1) ^ (vsn.as_i64() >> 63)) as u64;
     loop {
@@ -221,8 +223,12 @@ pub fn stamp(pending: &Pending, vsn: Vsn, out: &mut Vec<u8>) {
         out.push((n as u8 & 0x7f) | 0x80);
         n >>= 7;
     }
+    out.extend_from_slice(rest);
     out.extend_from_slice(&pending.tail);
 }
+
+/// Bytes of the Confluent framing (magic byte, schema id) at the start of a head.
+const FRAMING: usize = 5;
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {

@@ -54,7 +54,8 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::event::{now_ms, TableEncoder};
-use crate::sequencer::{Item, Pipeline, PipelineConfig, SequencerError, VSN_HEADER};
+use crate::sequencer::{Item, Pipeline, PipelineConfig, SequencerError};
+use ferry_shared::replay::{record_vsn, VSN_HEADER};
 
 /// What stops the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -478,10 +479,13 @@ async fn export(e: Export<'_>) -> Result<(), Error> {
     let mut topics_max = 0u64;
     for topic in &topic_names {
         for r in kafka::last_records(&kafka_config, topic).await? {
-            if let Some((_, v)) = r.headers.iter().find(|(k, _)| k == VSN_HEADER) {
-                if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-                    topics_max = topics_max.max(u64::from_be_bytes(b));
-                }
+            let header = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == VSN_HEADER)
+                .map(|(_, v)| v.as_slice());
+            if let Some(vsn) = record_vsn(header, r.value.as_deref()) {
+                topics_max = topics_max.max(vsn.0);
             }
         }
     }

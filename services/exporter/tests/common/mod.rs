@@ -158,9 +158,11 @@ pub async fn read_topic(m: &Migration, topic: &str) -> Result<Vec<Read>> {
         let key = decoder
             .decode_key(r.key.as_deref().context("no key")?)
             .await?;
-        let e = decoder
-            .decode_event(r.value.as_deref().context("no value")?)
-            .await?;
+        let value = r.value.as_deref().context("no value")?;
+        let e = decoder.decode_event(value).await?;
+        // The VSN is readable without the schema, and no header is written per record.
+        assert_eq!(ferry_shared::registry::framed_vsn(value), Some(e.vsn));
+        assert!(r.headers.is_empty(), "record headers: {:?}", r.headers);
         out.push(Read {
             partition: r.partition,
             offset: r.offset,
