@@ -467,6 +467,94 @@ pub async fn last_records(config: &ClientConfig, topic: &str) -> Result<Vec<Reco
     .map_err(|e| Error::msg(format!("read task failed: {e}")))?
 }
 
+/// What consumer groups committed on a set of topics, and what the topics hold: one
+/// ListOffsets, and one OffsetFetch per group (no group is joined).
+pub struct LagProbe {
+    groups: Vec<(String, BaseConsumer)>,
+    partitions: TopicPartitionList,
+}
+
+impl LagProbe {
+    /// A probe of `groups` on every partition of `topics` (partition counts as the
+    /// broker has them now). Blocking: call from a blocking thread.
+    pub fn new(config: &ClientConfig, groups: &[String], topics: &[String]) -> Result<Self, Error> {
+        let mut all = Vec::with_capacity(groups.len());
+        for g in groups {
+            let mut c = config.clone();
+            c.set("group.id", g)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false");
+            let consumer: BaseConsumer = c
+                .create()
+                .map_err(|e| Error::new(format!("creating a kafka client for group {g}"), e))?;
+            all.push((g.clone(), consumer));
+        }
+        let mut partitions = TopicPartitionList::new();
+        if let Some((_, c)) = all.first() {
+            for t in topics {
+                for p in 0..partition_count(c, t)? {
+                    partitions.add_partition(t, p);
+                }
+            }
+        }
+        Ok(LagProbe {
+            groups: all,
+            partitions,
+        })
+    }
+
+    /// The sum of the end offsets of every partition (what the topics hold, counting
+    /// records deleted by retention). Blocking.
+    pub fn end_total(&self) -> Result<u64, Error> {
+        let Some((_, first)) = self.groups.first() else {
+            return Ok(0);
+        };
+        if self.partitions.count() == 0 {
+            return Ok(0);
+        }
+        let mut latest = self.partitions.clone();
+        latest
+            .set_all_offsets(Offset::End)
+            .map_err(|e| Error::new("asking for end offsets", e))?;
+        let ends = first
+            .offsets_for_times(latest, TIMEOUT)
+            .map_err(|e| Error::new("reading end offsets", e))?;
+        Ok(ends
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(n) => u64::try_from(n).unwrap_or(0),
+                _ => 0,
+            })
+            .sum())
+    }
+
+    /// Per group, the sum of the offsets it committed on these partitions (a partition
+    /// without a commit counts 0), or `None` when it committed on none. Blocking.
+    pub fn committed(&self) -> Result<Vec<(String, Option<u64>)>, Error> {
+        let mut out = Vec::with_capacity(self.groups.len());
+        for (group, consumer) in &self.groups {
+            if self.partitions.count() == 0 {
+                out.push((group.clone(), None));
+                continue;
+            }
+            let committed = consumer
+                .committed_offsets(self.partitions.clone(), TIMEOUT)
+                .map_err(|e| {
+                    Error::new(format!("reading offsets committed by group {group}"), e)
+                })?;
+            let mut sum = None;
+            for e in committed.elements() {
+                if let Offset::Offset(at) = e.offset() {
+                    *sum.get_or_insert(0) += u64::try_from(at).unwrap_or(0);
+                }
+            }
+            out.push((group.clone(), sum));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

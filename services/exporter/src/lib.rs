@@ -42,15 +42,16 @@ use ferry_shared::checkpoint::{
     checkpoint_key, ExporterCheckpoint, SnapshotProgress, TableProgress,
 };
 use ferry_shared::config::{Config, ConfigError, ConnectError, DatabaseConfig, ExportType};
-use ferry_shared::kafka::{self, TopicSpec};
+use ferry_shared::kafka::{self, LagProbe, TopicSpec};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::registry::{RegistryClient, RegistryError};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::state::{StreamDirective, StreamPhase};
-use ferry_shared::topics::{Stream, Topics};
+use ferry_shared::topics::{Destination, Stream, Topics};
 use ferry_shared::value::{session_settings_options, session_settings_sql, ValueError};
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::event::{now_ms, TableEncoder};
@@ -601,7 +602,8 @@ impl Ctx<'_> {
         let chunks = work.len();
         self.progress.set_phase("snapshot");
         tracing::info!(chunks, snapshot = snapshot_name, lsn = %snapshot_lsn, "reading the snapshot");
-        snapshot::read(
+        let lead = self.lead_monitor();
+        let read = snapshot::read(
             self.db,
             snapshot_name,
             &snapshot_lsn.to_string(),
@@ -609,8 +611,13 @@ impl Ctx<'_> {
             self.config.exporter.snapshot_workers as usize,
             pipeline.items.clone(),
             self.shutdown.clone(),
+            lead.as_ref().map(|(rx, _)| rx.clone()),
         )
-        .await?;
+        .await;
+        if let Some((_, task)) = lead {
+            task.abort();
+        }
+        read?;
         if self.shutdown.is_triggered() {
             return Ok(false);
         }
@@ -621,6 +628,82 @@ impl Ctx<'_> {
             .map_err(|_| Error::Internal("the stamper stopped".into()))?;
         tracing::info!(chunks, "snapshot read");
         Ok(true)
+    }
+
+    /// With `exporter.snapshot_max_lead` set: a task measuring, every second, how far
+    /// the slowest importer group of any destination is behind the stream's topics.
+    /// Readers wait on it before each chunk ([`snapshot::Lead`]).
+    fn lead_monitor(&self) -> Option<(watch::Receiver<snapshot::Lead>, JoinHandle<()>)> {
+        let max = self.config.exporter.snapshot_max_lead;
+        if max == 0 {
+            return None;
+        }
+        let topics = Topics::new(self.config.migration.topic_prefix());
+        let groups: Vec<String> = [
+            Destination::Target,
+            Destination::SourceReplica,
+            Destination::Source,
+        ]
+        .into_iter()
+        .map(|d| topics.import_group(d))
+        .collect();
+        let kafka = self.config.kafka.client_config();
+        let names = self.topic_names.clone();
+        let progress = self.progress.clone();
+        let events_before = progress.events.load(std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = watch::channel(snapshot::Lead {
+            max,
+            measured: false,
+            ends: 0,
+            events_before,
+            slowest: None,
+            progress,
+        });
+        let task = tokio::spawn(async move {
+            // What the topics hold: their ends when the snapshot starts (readers wait
+            // for this first measurement, so nothing is produced meanwhile) plus what
+            // this exporter stamped since, which it counts itself (a broker's end
+            // offsets may lag).
+            let start = tokio::task::spawn_blocking(move || {
+                let probe = LagProbe::new(&kafka, &groups, &names)?;
+                let ends = probe.end_total()?;
+                Ok::<_, kafka::Error>((probe, ends))
+            })
+            .await;
+            let (probe, ends) = match start {
+                Ok(Ok((probe, ends))) => (Arc::new(probe), ends),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot measure the importers' lag; the snapshot does not wait for them");
+                    return;
+                }
+                Err(_) => return,
+            };
+            loop {
+                let p = probe.clone();
+                match tokio::task::spawn_blocking(move || p.committed()).await {
+                    Ok(Ok(groups)) => {
+                        let slowest = groups
+                            .into_iter()
+                            .filter_map(|(g, c)| c.map(|c| (g, c)))
+                            .min_by_key(|(_, c)| *c);
+                        tx.send_modify(|l| {
+                            l.measured = true;
+                            l.ends = ends;
+                            l.slowest = slowest;
+                        });
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "measuring the importers' lag");
+                    }
+                    Err(_) => return,
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Some((rx, task))
     }
 
     /// A snapshot exported from an ordinary session (kept open while readers use it).

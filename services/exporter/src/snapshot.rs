@@ -8,6 +8,7 @@
 //! the slot (which starts at the first snapshot) carries them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,10 +18,11 @@ use ferry_shared::config::DatabaseConfig;
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::value::{parse_text, session_settings_sql, Datum};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use crate::event::{SourceTemplate, TableEncoder};
+use crate::progress::Progress;
 use crate::sequencer::Item;
 use crate::Error;
 
@@ -80,8 +82,71 @@ pub struct Work {
     pub chunk: Chunk,
 }
 
+/// What the snapshot readers need to know how far the slowest importer is behind.
+#[derive(Clone, Debug)]
+pub struct Lead {
+    /// `exporter.snapshot_max_lead`.
+    pub max: u64,
+    /// False until the first measurement (readers wait for it).
+    pub measured: bool,
+    /// Records in the stream's topics when the snapshot started...
+    pub ends: u64,
+    /// ... when this exporter had stamped this many events (`Progress::events`): the
+    /// topics now hold `ends + events - events_before`.
+    pub events_before: u64,
+    /// The importer group that committed least, and the sum of its committed offsets
+    /// (`None`: no importer group has committed on the stream's topics).
+    pub slowest: Option<(String, u64)>,
+    /// The exporter's counters (events stamped so far).
+    pub progress: Arc<Progress>,
+}
+
+impl Lead {
+    /// How many records the slowest importer is behind, counting what this exporter
+    /// stamped up to now (the commits are at most one measurement old).
+    fn behind(&self) -> Option<(&str, u64)> {
+        let (group, committed) = self.slowest.as_ref()?;
+        let events = self.progress.events.load(Ordering::Relaxed);
+        let end = self.ends + events.saturating_sub(self.events_before);
+        Some((group.as_str(), end.saturating_sub(*committed)))
+    }
+
+    fn too_far(&self) -> bool {
+        !self.measured || self.behind().is_some_and(|(_, n)| n > self.max)
+    }
+}
+
+/// Waits while an importer is more than `max` records behind (the first wait is
+/// logged, naming the group).
+async fn wait_for_importers(lead: &mut watch::Receiver<Lead>, shutdown: &mut Shutdown) {
+    let mut logged = false;
+    loop {
+        let l = lead.borrow_and_update().clone();
+        if !l.too_far() {
+            if logged {
+                tracing::debug!("the importers caught up; the snapshot goes on");
+                l.progress.set_phase("snapshot");
+            }
+            return;
+        }
+        if !logged && l.measured {
+            l.progress.set_phase("snapshot (waiting for an importer)");
+            if let Some((group, n)) = l.behind() {
+                tracing::debug!(group = %group, behind = n, max = l.max, "the snapshot waits: an importer is more than exporter.snapshot_max_lead records behind");
+            }
+            logged = l.measured;
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            changed = lead.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Reads every work item inside snapshot `snapshot_name`, with `workers` parallel
-/// readers, and sends `r` events and a [`Item::ChunkDone`] after each chunk.
+/// readers, and sends `r` events and a [`Item::ChunkDone`] after each chunk. With
+/// `lead`, a reader waits before each chunk while an importer is too far behind.
+#[allow(clippy::too_many_arguments)]
 pub async fn read(
     source: &DatabaseConfig,
     snapshot_name: &str,
@@ -90,6 +155,7 @@ pub async fn read(
     workers: usize,
     items: mpsc::Sender<Vec<Item>>,
     shutdown: Shutdown,
+    lead: Option<watch::Receiver<Lead>>,
 ) -> Result<(), Error> {
     let queue = Arc::new(Mutex::new(VecDeque::from(work)));
     let started = crate::event::now_ms();
@@ -101,6 +167,7 @@ pub async fn read(
         let snapshot_name = snapshot_name.to_owned();
         let snapshot_lsn = snapshot_lsn.to_owned();
         let shutdown = shutdown.clone();
+        let lead = lead.clone();
         tasks.spawn(async move {
             reader(
                 &source,
@@ -110,6 +177,7 @@ pub async fn read(
                 queue,
                 items,
                 shutdown,
+                lead,
             )
             .await
         });
@@ -129,6 +197,7 @@ pub async fn read(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn reader(
     source: &DatabaseConfig,
     snapshot_name: &str,
@@ -137,6 +206,7 @@ async fn reader(
     queue: Arc<Mutex<VecDeque<Work>>>,
     items: mpsc::Sender<Vec<Item>>,
     mut shutdown: Shutdown,
+    mut lead: Option<watch::Receiver<Lead>>,
 ) -> Result<(), Error> {
     let (client, connection) = source.connect().await.map_err(Error::Connect)?;
     client
@@ -153,6 +223,12 @@ async fn reader(
             )
         })?;
     loop {
+        if let Some(lead) = &mut lead {
+            wait_for_importers(lead, &mut shutdown).await;
+            if shutdown.is_triggered() {
+                break;
+            }
+        }
         let next = queue.lock().ok().and_then(|mut q| q.pop_front());
         let Some(work) = next else { break };
         let template = SourceTemplate {

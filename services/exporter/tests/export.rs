@@ -335,3 +335,105 @@ async fn partitioned_tables_travel_as_their_root() -> Result<()> {
     check_tables(&m, &["p"]).await?;
     Ok(())
 }
+
+/// Commits `offsets` (partition -> next offset) for `group` on `topic`, as an importer
+/// does after each batch.
+fn commit_as_importer(
+    m: &Migration,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let mut config = m.kafka();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &(p, o) in offsets {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(o))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_while_an_importer_is_too_far_behind() -> Result<()> {
+    let m = Migration::new(
+        "snaplead",
+        2,
+        "export_type = \"snapshot-only\"\nchunk_rows = 1000\nsnapshot_workers = 1\nsnapshot_max_lead = 3000",
+    )
+    .await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         ALTER TABLE s REPLICA IDENTITY FULL;
+         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 40000) g;",
+    )
+    .await?;
+    let topic = m.topics().table(Stream::Source, "public", "s");
+    ferry_shared::kafka::ensure_topics(
+        &m.kafka(),
+        &[ferry_shared::kafka::TopicSpec {
+            name: topic.clone(),
+            partitions: 2,
+            replication: 1,
+            compacted: false,
+        }],
+    )
+    .await?;
+    // An importer of the target that has applied nothing yet.
+    let group = m
+        .topics()
+        .import_group(ferry_shared::topics::Destination::Target);
+    commit_as_importer(&m, &group, &topic, &[(0, 0), (1, 0)])?;
+
+    let exporter = tokio::spawn(ferry_exporter::run(
+        m.config.clone(),
+        shutdown::Shutdown::never(),
+    ));
+    let held = |n: i64| n > 0 && n <= 3000 + 2 * 1500;
+    let total = || async {
+        let w = ferry_shared::kafka::watermarks(&m.kafka(), &topic).await?;
+        Ok::<i64, anyhow::Error>(w.iter().map(|(_, h)| h).sum())
+    };
+    ferry_testkit::wait_until("the first chunks", Duration::from_secs(60), || async {
+        Ok(held(total().await?).then_some(()))
+    })
+    .await?;
+    // It stays held: the lead is over the limit and nothing is applied.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = total().await?;
+    assert!(
+        held(n),
+        "{n} records in the topic while the importer applied none"
+    );
+    assert!(
+        !exporter.is_finished(),
+        "the snapshot finished past the importer"
+    );
+
+    // The importer catches up, batch by batch: the snapshot goes on and completes.
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        while !exporter.is_finished() {
+            let w = ferry_shared::kafka::watermarks(&m.kafka(), &topic).await?;
+            let offsets: Vec<(i32, i64)> = w
+                .iter()
+                .enumerate()
+                .map(|(p, (_, h))| (p as i32, *h))
+                .collect();
+            commit_as_importer(&m, &group, &topic, &offsets)?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok::<(), anyhow::Error>(())
+    })
+    .await;
+    done??;
+    exporter.await??;
+    let events = read_topic(&m, &topic).await?;
+    assert_eq!(events.len(), 40000);
+    check_tables(&m, &["s"]).await?;
+    Ok(())
+}

@@ -311,6 +311,12 @@ pub struct ExporterConfig {
     /// Rows per snapshot chunk, at least 1000.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: u64,
+    /// How many records a snapshot may run ahead of the slowest importer of the stream
+    /// (its group's committed offsets against the topics' ends): a reader waits before
+    /// its next chunk while an importer is further behind. Importers that have not
+    /// committed yet do not hold the snapshot back. 0 never waits.
+    #[serde(default = "default_snapshot_max_lead")]
+    pub snapshot_max_lead: u64,
 }
 
 /// What an exporter reads.
@@ -366,6 +372,9 @@ fn default_workers() -> u32 {
 fn default_chunk_rows() -> u64 {
     100_000
 }
+fn default_snapshot_max_lead() -> u64 {
+    500_000
+}
 fn default_batch_rows() -> u32 {
     10_000
 }
@@ -391,6 +400,7 @@ impl Default for ExporterConfig {
             export_type: ExportType::default(),
             snapshot_workers: default_workers(),
             chunk_rows: default_chunk_rows(),
+            snapshot_max_lead: default_snapshot_max_lead(),
         }
     }
 }

@@ -91,6 +91,7 @@ fn defaults() {
     assert_eq!(config.exporter.export_type, ExportType::SnapshotAndChanges);
     assert_eq!(config.exporter.snapshot_workers, 4);
     assert_eq!(config.exporter.chunk_rows, 100_000);
+    assert_eq!(config.exporter.snapshot_max_lead, 500_000);
     assert_eq!(config.importer.batch_rows, 10_000);
     assert_eq!(config.importer.batch_max_ms, 100);
     assert_eq!(config.importer.fetch_wait_ms, 20);

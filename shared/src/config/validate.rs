@@ -34,6 +34,7 @@ pub(super) fn range_of(path: &str) -> Option<(i64, i64)> {
         "source.port" | "target.port" | "source_replica.port" => (1, 65535),
         "exporter.snapshot_workers" => (1, 64),
         "exporter.chunk_rows" => (1000, i64::MAX),
+        "exporter.snapshot_max_lead" => (0, i64::MAX),
         "importer.batch_rows" => (1, 1_000_000),
         "importer.batch_max_ms" => (1, 60_000),
         "importer.fetch_wait_ms" => (0, 5_000),
