@@ -683,6 +683,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads a union's branch index and returns that branch.
+fn union_branch<'t>(
+    branches: &'t [AvroType],
+    r: &mut Reader<'_>,
+) -> Result<&'t AvroType, AvroError> {
+    let index = r.long()?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| branches.get(i))
+        .ok_or_else(|| AvroError::Malformed(format!("union branch {index}")))
+}
+
 /// Reads past one value of type `ty` without building it.
 pub fn skip(ty: &AvroType, r: &mut Reader<'_>) -> Result<(), AvroError> {
     match ty {
@@ -729,14 +741,7 @@ pub fn skip(ty: &AvroType, r: &mut Reader<'_>) -> Result<(), AvroError> {
                 skip(item, r)?;
             }
         },
-        AvroType::Union(branches) => {
-            let index = r.long()?;
-            let branch = usize::try_from(index)
-                .ok()
-                .and_then(|i| branches.get(i))
-                .ok_or_else(|| AvroError::Malformed(format!("union branch {index}")))?;
-            skip(branch, r)?;
-        }
+        AvroType::Union(branches) => skip(union_branch(branches, r)?, r)?,
         AvroType::Record(record) => {
             for f in &record.fields {
                 skip(&f.ty, r)?;
@@ -804,14 +809,7 @@ pub fn decode(ty: &AvroType, r: &mut Reader<'_>) -> Result<Datum, AvroError> {
             }
             Datum::Array(items)
         }
-        AvroType::Union(branches) => {
-            let index = r.long()?;
-            let branch = usize::try_from(index)
-                .ok()
-                .and_then(|i| branches.get(i))
-                .ok_or_else(|| AvroError::Malformed(format!("union branch {index}")))?;
-            decode(branch, r)?
-        }
+        AvroType::Union(branches) => decode(union_branch(branches, r)?, r)?,
         AvroType::Record(record) => Datum::Record(
             record
                 .fields

@@ -577,9 +577,9 @@ fn envelope_from_datum(ty: &AvroType, datum: Datum) -> Result<DecodedEvent, Regi
 mod tests {
     use super::*;
 
-    #[test]
-    fn envelope_plans_find_the_fields_or_name_the_missing_one() {
-        let table = TableSchema {
+    /// `public.t (id bigint PRIMARY KEY)`.
+    fn one_bigint_table() -> TableSchema {
+        TableSchema {
             schema: "public".into(),
             name: "t".into(),
             columns: vec![crate::catalog::Column {
@@ -591,7 +591,12 @@ mod tests {
             }],
             primary_key: vec![0],
             replica_identity: 'f',
-        };
+        }
+    }
+
+    #[test]
+    fn envelope_plans_find_the_fields_or_name_the_missing_one() {
+        let table = one_bigint_table();
         let value = avro::parse_schema(&avro::value_schema(&table).to_string()).unwrap();
         let plan = EnvelopePlan::of(&value).unwrap();
         let slots: Vec<Slot> = plan.fields.iter().map(|(s, _)| *s).collect();
@@ -614,19 +619,7 @@ mod tests {
 
     #[test]
     fn the_vsn_is_read_from_the_front_of_a_framed_envelope() {
-        let table = TableSchema {
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![crate::catalog::Column {
-                name: "id".into(),
-                type_name: "bigint".into(),
-                type_oid: 20,
-                nullable: false,
-                kind: crate::catalog::Kind::Int64,
-            }],
-            primary_key: vec![0],
-            replica_identity: 'f',
-        };
+        let table = one_bigint_table();
         let ty = avro::parse_schema(&avro::value_schema(&table).to_string()).unwrap();
         for vsn in [0u64, 1, 63, 64, 300, 1 << 40, i64::MAX as u64] {
             let event = ChangeEvent {

@@ -238,12 +238,7 @@ async fn snapshot_only_reads_once_and_exits_without_a_slot() -> Result<()> {
     )
     .await?;
     let c = m.source().await?;
-    c.batch_execute(
-        "CREATE TABLE s (id int PRIMARY KEY, v text);
-         ALTER TABLE s REPLICA IDENTITY FULL;
-         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 5000) g;",
-    )
-    .await?;
+    c.batch_execute(&table_s(5000)).await?;
     let run = |m: &Migration| ferry_exporter::run(m.config.clone(), shutdown::Shutdown::never());
     tokio::time::timeout(Duration::from_secs(120), run(&m)).await??;
     let topic = m.topics().table(Stream::Source, "public", "s");
@@ -336,6 +331,15 @@ async fn partitioned_tables_travel_as_their_root() -> Result<()> {
     Ok(())
 }
 
+/// Table `s` (int key, text) with `rows` rows.
+fn table_s(rows: u32) -> String {
+    format!(
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         ALTER TABLE s REPLICA IDENTITY FULL;
+         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
+    )
+}
+
 /// Commits `offsets` (partition -> next offset) for `group` on `topic`, as an importer
 /// does after each batch.
 fn commit_as_importer(
@@ -367,12 +371,7 @@ async fn a_snapshot_waits_while_an_importer_is_too_far_behind() -> Result<()> {
     )
     .await?;
     let c = m.source().await?;
-    c.batch_execute(
-        "CREATE TABLE s (id int PRIMARY KEY, v text);
-         ALTER TABLE s REPLICA IDENTITY FULL;
-         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 40000) g;",
-    )
-    .await?;
+    c.batch_execute(&table_s(40000)).await?;
     let topic = m.topics().table(Stream::Source, "public", "s");
     ferry_shared::kafka::ensure_topics(
         &m.kafka(),
