@@ -210,6 +210,12 @@ impl ConsumerThread {
             .set("enable.partition.eof", "false")
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("partition.assignment.strategy", "range,roundrobin");
+        // Fetch again long before the local queue runs dry (its size stays bounded by
+        // queued.max.messages.kbytes): with one fetch in flight per broker, a broker
+        // slow to build a large answer otherwise leaves the workers idle meanwhile.
+        if config.get("queued.min.messages").is_none() {
+            config.set("queued.min.messages", "1000000");
+        }
         let (tx, rx) = mpsc::channel(capacity.max(16));
         let ctx = Ctx {
             runtime: tokio::runtime::Handle::current(),
