@@ -467,8 +467,8 @@ pub async fn last_records(config: &ClientConfig, topic: &str) -> Result<Vec<Reco
     .map_err(|e| Error::msg(format!("read task failed: {e}")))?
 }
 
-/// What consumer groups committed on a set of topics, and what the topics hold: one
-/// ListOffsets, and one OffsetFetch per group (no group is joined).
+/// What consumer groups committed on a set of topics: one OffsetFetch per group (no
+/// group is joined).
 pub struct LagProbe {
     groups: Vec<(String, BaseConsumer)>,
     partitions: TopicPartitionList,
@@ -501,32 +501,6 @@ impl LagProbe {
             groups: all,
             partitions,
         })
-    }
-
-    /// The sum of the end offsets of every partition (what the topics hold, counting
-    /// records deleted by retention). Blocking.
-    pub fn end_total(&self) -> Result<u64, Error> {
-        let Some((_, first)) = self.groups.first() else {
-            return Ok(0);
-        };
-        if self.partitions.count() == 0 {
-            return Ok(0);
-        }
-        let mut latest = self.partitions.clone();
-        latest
-            .set_all_offsets(Offset::End)
-            .map_err(|e| Error::new("asking for end offsets", e))?;
-        let ends = first
-            .offsets_for_times(latest, TIMEOUT)
-            .map_err(|e| Error::new("reading end offsets", e))?;
-        Ok(ends
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(n) => u64::try_from(n).unwrap_or(0),
-                _ => 0,
-            })
-            .sum())
     }
 
     /// Per group, the sum of the offsets it committed on these partitions (a partition

@@ -45,6 +45,7 @@ use ferry_shared::config::{Config, ConfigError, ConnectError, DatabaseConfig, Ex
 use ferry_shared::kafka::{self, LagProbe, TopicSpec};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::registry::{RegistryClient, RegistryError};
+use ferry_shared::replay::{record_vsn, VSN_HEADER};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::state::{StreamDirective, StreamPhase};
 use ferry_shared::topics::{Destination, Stream, Topics};
@@ -56,7 +57,6 @@ use tokio_postgres::Client;
 
 use crate::event::{now_ms, TableEncoder};
 use crate::sequencer::{Item, Pipeline, PipelineConfig, SequencerError};
-use ferry_shared::replay::{record_vsn, VSN_HEADER};
 
 /// What stops the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -630,8 +630,8 @@ impl Ctx<'_> {
         Ok(true)
     }
 
-    /// With `exporter.snapshot_max_lead` set: a task measuring, every second, how far
-    /// the slowest importer group of any destination is behind the stream's topics.
+    /// With `exporter.snapshot_max_lead` set: a task reading, every 500 ms, what the
+    /// importer groups of every destination committed on the stream's topics.
     /// Readers wait on it before each chunk ([`snapshot::Lead`]).
     fn lead_monitor(&self) -> Option<(watch::Receiver<snapshot::Lead>, JoinHandle<()>)> {
         let max = self.config.exporter.snapshot_max_lead;
@@ -664,14 +664,25 @@ impl Ctx<'_> {
             // for this first measurement, so nothing is produced meanwhile) plus what
             // this exporter stamped since, which it counts itself (a broker's end
             // offsets may lag).
-            let start = tokio::task::spawn_blocking(move || {
-                let probe = LagProbe::new(&kafka, &groups, &names)?;
-                let ends = probe.end_total()?;
-                Ok::<_, kafka::Error>((probe, ends))
-            })
-            .await;
-            let (probe, ends) = match start {
-                Ok(Ok((probe, ends))) => (Arc::new(probe), ends),
+            let mut ends = 0u64;
+            for topic in &names {
+                match kafka::watermarks(&kafka, topic).await {
+                    Ok(w) => {
+                        ends += w
+                            .iter()
+                            .map(|(_, h)| u64::try_from(*h).unwrap_or(0))
+                            .sum::<u64>()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot measure the importers' lag; the snapshot does not wait for them");
+                        return;
+                    }
+                }
+            }
+            let probe =
+                tokio::task::spawn_blocking(move || LagProbe::new(&kafka, &groups, &names)).await;
+            let probe = match probe {
+                Ok(Ok(probe)) => Arc::new(probe),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot measure the importers' lag; the snapshot does not wait for them");
                     return;

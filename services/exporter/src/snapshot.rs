@@ -134,7 +134,7 @@ async fn wait_for_importers(lead: &mut watch::Receiver<Lead>, shutdown: &mut Shu
             if let Some((group, n)) = l.behind() {
                 tracing::debug!(group = %group, behind = n, max = l.max, "the snapshot waits: an importer is more than exporter.snapshot_max_lead records behind");
             }
-            logged = l.measured;
+            logged = true;
         }
         tokio::select! {
             _ = shutdown.wait() => return,
