@@ -299,6 +299,22 @@ enum Slot {
     Skip,
 }
 
+/// The row record of an envelope schema: the record branch of `before`.
+fn row_type_of(envelope: &RecordType) -> Result<Arc<RecordType>, RegistryError> {
+    envelope
+        .fields
+        .iter()
+        .find(|f| f.name == "before")
+        .and_then(|f| match &f.ty {
+            AvroType::Union(b) => b.iter().find_map(|t| match t {
+                AvroType::Record(r) => Some(r.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| RegistryError::Envelope("no row record in \"before\"".into()))
+}
+
 impl EnvelopePlan {
     fn of(ty: &AvroType) -> Result<EnvelopePlan, RegistryError> {
         let bad = |m: &str| RegistryError::Envelope(m.to_owned());
@@ -306,18 +322,9 @@ impl EnvelopePlan {
             return Err(bad("schema is not a record"));
         };
         let mut fields = Vec::with_capacity(record.fields.len());
-        let mut row_type = None;
         for f in &record.fields {
             let slot = match f.name.as_str() {
-                "before" => {
-                    if let AvroType::Union(b) = &f.ty {
-                        row_type = b.iter().find_map(|t| match t {
-                            AvroType::Record(r) => Some(r.clone()),
-                            _ => None,
-                        });
-                    }
-                    Slot::Before
-                }
+                "before" => Slot::Before,
                 "after" => Slot::After,
                 "op" if f.ty == AvroType::String => Slot::Op,
                 "op" => return Err(bad("op is not a string")),
@@ -353,8 +360,10 @@ impl EnvelopePlan {
                 return Err(RegistryError::Envelope(format!("no field {name:?}")));
             }
         }
-        let row_type = row_type.ok_or_else(|| bad("no row record in \"before\""))?;
-        Ok(EnvelopePlan { fields, row_type })
+        Ok(EnvelopePlan {
+            fields,
+            row_type: row_type_of(record)?,
+        })
     }
 }
 
@@ -513,18 +522,7 @@ fn envelope_from_datum(ty: &AvroType, datum: Datum) -> Result<DecodedEvent, Regi
     let ts_ms = long(take("ts_ms")?, "ts_ms")?;
     let vsn = Vsn::from_i64(long(take("vsn")?, "vsn")?).ok_or_else(|| bad("negative vsn"))?;
     let source = take("source")?;
-    let row_type = record
-        .fields
-        .iter()
-        .find(|f| f.name == "before")
-        .and_then(|f| match &f.ty {
-            AvroType::Union(b) => b.iter().find_map(|t| match t {
-                AvroType::Record(r) => Some(r.clone()),
-                _ => None,
-            }),
-            _ => None,
-        })
-        .ok_or_else(|| bad("no row record in \"before\""))?;
+    let row_type = row_type_of(record)?;
     let source_type = record
         .fields
         .iter()
