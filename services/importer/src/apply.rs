@@ -40,10 +40,11 @@ use ferry_shared::value::{format_text, write_text, Datum};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, ToStatement, Transaction};
 
 use crate::error::{classify_pg, describe_pg, hint, Class, Failure};
 use crate::metadata::{db_failure, Counts};
+use crate::statements::Statements;
 
 /// One decoded event, ready to apply.
 #[derive(Clone, Debug)]
@@ -165,6 +166,8 @@ pub(crate) struct DestTable {
 pub(crate) struct Tables {
     types: Option<TypeCatalog>,
     tables: HashMap<TableName, Arc<DestTable>>,
+    /// The connection's prepared statements.
+    pub statements: Statements,
 }
 
 fn quoted_name(t: &TableName) -> String {
@@ -183,6 +186,7 @@ impl Tables {
     pub(crate) fn clear(&mut self) {
         self.types = None;
         self.tables.clear();
+        self.statements.clear();
     }
 
     /// The destination table `name`, read from the catalog on first use.
@@ -486,12 +490,13 @@ pub(crate) async fn commit_batch(
         .map_err(|e| db_failure("starting a transaction", &e))?;
     positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
     for (expected, new) in positions.iter() {
-        crate::metadata::advance(&tx, group, *expected, new).await?;
+        crate::metadata::advance(&tx, &mut tables.statements, group, *expected, new).await?;
     }
     let mut stage = 0u32;
     for (name, evs) in events.iter() {
         if let Some(t) = dest.get(name) {
-            let a = apply_table(&tx, t, destination, evs, &mut stage).await?;
+            let a =
+                apply_table(&tx, &mut tables.statements, t, destination, evs, &mut stage).await?;
             applied.binary_copy_rows += a.binary_copy_rows;
             applied.text_copy_rows += a.text_copy_rows;
             applied.direct_copy_rows += a.direct_copy_rows;
@@ -499,7 +504,15 @@ pub(crate) async fn commit_batch(
         counts.insert(name.clone(), count(evs));
     }
     for (name, c) in &counts {
-        crate::metadata::add_counts(&tx, group, &name.schema, &name.name, c).await?;
+        crate::metadata::add_counts(
+            &tx,
+            &mut tables.statements,
+            group,
+            &name.schema,
+            &name.name,
+            c,
+        )
+        .await?;
     }
     tx.commit()
         .await
@@ -510,23 +523,39 @@ pub(crate) async fn commit_batch(
 /// Applies `events` (all of `table`, in VSN order) inside `tx`.
 pub(crate) async fn apply_table(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     table: &DestTable,
     destination: &str,
     events: &[Event],
     stage_counter: &mut u32,
 ) -> Result<Applied, Failure> {
-    apply_table_with(tx, table, destination, events, stage_counter, true).await
+    apply_table_with(
+        tx,
+        statements,
+        table,
+        destination,
+        events,
+        stage_counter,
+        true,
+    )
+    .await
 }
 
 /// [`apply_table`], with binary `COPY` allowed or not (tests compare both).
 async fn apply_table_with(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     table: &DestTable,
     destination: &str,
     events: &[Event],
     stage_counter: &mut u32,
     binary_copy: bool,
 ) -> Result<Applied, Failure> {
+    if let Some(applied) =
+        copy_snapshot_batch(tx, statements, table, destination, events, binary_copy).await?
+    {
+        return Ok(applied);
+    }
     let mut mapper = Mapper {
         table,
         destination,
@@ -544,6 +573,7 @@ async fn apply_table_with(
     for run in runs(ops) {
         execute_run(
             tx,
+            statements,
             table,
             destination,
             &run,
@@ -554,6 +584,54 @@ async fn apply_table_with(
         .await?;
     }
     Ok(applied)
+}
+
+/// The common case of a first snapshot: a table's batch of snapshot rows only, all of
+/// one row layout, into a table none of them is in yet. They are copied straight in,
+/// without the per-row keys that `collapse` and `runs` need. A key that comes twice, or
+/// a row already there, fails the `COPY`, which is rolled back; the general path then
+/// takes the batch. `None`: not such a batch, or the rows did not go in.
+async fn copy_snapshot_batch(
+    tx: &Transaction<'_>,
+    statements: &mut Statements,
+    table: &DestTable,
+    destination: &str,
+    events: &[Event],
+    binary_copy: bool,
+) -> Result<Option<Applied>, Failure> {
+    let Some(first) = events.first() else {
+        return Ok(None);
+    };
+    if table.staged.load(Ordering::Relaxed)
+        || !events.iter().all(|e| {
+            e.op == Op::Read && e.after.is_some() && Arc::ptr_eq(&e.row_type, &first.row_type)
+        })
+    {
+        return Ok(None);
+    }
+    let mut mapper = Mapper {
+        table,
+        destination,
+        layouts: HashMap::new(),
+        last: None,
+    };
+    let (cols, _) = mapper.layout(&first.row_type, first.vsn)?;
+    let rows = events.iter().filter_map(|e| e.after.as_deref());
+    if rows.clone().any(|r| r.len() != cols.len()) {
+        return Ok(None); // damaged: the general path names the event
+    }
+    let payload = copy_payload(table, &cols, rows, events.len(), binary_copy);
+    let last = events.last().map_or(first.vsn, |e| e.vsn);
+    let copied = copy_direct(tx, statements, table, &column_list(&cols), &payload)
+        .await
+        .map_err(|e| vsn_failure(&e, table, destination, first.vsn, last))?;
+    if !copied {
+        return Ok(None);
+    }
+    let mut applied = Applied::default();
+    payload.count(&mut applied, events.len());
+    applied.direct_copy_rows = events.len();
+    Ok(Some(applied))
 }
 
 /// The last operation per key; deletes first, then upserts in stream order.
@@ -629,6 +707,17 @@ fn run_failure(
 ) -> Failure {
     let first = run.first().map(|r| r.0).unwrap_or_default();
     let last = run.last().map(|r| r.0).unwrap_or_default();
+    vsn_failure(e, table, destination, first, last)
+}
+
+/// A failure writing the events `first..=last` of `table`.
+fn vsn_failure(
+    e: &tokio_postgres::Error,
+    table: &DestTable,
+    destination: &str,
+    first: Vsn,
+    last: Vsn,
+) -> Failure {
     let vsns = if first == last {
         format!("event vsn {first}")
     } else {
@@ -670,8 +759,10 @@ fn type_of<'a>(table: &'a DestTable, col: &str) -> &'a str {
     table.types.get(col).map(String::as_str).unwrap_or("text")
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn execute_run(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     table: &DestTable,
     destination: &str,
     run: &[(Vsn, RowOp<'_>)],
@@ -709,7 +800,8 @@ async fn execute_run(
             );
             let refs: Vec<&(dyn ToSql + Sync)> =
                 arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            tx.execute(&sql, &refs).await.map_err(fail)?;
+            let statement = statements.get(tx, &sql).await.map_err(fail)?;
+            tx.execute(&statement, &refs).await.map_err(fail)?;
         }
         RowOp::Upsert {
             cols,
@@ -745,81 +837,29 @@ async fn execute_run(
             );
             let refs: Vec<&(dyn ToSql + Sync)> =
                 arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            tx.execute(&sql, &refs).await.map_err(fail)?;
+            let statement = statements.get(tx, &sql).await.map_err(fail)?;
+            tx.execute(&statement, &refs).await.map_err(fail)?;
         }
         RowOp::Upsert {
             cols,
             snapshot: true,
             ..
         } => {
-            let target: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-            let list = target.join(", ");
+            let list = column_list(cols);
             let rows = run.iter().filter_map(|(_, op)| match op {
                 RowOp::Upsert { values, .. } => Some(*values),
                 RowOp::Delete { .. } => None,
             });
-            let encodings: Option<Vec<binary::Encoding>> = if binary_copy {
-                cols.iter()
-                    .map(|c| table.oids.get(c).and_then(|&oid| binary::Encoding::of(oid)))
-                    .collect()
-            } else {
-                None
-            };
-            let binary = encodings.and_then(|e| binary::encode_rows(&e, rows.clone(), run.len()));
-            let (format, payload) = match binary {
-                Some(payload) => {
-                    applied.binary_copy_rows += run.len();
-                    (" (FORMAT binary)", payload)
-                }
-                None => {
-                    tracing::debug!(table = %table.name, rows = run.len(), "snapshot rows go in with text COPY: a column's type or a value has no exact binary form");
-                    applied.text_copy_rows += run.len();
-                    let mut buf = String::with_capacity(run.len() * 64);
-                    let mut text = String::new();
-                    for values in rows {
-                        for (i, v) in values.iter().enumerate() {
-                            if i > 0 {
-                                buf.push('\t');
-                            }
-                            text.clear();
-                            if write_text(v, &mut text) {
-                                copy_escape(&text, &mut buf);
-                            } else {
-                                buf.push_str("\\N");
-                            }
-                        }
-                        buf.push('\n');
-                    }
-                    ("", Bytes::from(buf))
-                }
-            };
-            // Straight into the table while none of the rows exists (a first snapshot):
-            // the same result as the upsert, without staging. A unique violation rolls
-            // the COPY back; the rows then go through the staging table, and so does
-            // this table for the rest of the session.
-            if !table.staged.load(Ordering::Relaxed) {
-                tx.batch_execute("SAVEPOINT ferry_copy")
-                    .await
-                    .map_err(fail)?;
-                let sql = format!("COPY {} ({list}) FROM STDIN{format}", table.qualified);
-                match copy_in(tx, &sql, payload.clone()).await {
-                    Ok(()) => {
-                        tx.batch_execute("RELEASE SAVEPOINT ferry_copy")
-                            .await
-                            .map_err(fail)?;
-                        applied.direct_copy_rows += run.len();
-                        return Ok(());
-                    }
-                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                        tracing::debug!(table = %table.name, "snapshot rows exist already; upserting them through a staging table");
-                        table.staged.store(true, Ordering::Relaxed);
-                        tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_copy")
-                            .await
-                            .map_err(fail)?;
-                    }
-                    Err(e) => return Err(fail(e)),
-                }
+            let payload = copy_payload(table, cols, rows, run.len(), binary_copy);
+            payload.count(applied, run.len());
+            if copy_direct(tx, statements, table, &list, &payload)
+                .await
+                .map_err(fail)?
+            {
+                applied.direct_copy_rows += run.len();
+                return Ok(());
             }
+            let (format, payload) = (payload.format, payload.data);
             *stage_counter += 1;
             let stage = format!("ferry_stage_{}", stage_counter);
             tx.batch_execute(&format!(
@@ -830,7 +870,7 @@ async fn execute_run(
             .map_err(fail)?;
             copy_in(
                 tx,
-                &format!("COPY {stage} ({list}) FROM STDIN{format}"),
+                format!("COPY {stage} ({list}) FROM STDIN{format}").as_str(),
                 payload,
             )
             .await
@@ -847,13 +887,120 @@ async fn execute_run(
     Ok(())
 }
 
-/// Runs `sql` (a `COPY .. FROM STDIN`) with `payload` as its data.
-async fn copy_in(
+/// `"a", "b", ...`: the quoted column names.
+fn column_list(cols: &[String]) -> String {
+    let target: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+    target.join(", ")
+}
+
+/// Snapshot rows as a `COPY` payload.
+struct CopyPayload {
+    /// `" (FORMAT binary)"` or `""` (text).
+    format: &'static str,
+    data: Bytes,
+}
+
+impl CopyPayload {
+    /// Adds `rows` to the binary or the text count.
+    fn count(&self, applied: &mut Applied, rows: usize) {
+        if self.format.is_empty() {
+            applied.text_copy_rows += rows;
+        } else {
+            applied.binary_copy_rows += rows;
+        }
+    }
+}
+
+/// Encodes `rows` (values in `cols` order) for `COPY`: binary when `binary_copy` and
+/// every column and value has an exact binary form, else text.
+fn copy_payload<'a>(
+    table: &DestTable,
+    cols: &[String],
+    rows: impl Iterator<Item = &'a [Datum]> + Clone,
+    n: usize,
+    binary_copy: bool,
+) -> CopyPayload {
+    let encodings: Option<Vec<binary::Encoding>> = if binary_copy {
+        cols.iter()
+            .map(|c| table.oids.get(c).and_then(|&oid| binary::Encoding::of(oid)))
+            .collect()
+    } else {
+        None
+    };
+    if let Some(data) = encodings.and_then(|e| binary::encode_rows(&e, rows.clone(), n)) {
+        return CopyPayload {
+            format: " (FORMAT binary)",
+            data,
+        };
+    }
+    tracing::debug!(table = %table.name, rows = n, "snapshot rows go in with text COPY: a column's type or a value has no exact binary form");
+    let mut buf = String::with_capacity(n * 64);
+    let mut text = String::new();
+    for values in rows {
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                buf.push('\t');
+            }
+            text.clear();
+            if write_text(v, &mut text) {
+                copy_escape(&text, &mut buf);
+            } else {
+                buf.push_str("\\N");
+            }
+        }
+        buf.push('\n');
+    }
+    CopyPayload {
+        format: "",
+        data: Bytes::from(buf),
+    }
+}
+
+/// Copies snapshot rows straight into the table while none of them exists (a first
+/// snapshot): the same result as the upsert, without staging. True when the rows went
+/// in. A unique violation (a row exists already, or a key comes twice) rolls the `COPY`
+/// back and returns false: the rows then go through the staging table, and so does this
+/// table for the rest of the session.
+async fn copy_direct(
     tx: &Transaction<'_>,
-    sql: &str,
+    statements: &mut Statements,
+    table: &DestTable,
+    list: &str,
+    payload: &CopyPayload,
+) -> Result<bool, tokio_postgres::Error> {
+    if table.staged.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let sql = format!(
+        "COPY {} ({list}) FROM STDIN{}",
+        table.qualified, payload.format
+    );
+    let statement = statements.get(tx, &sql).await?;
+    // The savepoint goes out with the COPY (one round trip) and stays until the commit.
+    let (saved, copied) = futures::join!(
+        tx.batch_execute("SAVEPOINT ferry_copy"),
+        copy_in(tx, &statement, payload.data.clone())
+    );
+    saved?;
+    match copied {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tracing::debug!(table = %table.name, "snapshot rows exist already; upserting them through a staging table");
+            table.staged.store(true, Ordering::Relaxed);
+            tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_copy").await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `statement` (a `COPY .. FROM STDIN`) with `payload` as its data.
+async fn copy_in<S: ToStatement + ?Sized>(
+    tx: &Transaction<'_>,
+    statement: &S,
     payload: Bytes,
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in::<_, Bytes>(sql).await?;
+    let sink = tx.copy_in::<_, Bytes>(statement).await?;
     futures::pin_mut!(sink);
     sink.send(payload).await?;
     sink.finish().await?;
@@ -1415,9 +1562,17 @@ mod tests {
         let dest = tables.get(client, &name, "target", Vsn(1)).await.unwrap();
         let tx = client.transaction().await.unwrap();
         let mut stage = 0;
-        let applied = apply_table_with(&tx, &dest, "target", events, &mut stage, binary)
-            .await
-            .unwrap();
+        let applied = apply_table_with(
+            &tx,
+            &mut tables.statements,
+            &dest,
+            "target",
+            events,
+            &mut stage,
+            binary,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         applied
     }
@@ -1618,5 +1773,83 @@ mod tests {
         let mut out = String::new();
         copy_escape("a\\b\tc\nd\re", &mut out);
         assert_eq!(out, "a\\\\b\\tc\\nd\\re");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_batch_with_a_key_twice_keeps_the_row_read_last() {
+        // An exporter that restarted mid-snapshot reads some rows again: one batch can
+        // then carry a key twice. The straight COPY fails on it, and the batch goes
+        // through the staging table with the last read of each key.
+        let mut client = database("imp_snapshot_twice").await;
+        client
+            .batch_execute(
+                "CREATE TABLE src (id bigint PRIMARY KEY, v text);\
+                 CREATE TABLE dst (LIKE src INCLUDING ALL);\
+                 INSERT INTO src VALUES (1, 'old'), (2, 'b'), (3, 'new');",
+            )
+            .await
+            .unwrap();
+        let mut events = snapshot_events(&client, "dst").await;
+        // The third read is key 1 again, with the newer value.
+        events[2].key = vec![Datum::Long(1)];
+        if let Some(after) = events[2].after.as_mut() {
+            after[0] = Datum::Long(1);
+        }
+        let applied = apply_snapshot(&mut client, "dst", &events, true).await;
+        assert_eq!((applied.binary_copy_rows, applied.direct_copy_rows), (2, 0));
+        let rows: Vec<(i64, String)> = client
+            .query("SELECT id, v FROM dst ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(rows, vec![(1, "new".to_owned()), (2, "b".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_prepares_each_statement_once_and_starts_over_past_the_bound() {
+        let client = database("imp_statements").await;
+        // Statements prepared on this connection, as the server sees them.
+        let prepared = || async {
+            let rows = client
+                .simple_query("SELECT count(*) FROM pg_prepared_statements")
+                .await
+                .unwrap();
+            rows.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        r.get(0).map(|v| v.parse::<usize>().unwrap())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let mut statements = Statements::default();
+        let a = statements.get(&client, "SELECT $1::int + 1").await.unwrap();
+        let b = statements.get(&client, "SELECT $1::int + 1").await.unwrap();
+        assert_eq!(statements.len(), 1);
+        assert_eq!(
+            prepared().await,
+            1,
+            "the second use is the prepared statement"
+        );
+        let row = client.query_one(&b, &[&41i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        drop((a, b, row)); // a row holds its statement too
+        for i in 1..Statements::MAX {
+            statements
+                .get(&client, &format!("SELECT {i}"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(statements.len(), Statements::MAX);
+        assert_eq!(prepared().await, Statements::MAX);
+        statements.get(&client, "SELECT 'one more'").await.unwrap();
+        assert_eq!(statements.len(), 1, "past the bound it starts over");
+        assert_eq!(prepared().await, 1, "and closes what it forgot");
+        let again = statements.get(&client, "SELECT $1::int + 1").await.unwrap();
+        let row = client.query_one(&again, &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 2);
     }
 }

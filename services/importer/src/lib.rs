@@ -23,6 +23,7 @@ mod error;
 mod metadata;
 mod progress;
 pub mod replay;
+mod statements;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use ferry_shared::position::Vsn;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{classify_pg, describe_pg, Class, Failure};
+use crate::statements::Statements;
 
 /// Creates the schema and tables if they don't exist. Safe to run from several
 /// importers at once (serialized by an advisory lock).
@@ -130,14 +131,16 @@ pub(crate) async fn load_positions(
 /// transaction. `Conflict` when the stored position is no longer `expected_next`.
 pub(crate) async fn advance(
     tx: &impl GenericClient,
+    statements: &mut Statements,
     group: &str,
     expected_next: i64,
     new: &Stored,
 ) -> Result<(), Failure> {
+    let fail = |e: tokio_postgres::Error| db_failure("writing positions to ferry_metadata", &e);
+    let statement = statements.get(tx, ADVANCE).await.map_err(fail)?;
     let n = tx
         .execute(
-            "UPDATE ferry_metadata.positions SET next_offset = $4, last_vsn = $5, updated_at = now() \
-             WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $6",
+            &statement,
             &[
                 &group,
                 &new.topic,
@@ -148,7 +151,7 @@ pub(crate) async fn advance(
             ],
         )
         .await
-        .map_err(|e| db_failure("writing positions to ferry_metadata", &e))?;
+        .map_err(fail)?;
     if n == 1 {
         Ok(())
     } else {
@@ -159,24 +162,23 @@ pub(crate) async fn advance(
     }
 }
 
+const ADVANCE: &str =
+    "UPDATE ferry_metadata.positions SET next_offset = $4, last_vsn = $5, updated_at = now() \
+     WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $6";
+
 /// Adds a batch's counts for one table, inside the batch's transaction.
 pub(crate) async fn add_counts(
     tx: &impl GenericClient,
+    statements: &mut Statements,
     group: &str,
     schema: &str,
     table: &str,
     c: &Counts,
 ) -> Result<(), Failure> {
+    let fail = |e: tokio_postgres::Error| db_failure("writing counts to ferry_metadata", &e);
+    let statement = statements.get(tx, ADD_COUNTS).await.map_err(fail)?;
     tx.execute(
-        "INSERT INTO ferry_metadata.table_counts AS t \
-           (consumer_group, schema_name, table_name, snapshot_rows, inserts, updates, deletes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (consumer_group, schema_name, table_name) DO UPDATE SET \
-           snapshot_rows = t.snapshot_rows + EXCLUDED.snapshot_rows, \
-           inserts = t.inserts + EXCLUDED.inserts, \
-           updates = t.updates + EXCLUDED.updates, \
-           deletes = t.deletes + EXCLUDED.deletes, \
-           updated_at = now()",
+        &statement,
         &[
             &group,
             &schema,
@@ -188,9 +190,19 @@ pub(crate) async fn add_counts(
         ],
     )
     .await
-    .map_err(|e| db_failure("writing counts to ferry_metadata", &e))?;
+    .map_err(fail)?;
     Ok(())
 }
+
+const ADD_COUNTS: &str = "INSERT INTO ferry_metadata.table_counts AS t \
+       (consumer_group, schema_name, table_name, snapshot_rows, inserts, updates, deletes) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (consumer_group, schema_name, table_name) DO UPDATE SET \
+       snapshot_rows = t.snapshot_rows + EXCLUDED.snapshot_rows, \
+       inserts = t.inserts + EXCLUDED.inserts, \
+       updates = t.updates + EXCLUDED.updates, \
+       deletes = t.deletes + EXCLUDED.deletes, \
+       updated_at = now()";
 
 #[cfg(test)]
 mod tests {
@@ -221,7 +233,9 @@ mod tests {
             next_offset: 10,
             last_vsn: Vsn(7),
         };
-        advance(&client, "g", 0, &a).await.unwrap();
+        advance(&client, &mut Statements::default(), "g", 0, &a)
+            .await
+            .unwrap();
         // Importer B also read 0 (before A's commit) and must not write.
         let b = Stored {
             next_offset: 5,
@@ -229,7 +243,7 @@ mod tests {
             ..a.clone()
         };
         assert!(matches!(
-            advance(&client, "g", 0, &b).await,
+            advance(&client, &mut Statements::default(), "g", 0, &b).await,
             Err(Failure::Conflict(_))
         ));
         // Another group is independent; a reload sees A's position.

@@ -469,6 +469,7 @@ impl Worker {
             }
         }
         let mut moves: Vec<(i64, &Stored)> = moved.iter().map(|(_, e, n)| (*e, n)).collect();
+        let writing = Instant::now();
         let (counts, applied) = commit_batch(
             &mut self.client,
             &mut self.tables,
@@ -488,6 +489,11 @@ impl Worker {
         }
         tracing::debug!(
             records = b.records,
+            gathered_ms = b
+                .started
+                .map(|s| writing.duration_since(s).as_millis())
+                .unwrap_or(0),
+            write_ms = writing.elapsed().as_millis(),
             binary_copy_rows = applied.binary_copy_rows,
             text_copy_rows = applied.text_copy_rows,
             "batch committed"
