@@ -218,6 +218,20 @@ pub async fn delete_topics(config: &ClientConfig, names: &[String]) -> Result<()
     Ok(())
 }
 
+/// Lets a consumer of Ferry's streams take a fetch answer of any size, unless
+/// `receive.message.max.bytes` is set already.
+///
+/// Kafka keeps an answer within `fetch.max.bytes` (50 MB), so this changes nothing
+/// there. A broker that ignores that limit (noida-db, the test broker here, answers with
+/// everything past the offset) otherwise sends an answer over librdkafka's default
+/// 100 MB limit once a consumer is that far behind; librdkafka drops the connection,
+/// fetches the same answer again, and the consumer never moves.
+pub fn accept_any_fetch_size(config: &mut ClientConfig) {
+    if config.get("receive.message.max.bytes").is_none() {
+        config.set("receive.message.max.bytes", "2147483647");
+    }
+}
+
 /// `config` with the settings of an idempotent, ordered producer: `enable.idempotence`,
 /// `acks=all`, a short linger, a bounded local queue, and the Java client's partitioner
 /// (`murmur2_random`) for records produced without an explicit partition.
@@ -532,6 +546,17 @@ impl LagProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumers_take_fetch_answers_of_any_size_unless_told_otherwise() {
+        let mut c = ClientConfig::new();
+        accept_any_fetch_size(&mut c);
+        assert_eq!(c.get("receive.message.max.bytes"), Some("2147483647"));
+        let mut c = ClientConfig::new();
+        c.set("receive.message.max.bytes", "1000000");
+        accept_any_fetch_size(&mut c);
+        assert_eq!(c.get("receive.message.max.bytes"), Some("1000000"));
+    }
 
     #[test]
     fn murmur2_matches_the_java_client() {

@@ -216,6 +216,7 @@ impl ConsumerThread {
         if config.get("queued.min.messages").is_none() {
             config.set("queued.min.messages", "1000000");
         }
+        ferry_shared::kafka::accept_any_fetch_size(&mut config);
         let (tx, rx) = mpsc::channel(capacity.max(16));
         let ctx = Ctx {
             runtime: tokio::runtime::Handle::current(),
