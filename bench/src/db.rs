@@ -99,6 +99,36 @@ impl Database {
     }
 }
 
+/// Drops the databases (and with them their replication slots) an earlier run left on
+/// `clusters` when it was killed before its cleanup: an inactive slot keeps every WAL
+/// segment from its position on, and filled the disk of a machine with 40 GB of WAL.
+/// The bench's stack is its own, so every `bench_*` database there is one of those.
+/// Returns the names dropped.
+pub async fn drop_leftovers(clusters: &[&Cluster]) -> Result<Vec<String>> {
+    let mut dropped = Vec::new();
+    for cluster in clusters {
+        let admin = cluster.connect("postgres").await?;
+        let names: Vec<String> = admin
+            .query(
+                "SELECT datname::text FROM pg_database WHERE datname LIKE 'bench\\_%' ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for name in names {
+            let db = Database {
+                cluster: (*cluster).clone(),
+                name,
+            };
+            db.drop().await?;
+            dropped.push(db.name);
+        }
+    }
+    Ok(dropped)
+}
+
 /// Row count and an order-independent checksum of table `t`'s benchmark columns,
 /// computed in the database.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

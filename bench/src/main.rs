@@ -147,16 +147,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Ctrl-C or SIGTERM (`timeout`, `kill`): both clean up first. False if neither can be
+/// waited for.
+async fn interrupted() -> bool {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return tokio::signal::ctrl_c().await.is_ok(),
+    };
+    tokio::select! {
+        c = tokio::signal::ctrl_c() => c.is_ok(),
+        t = term.recv() => t.is_some(),
+    }
+}
+
 async fn run(args: &Args, services: &Runtimes) -> Report {
     let mut report = Report {
         machine: report::Machine::now(),
         ..Report::default()
     };
     tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if interrupted().await {
             eprintln!("bench: interrupted; cleaning up (Ctrl-C again to quit at once)");
             phases::INTERRUPTED.store(true, Ordering::Relaxed);
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupted().await {
                 std::process::exit(130);
             }
         }
@@ -169,6 +182,21 @@ async fn run(args: &Args, services: &Runtimes) -> Report {
             return report;
         }
     };
+    match db::drop_leftovers(&[&stack.source, &stack.target, &stack.source_replica]).await {
+        Ok(names) if !names.is_empty() => eprintln!(
+            "bench: dropped {} database(s) an interrupted run left, with their slots: {}",
+            names.len(),
+            names.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            report
+                .errors
+                .push(format!("dropping what an interrupted run left: {e:#}"));
+            report.build_lines();
+            return report;
+        }
+    }
     let ctx = Ctx {
         stack,
         handles: services.handles(),
