@@ -179,6 +179,22 @@ impl Pool {
         if n == 1 {
             return self.send(0, Job::Records(records)).await;
         }
+        // Records come in runs of one partition: an item whose records all have one
+        // owner goes to it whole.
+        let owner_of = |r: &Record| {
+            self.owner
+                .get(&*r.topic)
+                .and_then(|m| m.get(&r.partition))
+                .copied()
+        };
+        if let Some(first) = records.first().map(owner_of) {
+            if records.iter().all(|r| owner_of(r) == first) {
+                return match first {
+                    Some(i) => self.send(i, Job::Records(records)).await,
+                    None => Ok(()),
+                };
+            }
+        }
         let mut shares: Vec<Vec<Record>> = (0..n).map(|_| Vec::new()).collect();
         for r in records {
             let owner = self.owner.get(&*r.topic).and_then(|m| m.get(&r.partition));
@@ -285,6 +301,9 @@ impl Pool {
         }
     }
 }
+
+/// Events reserved at most for a table's first event in a batch.
+const MAX_RESERVED_EVENTS: usize = 16_384;
 
 /// A partition's position as its worker tracks it.
 #[derive(Debug)]
@@ -427,9 +446,16 @@ impl Worker {
                 match self.batch.events.get_mut(event.table.as_ref()) {
                     Some(events) => events.push(event),
                     None => {
-                        self.batch
-                            .events
-                            .insert((*event.table).clone(), vec![event]);
+                        // Room for the rest of the batch: no copies as it grows.
+                        let room = self
+                            .setup
+                            .batch_rows
+                            .saturating_sub(self.batch.records)
+                            .clamp(1, MAX_RESERVED_EVENTS);
+                        let mut events = Vec::with_capacity(room);
+                        let table = (*event.table).clone();
+                        events.push(event);
+                        self.batch.events.insert(table, events);
                     }
                 }
             } else {
