@@ -311,7 +311,16 @@ struct Mapper<'a> {
 /// A row layout's destination column names and the index of each pk column.
 type Layout = (Arc<Vec<String>>, Arc<[usize]>);
 
-impl Mapper<'_> {
+impl<'a> Mapper<'a> {
+    fn new(table: &'a DestTable, destination: &'a str) -> Mapper<'a> {
+        Mapper {
+            table,
+            destination,
+            layouts: HashMap::new(),
+            last: None,
+        }
+    }
+
     fn layout(&mut self, row_type: &Arc<RecordType>, vsn: Vsn) -> Result<Layout, Failure> {
         let addr = Arc::as_ptr(row_type) as usize;
         if let Some((a, l)) = &self.last {
@@ -556,12 +565,7 @@ async fn apply_table_with(
     {
         return Ok(applied);
     }
-    let mut mapper = Mapper {
-        table,
-        destination,
-        layouts: HashMap::new(),
-        last: None,
-    };
+    let mut mapper = Mapper::new(table, destination);
     let mut ops = Vec::with_capacity(events.len());
     for e in events {
         mapper.map(e, &mut ops)?;
@@ -609,12 +613,7 @@ async fn copy_snapshot_batch(
     {
         return Ok(None);
     }
-    let mut mapper = Mapper {
-        table,
-        destination,
-        layouts: HashMap::new(),
-        last: None,
-    };
+    let mut mapper = Mapper::new(table, destination);
     let (cols, _) = mapper.layout(&first.row_type, first.vsn)?;
     let rows = events.iter().filter_map(|e| e.after.as_deref());
     if rows.clone().any(|r| r.len() != cols.len()) {
