@@ -231,17 +231,9 @@ async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_only_reads_once_and_exits_without_a_slot() -> Result<()> {
-    let m = Migration::new(
-        "snaponly",
-        2,
-        "export_type = \"snapshot-only\"\nchunk_rows = 1000",
-    )
-    .await?;
-    let c = m.source().await?;
-    c.batch_execute(&table_s(5000)).await?;
+    let (m, c, topic) = snapshot_only_of_s("snaponly", 5000, "").await?;
     let run = |m: &Migration| ferry_exporter::run(m.config.clone(), shutdown::Shutdown::never());
     tokio::time::timeout(Duration::from_secs(120), run(&m)).await??;
-    let topic = m.topics().table(Stream::Source, "public", "s");
     let events = read_topic(&m, &topic).await?;
     assert_eq!(events.len(), 5000);
     assert!(events.iter().all(|e| e.op == Op::Read));
@@ -340,6 +332,22 @@ fn table_s(rows: u32) -> String {
     )
 }
 
+/// A snapshot-only migration (chunks of 1000 rows, two partitions, `exporter` settings
+/// `extra`) of table `s` with `rows` rows: the migration, a source connection, and the
+/// table's topic.
+async fn snapshot_only_of_s(
+    name: &str,
+    rows: u32,
+    extra: &str,
+) -> Result<(Migration, tokio_postgres::Client, String)> {
+    let settings = format!("export_type = \"snapshot-only\"\nchunk_rows = 1000\n{extra}");
+    let m = Migration::new(name, 2, &settings).await?;
+    let c = m.source().await?;
+    c.batch_execute(&table_s(rows)).await?;
+    let topic = m.topics().table(Stream::Source, "public", "s");
+    Ok((m, c, topic))
+}
+
 /// Commits `offsets` (partition -> next offset) for `group` on `topic`, as an importer
 /// does after each batch.
 fn commit_as_importer(
@@ -364,15 +372,12 @@ fn commit_as_importer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_waits_while_an_importer_is_too_far_behind() -> Result<()> {
-    let m = Migration::new(
+    let (m, _c, topic) = snapshot_only_of_s(
         "snaplead",
-        2,
-        "export_type = \"snapshot-only\"\nchunk_rows = 1000\nsnapshot_workers = 1\nsnapshot_max_lead = 3000",
+        40000,
+        "snapshot_workers = 1\nsnapshot_max_lead = 3000",
     )
     .await?;
-    let c = m.source().await?;
-    c.batch_execute(&table_s(40000)).await?;
-    let topic = m.topics().table(Stream::Source, "public", "s");
     ferry_shared::kafka::ensure_topics(
         &m.kafka(),
         &[ferry_shared::kafka::TopicSpec {
