@@ -606,19 +606,21 @@ async fn copy_snapshot_batch(
     let Some(first) = events.first() else {
         return Ok(None);
     };
+    // A row of the wrong length is damaged: the general path names its event.
+    let width = first.row_type.fields.len();
     if table.staged.load(Ordering::Relaxed)
         || !events.iter().all(|e| {
-            e.op == Op::Read && e.after.is_some() && Arc::ptr_eq(&e.row_type, &first.row_type)
+            e.op == Op::Read
+                && Arc::ptr_eq(&e.row_type, &first.row_type)
+                && e.after.as_ref().is_some_and(|a| a.len() == width)
         })
     {
         return Ok(None);
     }
+    // One column per field of the layout (checked against the destination).
     let mut mapper = Mapper::new(table, destination);
     let (cols, _) = mapper.layout(&first.row_type, first.vsn)?;
     let rows = events.iter().filter_map(|e| e.after.as_deref());
-    if rows.clone().any(|r| r.len() != cols.len()) {
-        return Ok(None); // damaged: the general path names the event
-    }
     let payload = copy_payload(table, &cols, rows, events.len(), binary_copy);
     let last = events.last().map_or(first.vsn, |e| e.vsn);
     let copied = copy_direct(tx, statements, table, &column_list(&cols), &payload)
