@@ -4,13 +4,16 @@
 //! `scripts/stack up --quiet` a person runs (no second implementation), then gives the
 //! test its own database ([`Cluster::create_database`]), names ([`unique_name`]) and
 //! ports ([`free_port`]). Waits use deadlines ([`wait_until`]), never bare sleeps.
-//! Helpers for topics live in [`kafka`].
+//! Helpers for topics live in [`kafka`]; a test that stops or kills a broker starts its
+//! own with [`PrivateBroker`].
 
+mod broker;
 pub mod kafka;
 mod names;
 mod stack;
 mod wait;
 
+pub use broker::PrivateBroker;
 pub use names::{free_port, unique_name};
-pub use stack::{Cluster, Stack};
+pub use stack::{Cluster, SaslListener, Stack};
 pub use wait::{wait_listening, wait_until};

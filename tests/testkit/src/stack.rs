@@ -1,4 +1,4 @@
-//! The local stack: three PostgreSQL clusters and a Kafka-protocol broker, started
+//! The local stack: three PostgreSQL clusters and Apache Kafka, started
 //! once per test process by `scripts/stack up --quiet`.
 //!
 //! The script holds a lock while it checks or starts servers, so test processes may
@@ -20,8 +20,26 @@ pub struct Stack {
     pub source: Cluster,
     pub target: Cluster,
     pub source_replica: Cluster,
-    /// `host:port` of the broker, for `bootstrap.servers`.
+    /// `host:port` of the broker's PLAINTEXT listener, for `bootstrap.servers`.
     pub kafka_bootstrap: String,
+    /// The broker's Apache Kafka version.
+    pub kafka_version: String,
+    /// The same broker's SASL_SSL listener.
+    pub kafka_sasl: SaslListener,
+}
+
+/// The broker's SASL_SSL listener: SCRAM-SHA-512 over TLS with a certificate signed by
+/// the stack's own CA.
+#[derive(Debug, Clone)]
+pub struct SaslListener {
+    /// `host:port`.
+    pub bootstrap: String,
+    /// The SCRAM user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// The CA certificate (PEM) that signed the broker's certificate.
+    pub ca_location: PathBuf,
 }
 
 /// One PostgreSQL cluster of the stack. The user is a superuser with REPLICATION,
@@ -66,6 +84,28 @@ impl Stack {
         source_replica_db: &str,
         coordinator_listen: &str,
     ) -> String {
+        let kafka = format!("bootstrap_servers = {}\n", toml_str(&self.kafka_bootstrap));
+        self.config_toml_with_kafka(
+            migration_id,
+            source_db,
+            target_db,
+            source_replica_db,
+            coordinator_listen,
+            &kafka,
+        )
+    }
+
+    /// [`Stack::config_toml`] with `kafka` as the body of its `[kafka]` section (another
+    /// broker, or the SASL_SSL listener: see [`Stack::sasl_kafka_toml`]).
+    pub fn config_toml_with_kafka(
+        &self,
+        migration_id: &str,
+        source_db: &str,
+        target_db: &str,
+        source_replica_db: &str,
+        coordinator_listen: &str,
+        kafka: &str,
+    ) -> String {
         let mut out = String::new();
         out.push_str(&format!("[migration]\nid = {}\n", toml_str(migration_id)));
         for (section, cluster, db) in [
@@ -83,11 +123,23 @@ impl Stack {
             ));
         }
         out.push_str(&format!(
-            "\n[kafka]\nbootstrap_servers = {}\n\n[coordinator]\nlisten = {}\n",
-            toml_str(&self.kafka_bootstrap),
+            "\n[kafka]\n{kafka}\n[coordinator]\nlisten = {}\n",
             toml_str(coordinator_listen)
         ));
         out
+    }
+
+    /// The body of a `[kafka]` section for the broker's SASL_SSL listener, with
+    /// `password` as the SCRAM password (the right one is `self.kafka_sasl.password`).
+    pub fn sasl_kafka_toml(&self, password: &str) -> String {
+        let l = &self.kafka_sasl;
+        format!(
+            "bootstrap_servers = {}\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = {}\nsasl_password = {}\nssl_ca_location = {}\n",
+            toml_str(&l.bootstrap),
+            toml_str(&l.user),
+            toml_str(password),
+            toml_str(&l.ca_location.to_string_lossy()),
+        )
     }
 }
 
@@ -243,6 +295,13 @@ fn parse_env(text: &str) -> anyhow::Result<Stack> {
         target: cluster("target", "FERRY_STACK_TARGET_PORT")?,
         source_replica: cluster("source-replica", "FERRY_STACK_SOURCE_REPLICA_PORT")?,
         kafka_bootstrap: get("FERRY_STACK_KAFKA_BOOTSTRAP")?,
+        kafka_version: get("FERRY_STACK_KAFKA_VERSION")?,
+        kafka_sasl: SaslListener {
+            bootstrap: get("FERRY_STACK_KAFKA_SASL_BOOTSTRAP")?,
+            user: get("FERRY_STACK_KAFKA_SASL_USER")?,
+            password: get("FERRY_STACK_KAFKA_SASL_PASSWORD")?,
+            ca_location: PathBuf::from(get("FERRY_STACK_KAFKA_CA")?),
+        },
     })
 }
 
@@ -250,7 +309,7 @@ fn parse_env(text: &str) -> anyhow::Result<Stack> {
 mod tests {
     use super::*;
 
-    const ENV: &str = "FERRY_STACK_DIR='/tmp/s'\nFERRY_STACK_SOURCE_PORT=5001\nFERRY_STACK_TARGET_PORT=5002\nFERRY_STACK_SOURCE_REPLICA_PORT=5003\nFERRY_STACK_KAFKA_BOOTSTRAP=127.0.0.1:9092\nFERRY_STACK_PG_USER=ferry\nFERRY_STACK_PG_PASSWORD=ferry\n";
+    const ENV: &str = "FERRY_STACK_DIR='/tmp/s'\nFERRY_STACK_SOURCE_PORT=5001\nFERRY_STACK_TARGET_PORT=5002\nFERRY_STACK_SOURCE_REPLICA_PORT=5003\nFERRY_STACK_KAFKA_BOOTSTRAP=127.0.0.1:9092\nFERRY_STACK_KAFKA_VERSION=4.1.1\nFERRY_STACK_KAFKA_SASL_BOOTSTRAP=127.0.0.1:9093\nFERRY_STACK_KAFKA_SASL_USER=ferry\nFERRY_STACK_KAFKA_SASL_PASSWORD=pw\nFERRY_STACK_KAFKA_CA=/tmp/s/tls/ca.pem\nFERRY_STACK_PG_USER=ferry\nFERRY_STACK_PG_PASSWORD=ferry\n";
 
     #[test]
     fn parses_stack_env() {
@@ -260,6 +319,9 @@ mod tests {
         assert_eq!(s.source_replica.name, "source-replica");
         assert_eq!(s.source_replica.port, 5003);
         assert_eq!(s.kafka_bootstrap, "127.0.0.1:9092");
+        assert_eq!(s.kafka_version, "4.1.1");
+        assert_eq!(s.kafka_sasl.bootstrap, "127.0.0.1:9093");
+        assert_eq!(s.kafka_sasl.ca_location, PathBuf::from("/tmp/s/tls/ca.pem"));
         assert_eq!(
             s.target.conn_string("db1"),
             "host=127.0.0.1 port=5002 user=ferry password=ferry dbname=db1"

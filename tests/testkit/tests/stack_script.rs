@@ -80,9 +80,13 @@ fn up_twice_then_status_reports_running() {
             "{line}"
         );
     }
+    // The broker's line names the Apache Kafka version that really runs (from its log).
     let line = out.lines().find(|l| l.starts_with("kafka")).unwrap();
     assert!(
-        line.contains("running") && line.ends_with(&s.kafka_bootstrap),
+        line.contains("running")
+            && line.contains(&format!(" {} ", s.kafka_bootstrap))
+            && line.contains(&format!("Apache Kafka {}", s.kafka_version))
+            && line.contains(&s.kafka_sasl.bootstrap),
         "{line}"
     );
 
