@@ -11,6 +11,7 @@ pub mod config;
 pub mod envelope;
 pub mod json;
 pub mod kafka;
+pub mod kafka_access;
 pub mod position;
 pub mod process;
 pub mod rate;

@@ -43,6 +43,9 @@ pub enum Error {
     /// The migration state could not be read or written.
     #[error("opening the migration state: {0}")]
     State(String),
+    /// The broker refused this client (SASL login or TLS handshake).
+    #[error(transparent)]
+    KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
     /// The HTTP server failed.
     #[error("serving HTTP on {listen}")]
     Serve {
@@ -71,6 +74,7 @@ pub async fn router(config: &Config) -> Result<Router, Error> {
 
 /// Runs the coordinator until `shutdown` fires or a definite error stops it.
 pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
+    ferry_shared::kafka_access::check(&config.kafka).await?;
     let mut app = router(&config).await?;
     let m = migration::Migration::open(config.clone(), shutdown.clone())
         .await

@@ -176,6 +176,9 @@ pub enum Error {
     /// The replication connection cannot use TLS yet.
     #[error("source.sslmode is {0}, but the replication connection of this build cannot use TLS; set source.sslmode = \"disable\" or \"prefer\" on a trusted network, or use a build with TLS for replication")]
     ReplicationTls(&'static str),
+    /// The broker refused this client (SASL login or TLS handshake).
+    #[error(transparent)]
+    KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
     /// A bug or an unexpected state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -288,6 +291,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 /// restart the run from the stored checkpoint after a bounded backoff (1 s doubling to
 /// 30 s, reset after 5 minutes without failure); definite errors return.
 pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    ferry_shared::kafka_access::check(&config.kafka).await?;
     let mut delay = Duration::from_secs(1);
     loop {
         let started = std::time::Instant::now();

@@ -84,6 +84,9 @@ pub async fn run_for(
     let group = topics.import_group(destination);
     let registry = RegistryClient::from_config(&config)
         .map_err(|e| Error::Definite(format!("schema registry: {e}")))?;
+    ferry_shared::kafka_access::check(&config.kafka)
+        .await
+        .map_err(|e| Error::Definite(e.to_string()))?;
 
     // Fail at start, with the fix, when the destination can't be written as required.
     let (client, conn) = connect_destination(&db, destination)
