@@ -437,24 +437,28 @@ fn tail<T, F>(
         let consumer: BaseConsumer = match config
             .clone()
             .set("group.id", "ferry-state-reader")
-            // Resuming a partition paused before any record was read falls back on
-            // this in some librdkafka versions.
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
+            // The broker holds a fetch at the end of the log until a record arrives (it
+            // answers at once when one does), so an idle tail costs one request per
+            // interval and a change reaches the reader without delay.
+            .set("fetch.wait.max.ms", "500")
             .create()
         {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "creating a kafka consumer for {topic}; retrying");
-                std::thread::sleep(Duration::from_secs(1));
+                if !sleep_unless(Duration::from_secs(1), &shutdown, &tx) {
+                    return;
+                }
                 continue;
             }
         };
         // The end to reach before the first view is published.
-        let high = match consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT) {
+        let end = match consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT) {
             Ok((_, high)) => high,
             Err(e) => {
                 // A missing topic is an empty state.
@@ -462,7 +466,9 @@ fn tail<T, F>(
                     tracing::debug!(error = %e, "{topic} not readable yet");
                     tx.send_replace(Some(view(&records)));
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                if !sleep_unless(Duration::from_secs(1), &shutdown, &tx) {
+                    return;
+                }
                 continue;
             }
         };
@@ -472,84 +478,30 @@ fn tail<T, F>(
             .is_err()
             || consumer.assign(&tpl).is_err()
         {
-            std::thread::sleep(Duration::from_secs(1));
+            if !sleep_unless(Duration::from_secs(1), &shutdown, &tx) {
+                return;
+            }
             continue;
         }
         records.clear();
-        // `next` is the next offset to read, `end` the high watermark last seen. Once
-        // `next` reaches `end` the partition is paused: a broker that answers an empty
-        // fetch at once instead of holding it for `fetch.wait.max.ms` (the local test
-        // broker does) would otherwise have librdkafka fetch thousands of times a
-        // second per tail. While paused, the high watermark is checked every
-        // TAIL_INTERVAL, and every PROBE_EVERY checks the partition is fetched for
-        // PROBE_WINDOW anyway (that broker's watermark can lag its log by seconds).
-        let mut next: i64 = 0;
-        let mut end = high;
-        let mut fetching = true;
-        let mut probe_until = Instant::now();
-        let mut checks: u32 = 0;
         let mut caught_up = false;
+        let mut next = 0i64;
+        let mut idle_polls = 0u32;
         loop {
             if shutdown.is_triggered() || tx.is_closed() {
                 return;
             }
-            if !fetching {
-                if !sleep_unless(TAIL_INTERVAL, &shutdown, &tx) {
-                    return;
-                }
-                checks = checks.wrapping_add(1);
-                let more = match consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT) {
-                    Ok((_, high)) if high > next => {
-                        end = high;
-                        true
-                    }
-                    Ok(_) => false,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "high watermark of {topic}");
-                        false
-                    }
-                };
-                if (more || checks % PROBE_EVERY == 0) && consumer.resume(&tpl).is_ok() {
-                    fetching = true;
-                    probe_until = Instant::now() + PROBE_WINDOW;
-                }
-                continue;
-            }
-            let timeout = if next < end {
-                Duration::from_millis(200)
-            } else {
-                probe_until
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
-            };
             let mut changed = false;
-            let mut got = false;
-            match consumer.poll(timeout) {
-                None => {
-                    if next < end {
-                        // Nothing although the watermark said there is more: read the
-                        // position (records may have been compacted away) and the
-                        // watermark again.
-                        if let Ok(pos) = consumer.position() {
-                            for e in pos.elements() {
-                                if let Offset::Offset(o) = e.offset() {
-                                    next = next.max(o);
-                                }
-                            }
-                        }
-                        if let Ok((_, high)) =
-                            consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT)
-                        {
-                            end = high;
-                        }
-                    }
-                }
+            match consumer.poll(POLL_INTERVAL) {
+                None => idle_polls += 1,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "reading {topic}");
-                    std::thread::sleep(Duration::from_millis(200));
+                    if !sleep_unless(Duration::from_millis(200), &shutdown, &tx) {
+                        return;
+                    }
                 }
                 Some(Ok(m)) => {
-                    got = true;
+                    idle_polls = 0;
                     next = m.offset() + 1;
                     if let Some(key) = m.key() {
                         match m.payload() {
@@ -564,17 +516,26 @@ fn tail<T, F>(
                     }
                 }
             }
-            if next >= end {
-                end = next;
-                if !caught_up || tx.borrow().is_none() {
+            // Caught up once the end seen at the start is passed: by the last record or
+            // by the consumer's position (compaction removes records and transaction
+            // markers take offsets too), or when the broker has had nothing more to give
+            // for a second (markers at the very end).
+            if !caught_up {
+                let at = consumer
+                    .position()
+                    .ok()
+                    .and_then(|pos| {
+                        pos.find_partition(&topic, 0)
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            })
+                    })
+                    .unwrap_or(0)
+                    .max(next);
+                if end == 0 || at >= end || idle_polls >= IDLE_POLLS_AT_END {
                     caught_up = true;
                     changed = true;
-                }
-                if got {
-                    // More may follow at once (a watermark that lags).
-                    probe_until = Instant::now() + PROBE_WINDOW;
-                } else if Instant::now() >= probe_until && consumer.pause(&tpl).is_ok() {
-                    fetching = false;
                 }
             }
             if caught_up && changed {
@@ -584,15 +545,12 @@ fn tail<T, F>(
     }
 }
 
-/// How often a paused tail checks the topic's high watermark.
-const TAIL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long one poll of a tail waits before it checks for shutdown again.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Every this many checks, a paused tail fetches even when the watermark shows nothing
-/// new.
-const PROBE_EVERY: u32 = 5;
-
-/// How long a tail keeps fetching after the last record when at the watermark.
-const PROBE_WINDOW: Duration = Duration::from_millis(5);
+/// Empty polls in a row after which a tail short of the start's end takes itself as
+/// caught up: the broker has nothing more to give it.
+const IDLE_POLLS_AT_END: u32 = 10;
 
 /// Sleeps `d` in short steps; false when the tail should stop.
 fn sleep_unless<T>(d: Duration, shutdown: &Shutdown, tx: &tokio_watch::Sender<Option<T>>) -> bool {
