@@ -108,6 +108,13 @@ pub struct TopicSpec {
     pub compacted: bool,
 }
 
+/// The topic settings of Ferry's compacted topics (`_state`, `_status`, `_schemas`):
+/// `cleanup.policy=compact`, and a segment rolled at least hourly, so that the log
+/// cleaner (which never touches the active segment) keeps them small on a quiet
+/// migration too, and a restarted coordinator or service reads little to rebuild.
+pub const COMPACTED_TOPIC_CONFIG: [(&str, &str); 2] =
+    [("cleanup.policy", "compact"), ("segment.ms", "3600000")];
+
 /// Creates the topics that don't exist yet (existing ones are left as they are) and
 /// waits until the broker's metadata shows every one. Returns each topic's partition
 /// count as the broker has it.
@@ -130,7 +137,9 @@ pub async fn ensure_topics(
                 TopicReplication::Fixed(t.replication),
             );
             if t.compacted {
-                topic.set("cleanup.policy", "compact")
+                COMPACTED_TOPIC_CONFIG
+                    .iter()
+                    .fold(topic, |topic, (key, value)| topic.set(key, value))
             } else {
                 topic
             }
@@ -216,20 +225,6 @@ pub async fn delete_topics(config: &ClientConfig, names: &[String]) -> Result<()
         }
     }
     Ok(())
-}
-
-/// Lets a consumer of Ferry's streams take a fetch answer of any size, unless
-/// `receive.message.max.bytes` is set already.
-///
-/// Kafka keeps an answer within `fetch.max.bytes` (50 MB), so this changes nothing
-/// there. A broker that ignores that limit (noida-db, the test broker here, answers with
-/// everything past the offset) otherwise sends an answer over librdkafka's default
-/// 100 MB limit once a consumer is that far behind; librdkafka drops the connection,
-/// fetches the same answer again, and the consumer never moves.
-pub fn accept_any_fetch_size(config: &mut ClientConfig) {
-    if config.get("receive.message.max.bytes").is_none() {
-        config.set("receive.message.max.bytes", "2147483647");
-    }
 }
 
 /// `config` with the settings of an idempotent, ordered producer: `enable.idempotence`,
@@ -546,17 +541,6 @@ impl LagProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn consumers_take_fetch_answers_of_any_size_unless_told_otherwise() {
-        let mut c = ClientConfig::new();
-        accept_any_fetch_size(&mut c);
-        assert_eq!(c.get("receive.message.max.bytes"), Some("2147483647"));
-        let mut c = ClientConfig::new();
-        c.set("receive.message.max.bytes", "1000000");
-        accept_any_fetch_size(&mut c);
-        assert_eq!(c.get("receive.message.max.bytes"), Some("1000000"));
-    }
 
     #[test]
     fn murmur2_matches_the_java_client() {

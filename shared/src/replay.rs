@@ -285,7 +285,6 @@ fn config_for_reading(kafka: &ClientConfig) -> ClientConfig {
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed")
         .set("queued.max.messages.kbytes", "16384");
-    crate::kafka::accept_any_fetch_size(&mut c);
     c
 }
 

@@ -11,7 +11,6 @@
 //! Kafka offsets are committed (asynchronously, for monitoring and tools) only on the
 //! applier's request, after the destination transaction that stored them committed.
 
-use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,9 +63,6 @@ struct Ctx {
     db: Arc<tokio_postgres::Client>,
     group: String,
     items: mpsc::Sender<Item>,
-    /// Partitions assigned by the last rebalance, at their stored next offsets: the poll
-    /// loop's starting positions for fetch pacing.
-    assigned: std::sync::Mutex<Vec<(String, i32, i64)>>,
 }
 
 impl ClientContext for Ctx {}
@@ -125,12 +121,6 @@ impl ConsumerContext for Ctx {
                         .blocking_send(Item::Failed(kafka_failure("assigning partitions", &e)));
                     return;
                 }
-                if let Ok(mut a) = self.assigned.lock() {
-                    *a = positions
-                        .iter()
-                        .map(|p| (p.topic.clone(), p.partition, p.next_offset))
-                        .collect();
-                }
                 tracing::info!(
                     partitions = positions.len(),
                     "partitions assigned at the positions stored in the destination"
@@ -173,15 +163,12 @@ pub(crate) fn topic_pattern(prefix: &str, stream: &str) -> String {
     out
 }
 
-/// topic -> partition -> next offset to poll.
-type Next = HashMap<String, HashMap<i32, i64>>;
+/// What the broker gathers for a fetch at the end of the log before it answers, unless
+/// `importer.fetch_wait_ms` passed first.
+const FETCH_MIN_BYTES: u32 = 256 * 1024;
 
 /// Records handed over in one [`Item::Records`] at most.
 pub(crate) const MAX_RECORDS_PER_ITEM: usize = 1024;
-
-/// When the consumer has handed over everything fetched and fewer than this many
-/// records came since fetching resumed, it checks whether it is at the end of the log.
-const PACE_BELOW: usize = 4 * MAX_RECORDS_PER_ITEM;
 
 /// The running consumer thread.
 pub(crate) struct ConsumerThread {
@@ -210,20 +197,49 @@ impl ConsumerThread {
             .set("enable.partition.eof", "false")
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("partition.assignment.strategy", "range,roundrobin");
+        // A replica that died without leaving the group (SIGKILL, a lost node) holds its
+        // partitions until the broker stops hearing from it: 10 s instead of librdkafka's
+        // 45 s, so the survivors take them over within seconds (docs/architecture.md has
+        // the measured time). Heartbeats come from librdkafka's own thread, so a busy
+        // importer does not miss them. Either can be set in kafka.properties.
+        for (key, value) in [
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
         // Fetch again long before the local queue runs dry (its size stays bounded by
         // queued.max.messages.kbytes): with one fetch in flight per broker, a broker
         // slow to build a large answer otherwise leaves the workers idle meanwhile.
         if config.get("queued.min.messages").is_none() {
             config.set("queued.min.messages", "1000000");
         }
-        ferry_shared::kafka::accept_any_fetch_size(&mut config);
+        // Batches at the end of the log: the broker holds a fetch until it has
+        // FETCH_MIN_BYTES for this consumer or `importer.fetch_wait_ms` passed (and
+        // answers at once past that), so a trickle of changes comes in batches of up to
+        // that wait instead of one fetch per record. 0: answer as soon as anything is
+        // there.
+        let (min_bytes, wait_ms) = if fetch_wait.is_zero() {
+            (1, 100)
+        } else {
+            (FETCH_MIN_BYTES, fetch_wait.as_millis().max(1))
+        };
+        for (key, value) in [
+            ("fetch.min.bytes", min_bytes.to_string()),
+            ("fetch.wait.max.ms", wait_ms.to_string()),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
         let (tx, rx) = mpsc::channel(capacity.max(16));
         let ctx = Ctx {
             runtime: tokio::runtime::Handle::current(),
             db,
             group: group.to_owned(),
             items: tx.clone(),
-            assigned: std::sync::Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<Ctx> = config
             .create_with_context(ctx)
@@ -236,7 +252,7 @@ impl ConsumerThread {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-importer-consumer".into())
-            .spawn(move || poll_loop(consumer, tx, cmd_rx, stop2, fetch_wait))
+            .spawn(move || poll_loop(consumer, tx, cmd_rx, stop2))
             .map_err(|e| Failure::Transient(format!("cannot start the consumer thread: {e}")))?;
         Ok(ConsumerThread {
             items: rx,
@@ -265,28 +281,17 @@ impl Drop for ConsumerThread {
     }
 }
 
-/// Polls the consumer and hands records over in batches.
-///
-/// Fetch pacing: once everything fetched was handed over, and the records since
-/// fetching last resumed are few, the assigned partitions are paused for `fetch_wait`
-/// (pausing drops nothing the applier has not seen: librdkafka resumes from the offset
-/// after the last record polled). This is Kafka's `fetch.min.bytes` +
-/// `fetch.wait.max.ms`, done here because some Kafka-protocol brokers (the local test
-/// broker among them) answer a fetch at once even when it is empty, so librdkafka would
-/// fetch thousands of times a second at the end of the log, one small batch each.
+/// Polls the consumer and hands records over in batches: a batch goes to the applier
+/// when it is full or when librdkafka has nothing more fetched.
 fn poll_loop(
     consumer: BaseConsumer<Ctx>,
     items: mpsc::Sender<Item>,
     commands: std_mpsc::Receiver<Command>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    fetch_wait: Duration,
 ) {
     let stopped = || stop.load(std::sync::atomic::Ordering::SeqCst);
     let mut last_watermarks = std::time::Instant::now();
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_RECORDS_PER_ITEM);
-    let mut since_resume = 0usize;
-    // topic -> partition -> next offset to poll, for fetch pacing.
-    let mut next: Next = HashMap::new();
     let mut last_topic: Option<Arc<str>> = None;
     while !stopped() {
         if last_watermarks.elapsed() >= Duration::from_secs(5) {
@@ -306,32 +311,13 @@ fn poll_loop(
             }
         }
         run_commands(&consumer, &commands);
-        // With pacing on, a poll with nothing to hand over waits about as long as a
-        // pause would: while it waits, librdkafka fetches.
-        let timeout = if !batch.is_empty() {
-            Duration::ZERO
-        } else if fetch_wait.is_zero() {
+        let timeout = if batch.is_empty() {
             Duration::from_millis(100)
         } else {
-            fetch_wait.clamp(Duration::from_millis(5), Duration::from_millis(100))
+            Duration::ZERO
         };
-        let polled = consumer.poll(timeout);
-        if let Ok(mut a) = consumer.context().assigned.lock() {
-            if !a.is_empty() {
-                next.clear();
-                for (t, p, o) in a.drain(..) {
-                    next.entry(t).or_default().insert(p, o);
-                }
-            }
-        }
-        match polled {
+        match consumer.poll(timeout) {
             Some(Ok(m)) => {
-                if let Some(n) = next
-                    .get_mut(m.topic())
-                    .and_then(|t| t.get_mut(&m.partition()))
-                {
-                    *n = m.offset() + 1;
-                }
                 // Records come in runs of one partition: share the topic's name.
                 let topic = match &last_topic {
                     Some(t) if **t == *m.topic() => t.clone(),
@@ -348,7 +334,6 @@ fn poll_loop(
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                 });
-                since_resume += 1;
                 if batch.len() >= MAX_RECORDS_PER_ITEM && !hand_over(&items, &mut batch) {
                     break;
                 }
@@ -361,10 +346,6 @@ fn poll_loop(
                 if !hand_over(&items, &mut batch) {
                     break;
                 }
-                if !fetch_wait.is_zero() && since_resume < PACE_BELOW {
-                    pause_fetching(&consumer, &commands, fetch_wait, &stopped, &next);
-                }
-                since_resume = 0;
             }
         }
     }
@@ -397,73 +378,6 @@ fn run_commands(consumer: &BaseConsumer<Ctx>, commands: &std_mpsc::Receiver<Comm
             }
         }
     }
-}
-
-/// Unless an assigned partition has records past what was polled (one ListOffsets
-/// request), pauses fetching on every assigned partition for `wait`, then for as long
-/// as none has (checked every `wait`), then resumes it.
-fn pause_fetching(
-    consumer: &BaseConsumer<Ctx>,
-    commands: &std_mpsc::Receiver<Command>,
-    wait: Duration,
-    stopped: &dyn Fn() -> bool,
-    next: &Next,
-) {
-    let Ok(assigned) = consumer.assignment() else {
-        return;
-    };
-    // Records past the polled ones (a backlog being read, a fetch under way): no pause.
-    if assigned.count() == 0 || more(consumer, next) || consumer.pause(&assigned).is_err() {
-        return;
-    }
-    let idle_since = std::time::Instant::now();
-    loop {
-        let until = std::time::Instant::now() + wait;
-        loop {
-            run_commands(consumer, commands);
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || stopped() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(10)));
-        }
-        // Come back to `poll` now and then even when idle: rebalances and the
-        // watermark report run there.
-        if stopped() || idle_since.elapsed() >= Duration::from_secs(1) || more(consumer, next) {
-            break;
-        }
-    }
-    // Partitions revoked meanwhile are no longer in the assignment; resume what is.
-    if let Ok(assigned) = consumer.assignment() {
-        let _ = consumer.resume(&assigned);
-    }
-}
-
-/// Whether an assigned partition's end is past the next offset to poll (true when
-/// unknown).
-fn more(consumer: &BaseConsumer<Ctx>, next: &Next) -> bool {
-    let Ok(assigned) = consumer.assignment() else {
-        return true;
-    };
-    let mut latest = TopicPartitionList::new();
-    for e in assigned.elements() {
-        if latest
-            .add_partition_offset(e.topic(), e.partition(), Offset::End)
-            .is_err()
-        {
-            return true;
-        }
-    }
-    let Ok(ends) = consumer.offsets_for_times(latest, Duration::from_secs(5)) else {
-        return true;
-    };
-    ends.elements().iter().any(|e| {
-        let known = next.get(e.topic()).and_then(|t| t.get(&e.partition()));
-        match (e.offset(), known) {
-            (Offset::Offset(end), Some(&n)) => end > n,
-            _ => true,
-        }
-    })
 }
 
 #[cfg(test)]

@@ -791,10 +791,9 @@ impl Binary {
         })
     }
 
-    /// Starts one replica. A restarted replica keeps its `instance` (Kafka static
-    /// membership, as a StatefulSet pod keeps its name), so it takes the killed member's
-    /// place at once; the local broker never evicts a killed group leader by session
-    /// timeout, so without it the group would wait forever.
+    /// Starts one replica, a dynamic member of the group (no static membership): a
+    /// killed replica's partitions move only when the broker evicts it after the
+    /// importer's session timeout. `instance` names it in the shared log.
     fn spawn(&self, instance: &str) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -804,8 +803,7 @@ impl Binary {
             std::process::Command::new(env!("CARGO_BIN_EXE_ferry-importer"))
                 .arg("--config")
                 .arg(&self.config_path)
-                .arg("--set")
-                .arg(format!("kafka.properties.group.instance.id={instance}"))
+                .env("FERRY_TEST_INSTANCE", instance)
                 .env(
                     "FERRY_LOG",
                     std::env::var("IMPORTER_TEST_FERRY_LOG").unwrap_or_else(|_| "info".into()),
@@ -867,6 +865,99 @@ async fn three_binary_replicas_one_sigkilled_one_added_then_restarted() -> Resul
     let _r0 = bin.spawn("r0")?;
     f.changes(500, 900).await?;
     f.wait_caught_up().await
+}
+
+/// Two replicas share the group; one is killed with SIGKILL and not restarted. The
+/// broker evicts it after the importer's session timeout, its partitions move to the
+/// survivor, and everything written after the kill is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_with_sigkill_is_evicted_and_the_survivor_takes_its_partitions(
+) -> Result<()> {
+    let mut f = Fixture::new("imp_evict", DDL, DDL, 4, 100).await?;
+    let bin = Binary::new(&f)?;
+    f.snapshot(400).await?;
+    let mut r0 = bin.spawn("r0")?;
+    let _r1 = bin.spawn("r1")?;
+    f.wait_caught_up().await?;
+    // Both members hold partitions before the kill.
+    let group = f.group();
+    let bootstrap = Stack::get().kafka_bootstrap.clone();
+    wait_until("both replicas to hold partitions", WAIT, || {
+        let (bootstrap, group) = (bootstrap.clone(), group.clone());
+        async move {
+            let members = group_members(&bootstrap, &group).await?;
+            Ok((members.len() == 2 && members.iter().all(|m| *m > 0)).then_some(()))
+        }
+    })
+    .await?;
+
+    r0.sigkill()?;
+    let killed = std::time::Instant::now();
+    f.changes(800, 900).await?;
+    f.duplicates(50).await?;
+    f.wait_caught_up().await?;
+    let moved = killed.elapsed();
+    let members = group_members(&bootstrap, &group).await?;
+    assert_eq!(members, vec![4], "the survivor holds every partition");
+    // Well under librdkafka's default session timeout (45 s): the importer's own 10 s.
+    assert!(
+        moved < Duration::from_secs(30),
+        "the killed replica's partitions took {moved:?} to be applied by the survivor"
+    );
+    eprintln!("partitions of the killed replica applied by the survivor {moved:?} after the kill");
+    Ok(())
+}
+
+/// The partition count each member of consumer group `group` holds, as the broker
+/// has it (empty while the group rebalances).
+async fn group_members(bootstrap: &str, group: &str) -> Result<Vec<usize>> {
+    let (bootstrap, group) = (bootstrap.to_owned(), group.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<Vec<usize>> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()?;
+        let list = consumer.fetch_group_list(Some(&group), Duration::from_secs(10))?;
+        let mut out = Vec::new();
+        for g in list.groups() {
+            if g.name() != group || g.state() != "Stable" {
+                continue;
+            }
+            for m in g.members() {
+                out.push(assigned_partitions(m.assignment().unwrap_or_default()));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    })
+    .await?
+}
+
+/// The number of partitions in a consumer protocol `Assignment` (version, then an array
+/// of (topic, array of partition)).
+fn assigned_partitions(bytes: &[u8]) -> usize {
+    let i32_at = |at: usize| -> Option<i32> {
+        bytes
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut at = 2; // version (int16)
+    let Some(topics) = i32_at(at) else { return 0 };
+    at += 4;
+    let mut n = 0usize;
+    for _ in 0..topics.max(0) {
+        let Some(len) = bytes
+            .get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        else {
+            return n;
+        };
+        at += 2 + usize::try_from(len.max(0)).unwrap_or(0);
+        let Some(parts) = i32_at(at) else { return n };
+        at += 4 + 4 * usize::try_from(parts.max(0)).unwrap_or(0);
+        n += usize::try_from(parts.max(0)).unwrap_or(0);
+    }
+    n
 }
 
 /// Kills the process when dropped, so that a failing test leaves nothing running.

@@ -346,10 +346,10 @@ pub struct ImporterConfig {
     /// are split among them, each with its own destination connection.
     #[serde(default = "default_workers")]
     pub workers: u32,
-    /// Fetch pacing, 0..=5000 ms: at the end of the log, after a small fetch, fetching
-    /// pauses this long so that the next one brings a batch. This is Kafka's
-    /// `fetch.min.bytes` and `fetch.wait.max.ms`, done by the importer because some
-    /// Kafka-protocol brokers answer empty fetches at once. 0 turns it off.
+    /// Fetch batching, 0..=5000 ms: at the end of the log the broker holds a fetch
+    /// until 256 KiB are there or this long passed (Kafka's `fetch.wait.max.ms` with
+    /// `fetch.min.bytes`), so a trickle of changes comes in batches. 0: each fetch is
+    /// answered as soon as one record is there.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u32,
 }

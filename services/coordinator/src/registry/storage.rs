@@ -119,7 +119,10 @@ pub(super) async fn create_topic(config: &ClientConfig, topic: &str) -> Result<(
     let admin: AdminClient<DefaultClientContext> = config
         .create()
         .map_err(|e| kafka("cannot create the registry's admin client", e))?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let new = ferry_shared::kafka::COMPACTED_TOPIC_CONFIG.iter().fold(
+        NewTopic::new(topic, 1, TopicReplication::Fixed(-1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
     let options =
         AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
     let results = admin
