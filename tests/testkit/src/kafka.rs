@@ -167,3 +167,42 @@ fn consume_all_blocking(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Reco
     out.sort_by_key(|r| (r.0, r.1));
     Ok(out)
 }
+
+/// Sets topic `name`'s configuration to exactly `entries` (Kafka's AlterConfigs
+/// replaces the topic's whole configuration: include `cleanup.policy` and every other
+/// setting to keep). The change is visible to the broker's log manager at once.
+pub async fn set_topic_config(
+    bootstrap: &str,
+    name: &str,
+    entries: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let admin = admin(bootstrap)?;
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (key, value) in entries {
+        change = change.set(key, value);
+    }
+    let results = admin
+        .alter_configs([&change], &opts())
+        .await
+        .context("alter_configs")?;
+    for r in results {
+        if let Err((resource, code)) = r {
+            anyhow::bail!("setting the configuration of {resource:?}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// `(low, high)` watermarks of partition 0 of `topic`.
+pub async fn watermarks(bootstrap: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, i64)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .context("creating a kafka client")?;
+        Ok(consumer.fetch_watermarks(&topic, 0, TIMEOUT)?)
+    })
+    .await?
+}
