@@ -106,6 +106,16 @@ pub enum Workflow {
     FallBack,
 }
 
+impl From<crate::config::Workflow> for Workflow {
+    fn from(w: crate::config::Workflow) -> Self {
+        match w {
+            crate::config::Workflow::Live => Workflow::Live,
+            crate::config::Workflow::FallForward => Workflow::FallForward,
+            crate::config::Workflow::FallBack => Workflow::FallBack,
+        }
+    }
+}
+
 impl Workflow {
     /// The name shown to the operator.
     pub fn as_str(self) -> &'static str {

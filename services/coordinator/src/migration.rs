@@ -67,6 +67,26 @@ pub struct CutoverRequest {
     pub prepare_for: PrepareFor,
 }
 
+/// The workflow a cutover to target fixes: the configured one (`migration.workflow`,
+/// already in the MSR) unless a `--prepare-for-*` flag asks for one. A flag may turn a
+/// live migration into fall-forward or fall-back; it may not contradict a configured
+/// fall-forward or fall-back.
+pub fn workflow_for(configured: Workflow, prepare_for: PrepareFor) -> Result<Workflow, Refused> {
+    let (asked, flag) = match prepare_for {
+        PrepareFor::None => return Ok(configured),
+        PrepareFor::FallForward => (Workflow::FallForward, "--prepare-for-fall-forward"),
+        PrepareFor::FallBack => (Workflow::FallBack, "--prepare-for-fall-back"),
+    };
+    if configured != Workflow::Live && configured != asked {
+        return Err(Refused(format!(
+            "{flag} contradicts this migration's workflow, {} (migration.workflow in the configuration): initiate the cutover without the flag to prepare for {}, or change migration.workflow and restart the coordinator",
+            configured.as_str(),
+            configured.as_str()
+        )));
+    }
+    Ok(asked)
+}
+
 /// A request the coordinator refuses, with the reason and what to do.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -129,6 +149,21 @@ impl Migration {
         if fresh {
             msr.migration_id = config.migration.id.clone();
         }
+        // The configured workflow is the migration's until the cutover to target fixes
+        // it (the configuration may have changed before that).
+        let configured = Workflow::from(config.migration.workflow);
+        let reconfigured = msr.cutover_to_target.status == CutoverStatus::NotInitiated
+            && msr.workflow != configured;
+        if reconfigured {
+            msr.workflow = configured;
+        } else if msr.workflow != configured {
+            tracing::warn!(
+                configured = configured.as_str(),
+                workflow = msr.workflow.as_str(),
+                "migration.workflow differs from the workflow the cutover to target fixed; the migration keeps {}",
+                msr.workflow.as_str()
+            );
+        }
         let m = Arc::new(Migration {
             config,
             topics,
@@ -139,9 +174,10 @@ impl Migration {
             write_lock: Mutex::new(()),
             heartbeats,
         });
-        if fresh {
+        if fresh || reconfigured {
+            let workflow = msr.workflow;
             m.store(msr).await?;
-            tracing::info!(id = %m.config.migration.id, "new migration status record written");
+            tracing::info!(id = %m.config.migration.id, workflow = workflow.as_str(), "migration status record written");
         } else {
             tracing::info!(
                 id = %msr.migration_id,
@@ -233,16 +269,10 @@ impl Migration {
                     if config.target.is_none() {
                         return Err(Refused("no [target] database is configured".into()));
                     }
-                    msr.workflow = match req.prepare_for {
-                        PrepareFor::None => Workflow::Live,
-                        PrepareFor::FallForward => {
-                            if config.source_replica.is_none() {
-                                return Err(Refused("--prepare-for-fall-forward needs a source-replica: add a [source_replica] section to ferry.toml and run \"ferry import data to source-replica\" from the start of the migration".into()));
-                            }
-                            Workflow::FallForward
-                        }
-                        PrepareFor::FallBack => Workflow::FallBack,
-                    };
+                    msr.workflow = workflow_for(msr.workflow, req.prepare_for)?;
+                    if msr.workflow == Workflow::FallForward && config.source_replica.is_none() {
+                        return Err(Refused("the fall-forward workflow needs a source-replica: add a [source_replica] section to ferry.toml and run \"ferry import data to source-replica\" from the start of the migration".into()));
+                    }
                     msr.source_stream.phase = StreamPhase::Stop;
                 }
                 Destination::SourceReplica | Destination::Source => {
@@ -601,5 +631,45 @@ pub async fn drive(m: Arc<Migration>, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
         }
         m.advance().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cutover_without_a_flag_takes_the_configured_workflow() {
+        for w in [Workflow::Live, Workflow::FallForward, Workflow::FallBack] {
+            assert_eq!(workflow_for(w, PrepareFor::None).unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn a_flag_turns_a_live_migration_into_fall_back_or_fall_forward() {
+        assert_eq!(
+            workflow_for(Workflow::Live, PrepareFor::FallBack).unwrap(),
+            Workflow::FallBack
+        );
+        assert_eq!(
+            workflow_for(Workflow::Live, PrepareFor::FallForward).unwrap(),
+            Workflow::FallForward
+        );
+        assert_eq!(
+            workflow_for(Workflow::FallBack, PrepareFor::FallBack).unwrap(),
+            Workflow::FallBack
+        );
+    }
+
+    #[test]
+    fn a_flag_that_contradicts_the_configured_workflow_is_refused_with_the_reason() {
+        let e = workflow_for(Workflow::FallBack, PrepareFor::FallForward).unwrap_err();
+        assert!(
+            e.0.contains(
+                "--prepare-for-fall-forward contradicts this migration's workflow, fall-back"
+            ) && e.0.contains("migration.workflow"),
+            "{e}"
+        );
+        assert!(workflow_for(Workflow::FallForward, PrepareFor::FallBack).is_err());
     }
 }

@@ -156,6 +156,9 @@ pub(crate) struct DestTable {
     pk: Vec<String>,
     /// Has a unique constraint besides the primary key: apply in exact order.
     pub exact_order: bool,
+    /// Columns `GENERATED ALWAYS AS IDENTITY`: inserts name them with `OVERRIDING
+    /// SYSTEM VALUE` (the source's value is the truth), and an update may not set them.
+    identity_always: Vec<String>,
     /// Snapshot rows of this table were found present already: upsert them through a
     /// staging table instead of copying them straight in.
     staged: AtomicBool,
@@ -233,6 +236,20 @@ impl Tables {
             .await
             .map_err(|e| db_failure(&format!("reading the indexes of {name}"), &e))?
             .get(0);
+        let identity_always: Vec<String> = client
+            .query(
+                "SELECT a.attname FROM pg_attribute a \
+                 JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                   AND NOT a.attisdropped AND a.attidentity = 'a'",
+                &[&name.schema, &name.name],
+            )
+            .await
+            .map_err(|e| db_failure(&format!("reading the identity columns of {name}"), &e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         let table = Arc::new(DestTable {
             name: name.clone(),
             qualified: schema.qualified(),
@@ -248,6 +265,7 @@ impl Tables {
                 .collect(),
             pk: schema.key_columns().map(|c| c.name.clone()).collect(),
             exact_order: other_unique > 0,
+            identity_always,
             staged: AtomicBool::new(false),
         });
         tracing::debug!(table = %name, exact_order = table.exact_order, "destination table loaded");
@@ -738,6 +756,26 @@ fn vsn_failure(
     }
 }
 
+impl DestTable {
+    /// `OVERRIDING SYSTEM VALUE ` when `cols` names a `GENERATED ALWAYS` identity column
+    /// (PostgreSQL refuses its value otherwise: SQLSTATE 428C9), else empty.
+    fn overriding(&self, cols: &[String]) -> &'static str {
+        if cols.iter().any(|c| self.identity_always.contains(c)) {
+            "OVERRIDING SYSTEM VALUE "
+        } else {
+            ""
+        }
+    }
+
+    /// Whether an upsert of `cols` must delete the old row and insert the new one: an
+    /// `ON CONFLICT DO UPDATE` may not set a `GENERATED ALWAYS` identity column outside
+    /// the primary key (it can only be set to DEFAULT), yet its new value must arrive.
+    fn replaces_rows(&self, cols: &[String]) -> bool {
+        cols.iter()
+            .any(|c| self.identity_always.contains(c) && !self.pk.contains(c))
+    }
+}
+
 fn conflict_clause(table: &DestTable, cols: &[String]) -> String {
     let pk: Vec<String> = table.pk.iter().map(|c| quote_ident(c)).collect();
     let set: Vec<String> = cols
@@ -826,18 +864,42 @@ async fn execute_run(
                 .map(|(i, c)| format!("u.v{}::{}", i + 1, type_of(table, c)))
                 .collect();
             let target: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+            let conflict = if table.replaces_rows(cols) {
+                // The rows of these keys go first; the inserts below then meet no conflict.
+                let conds: Vec<String> = table
+                    .pk
+                    .iter()
+                    .filter_map(|k| cols.iter().position(|c| c == k).map(|i| (k, i)))
+                    .map(|(k, i)| {
+                        format!("t.{} = u.v{}::{}", quote_ident(k), i + 1, type_of(table, k))
+                    })
+                    .collect();
+                let sql = format!(
+                    "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}",
+                    table.qualified,
+                    params.join(", "),
+                    names.join(", "),
+                    conds.join(" AND ")
+                );
+                let statement = statements.get(tx, &sql).await.map_err(fail)?;
+                tx.execute(&statement, &refs).await.map_err(fail)?;
+                String::new()
+            } else {
+                conflict_clause(table, cols)
+            };
             let sql = format!(
-                "INSERT INTO {} ({}) SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ferry_ord) \
+                "INSERT INTO {} ({}) {}SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ferry_ord) \
                  ORDER BY u.ferry_ord {}",
                 table.qualified,
                 target.join(", "),
+                table.overriding(cols),
                 exprs.join(", "),
                 params.join(", "),
                 names.join(", "),
-                conflict_clause(table, cols)
+                conflict
             );
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
             let statement = statements.get(tx, &sql).await.map_err(fail)?;
             tx.execute(&statement, &refs).await.map_err(fail)?;
         }
@@ -876,10 +938,28 @@ async fn execute_run(
             )
             .await
             .map_err(fail)?;
-            tx.batch_execute(&format!(
-                "INSERT INTO {} ({list}) SELECT {list} FROM {stage} {}",
-                table.qualified,
+            let conflict = if table.replaces_rows(cols) {
+                let conds: Vec<String> = table
+                    .pk
+                    .iter()
+                    .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+                    .collect();
+                tx.batch_execute(&format!(
+                    "DELETE FROM {} AS t USING {stage} AS s WHERE {}",
+                    table.qualified,
+                    conds.join(" AND ")
+                ))
+                .await
+                .map_err(fail)?;
+                String::new()
+            } else {
                 conflict_clause(table, cols)
+            };
+            tx.batch_execute(&format!(
+                "INSERT INTO {} ({list}) {}SELECT {list} FROM {stage} {}",
+                table.qualified,
+                table.overriding(cols),
+                conflict
             ))
             .await
             .map_err(fail)?;

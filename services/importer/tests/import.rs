@@ -793,7 +793,8 @@ impl Binary {
 
     /// Starts one replica, a dynamic member of the group (no static membership): a
     /// killed replica's partitions move only when the broker evicts it after the
-    /// importer's session timeout. `instance` names it in the shared log.
+    /// importer's session timeout. `instance` goes into its environment
+    /// (`IMPORTER_TEST_INSTANCE`) to tell the processes apart.
     fn spawn(&self, instance: &str) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -803,7 +804,7 @@ impl Binary {
             std::process::Command::new(env!("CARGO_BIN_EXE_ferry-importer"))
                 .arg("--config")
                 .arg(&self.config_path)
-                .env("FERRY_TEST_INSTANCE", instance)
+                .env("IMPORTER_TEST_INSTANCE", instance)
                 .env(
                     "FERRY_LOG",
                     std::env::var("IMPORTER_TEST_FERRY_LOG").unwrap_or_else(|_| "info".into()),

@@ -308,3 +308,46 @@ async fn fall_forward_with_the_coordinator_killed_throughout_the_cutovers() -> R
     check_report(&h, h.config.migration.topic_prefix().as_str()).await?;
     h.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_configured_workflow_shows_from_the_start_and_a_contradicting_flag_is_refused(
+) -> Result<()> {
+    let mut h = Harness::new("wflow").await?;
+    let (_, s) = h.api("GET", "/api/status", None).await?;
+    assert_eq!(s["migration"]["workflow"], "live", "{s:#}");
+    // The configuration says fall-back: the restarted coordinator shows it at once.
+    h.kill_coordinator().await;
+    h.config.migration.workflow = ferry_shared::config::Workflow::FallBack;
+    h.start_coordinator().await?;
+    let (_, s) = h.api("GET", "/api/status", None).await?;
+    assert_eq!(s["migration"]["workflow"], "fall-back", "{s:#}");
+
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    h.exporter(Stream::Target);
+    h.importer(Destination::Source);
+    writes(&h.source, "wf", 10).await?;
+    h.wait_equal(Side::Source, Side::Target, "before cutover")
+        .await?;
+    h.wait_snapshot_done().await?;
+    let (code, body) = h.cutover("target", "fall-forward").await?;
+    assert_eq!(code, 409, "{body}");
+    let reason = body["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(
+            "--prepare-for-fall-forward contradicts this migration's workflow, fall-back"
+        ),
+        "{reason}"
+    );
+    assert_eq!(h.cutover_status("target").await?, "NOT_INITIATED");
+    // Without a flag the cutover prepares for the configured fall-back.
+    let (code, body) = h.cutover("target", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    h.wait_completed("target", None).await?;
+    let (_, s) = h.api("GET", "/api/status", None).await?;
+    assert_eq!(s["migration"]["workflow"], "fall-back", "{s:#}");
+    writes(&h.target, "back", 5).await?;
+    h.wait_equal(Side::Target, Side::Source, "fall-back flows")
+        .await?;
+    h.stop().await
+}

@@ -29,6 +29,33 @@ pub const SOURCE_ONLY: &str = "
 ";
 pub const TABLES: &[&str] = &["orders", "customers"];
 
+const SEED: &str = "
+    INSERT INTO customers SELECT g, 'c' || g, ARRAY['t' || g] FROM generate_series(1, 300) g;
+    INSERT INTO orders (customer, amount, note) SELECT g % 300 + 1, g * 1.25, 'seed' FROM generate_series(1, 3000) g;
+    SELECT nextval('invoice_no') FROM generate_series(1, 7);
+";
+
+/// What a harness migrates: the schema made on every database, what is set on the
+/// source only, the seed rows, the tables compared, and the schemas selected.
+pub struct Schema {
+    pub ddl: &'static str,
+    pub source_only: &'static str,
+    pub seed: &'static str,
+    /// Qualified (quoted where needed) table names, compared row by row.
+    pub tables: &'static [&'static str],
+    /// `schemas = [...]` of each database section.
+    pub schemas: &'static [&'static str],
+}
+
+/// The orders/customers schema most tests use.
+pub const SHOP: Schema = Schema {
+    ddl: DDL,
+    source_only: SOURCE_ONLY,
+    seed: SEED,
+    tables: TABLES,
+    schemas: &["public"],
+};
+
 pub type Task = JoinHandle<Result<()>>;
 
 pub struct Harness {
@@ -41,6 +68,7 @@ pub struct Harness {
     pub services: ShutdownTrigger,
     pub tasks: Vec<(String, Task)>,
     pub coordinator: Option<(ShutdownTrigger, JoinHandle<()>)>,
+    pub tables: &'static [&'static str],
 }
 
 impl Harness {
@@ -51,6 +79,11 @@ impl Harness {
     /// [`Harness::new`] with `kafka` as the body of the config's `[kafka]` section (a
     /// broker of the test's own, or the SASL_SSL listener); `None`: the shared broker.
     pub async fn with_kafka(name: &str, kafka: Option<String>) -> Result<Harness> {
+        Harness::with(name, kafka, &SHOP).await
+    }
+
+    /// A harness migrating `schema` (see [`Schema`]).
+    pub async fn with(name: &str, kafka: Option<String>, schema: &Schema) -> Result<Harness> {
         let stack = Stack::get();
         let source_db = stack.source.create_database(&format!("{name}_s")).await?;
         let target_db = stack.target.create_database(&format!("{name}_t")).await?;
@@ -62,16 +95,10 @@ impl Harness {
         let target = stack.target.connect(&target_db).await?;
         let replica = stack.source_replica.connect(&replica_db).await?;
         for c in [&source, &target, &replica] {
-            c.batch_execute(DDL).await?;
+            c.batch_execute(schema.ddl).await?;
         }
-        source.batch_execute(SOURCE_ONLY).await?;
-        source
-            .batch_execute(
-                "INSERT INTO customers SELECT g, 'c' || g, ARRAY['t' || g] FROM generate_series(1, 300) g;
-                 INSERT INTO orders (customer, amount, note) SELECT g % 300 + 1, g * 1.25, 'seed' FROM generate_series(1, 3000) g;
-                 SELECT nextval('invoice_no') FROM generate_series(1, 7);",
-            )
-            .await?;
+        source.batch_execute(schema.source_only).await?;
+        source.batch_execute(schema.seed).await?;
         let id = unique_name(name);
         let listen = format!("127.0.0.1:{}", free_port());
         let text = match kafka {
@@ -85,6 +112,15 @@ impl Harness {
             ),
             None => stack.config_toml(&id, &source_db, &target_db, &replica_db, &listen),
         };
+        let schemas: Vec<String> = schema
+            .schemas
+            .iter()
+            .map(|s| format!("\"{}\"", s.replace('"', "\\\"")))
+            .collect();
+        let text = text.replace(
+            "schemas = [\"public\"]",
+            &format!("schemas = [{}]", schemas.join(", ")),
+        );
         let config = Config::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (services, _) = shutdown::channel();
         let mut h = Harness {
@@ -97,6 +133,7 @@ impl Harness {
             services,
             tasks: Vec::new(),
             coordinator: None,
+            tables: schema.tables,
         };
         h.start_coordinator().await?;
         Ok(h)
@@ -267,6 +304,7 @@ impl Harness {
             source,
             target,
             replica,
+            tables,
             ..
         } = self;
         let pick = |side: Side| -> &Client {
@@ -277,7 +315,7 @@ impl Harness {
             }
         };
         let (a, b) = (pick(a), pick(b));
-        for table in TABLES {
+        for table in tables.iter() {
             let expected = fingerprint(a, table).await?;
             let mut last = None;
             for _ in 0..900 {
@@ -335,12 +373,12 @@ pub async fn check(tasks: &mut Vec<(String, Task)>) -> Result<()> {
     Ok(())
 }
 
-/// Row count and a digest of the table's rows of the table's rows.
+/// Row count and a digest of the table's rows (in the order of their text form).
 pub async fn fingerprint(client: &Client, table: &str) -> Result<(i64, String)> {
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY id)), '') FROM {table} t"
+                "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"
             ),
             &[],
         )
