@@ -16,7 +16,7 @@ use ferry_shared::topics::{Destination, Stream};
 
 use verbs::{
     Archive, Cli, ConfigVerb, Cutover, CutoverTo, Database, End, Export, ExportDatabase,
-    ExportFrom, Get, Import, ImportTo, Initiate, ReportFormat, Verb,
+    ExportFrom, Get, Import, ImportTo, Initiate, Prepare, ReportFormat, Verb,
 };
 
 /// mimalloc: the snapshot and change paths allocate per row; it cut the allocator's
@@ -59,12 +59,18 @@ enum Action {
     ConfigCheck,
     /// Checks the source's tables and settings without changing anything.
     AnalyzeSchema,
+    /// Shows, then makes, the changes the exporter needs on the source.
+    PrepareSource { dry_run: bool },
     /// Not built yet.
     NotAvailable,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Voyager-style flags are shortcuts for settings: they go after the --set flags
+    // given, so they win like a --set at the end of the line.
+    let overrides = cli.verb.overrides();
+    cli.config.set.extend(overrides);
     ferry_shared::process::init_logging();
 
     let phrase = cli.verb.phrase();
@@ -220,6 +226,43 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Action::PrepareSource { dry_run } => {
+            if let Err(e) = config.require_source() {
+                return config_errors(&e.into());
+            }
+            run_service(config, move |config, _shutdown| async move {
+                // Shown before anything changes: the statements are read first, then run.
+                let planned = ferry_exporter::prepare_source(&config, true)
+                    .await
+                    .map_err(boxed)?;
+                if planned.is_empty() {
+                    println!("the source needs no change: every selected table has REPLICA IDENTITY FULL");
+                    return Ok(());
+                }
+                println!(
+                    "{} on the source ({} table{}):",
+                    if dry_run { "would run" } else { "running" },
+                    planned.len(),
+                    if planned.len() == 1 { "" } else { "s" }
+                );
+                for (_, statement) in &planned {
+                    println!("  {statement};");
+                }
+                if dry_run {
+                    println!("nothing was changed (--dry-run)");
+                    return Ok(());
+                }
+                let done = ferry_exporter::prepare_source(&config, false)
+                    .await
+                    .map_err(boxed)?;
+                println!(
+                    "done: {} table{} changed",
+                    done.len(),
+                    if done.len() == 1 { "" } else { "s" }
+                );
+                Ok(())
+            })
+        }
         Action::NotAvailable => ExitCode::from(2),
     }
 }
@@ -233,6 +276,7 @@ fn action(verb: &Verb) -> Result<Action, String> {
                     from:
                         ExportFrom::From {
                             database: ExportDatabase::Source,
+                            ..
                         },
                 },
         } => Action::Export(Stream::Source),
@@ -242,12 +286,13 @@ fn action(verb: &Verb) -> Result<Action, String> {
                     from:
                         ExportFrom::From {
                             database: ExportDatabase::Target,
+                            ..
                         },
                 },
         } => Action::Export(Stream::Target),
         Verb::Import {
             what: Import::Data {
-                to: ImportTo::To { database },
+                to: ImportTo::To { database, .. },
             },
         } => match database {
             Database::Target => Action::Import(Destination::Target),
@@ -367,6 +412,9 @@ fn action(verb: &Verb) -> Result<Action, String> {
         }),
         Verb::Coordinator => Action::Coordinator,
         Verb::AnalyzeSchema => Action::AnalyzeSchema,
+        Verb::Prepare {
+            what: Prepare::Source { dry_run },
+        } => Action::PrepareSource { dry_run: *dry_run },
         Verb::Config {
             what: ConfigVerb::Check,
         } => Action::ConfigCheck,

@@ -22,6 +22,11 @@ pub enum Verb {
     },
     /// Analyze the source schema for problems before migrating
     AnalyzeSchema,
+    /// Make the changes the exporter needs on a database (after showing them)
+    Prepare {
+        #[command(subcommand)]
+        what: Prepare,
+    },
     /// Import the schema or data into a database
     Import {
         #[command(subcommand)]
@@ -82,6 +87,17 @@ pub enum Verb {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum Prepare {
+    /// Set REPLICA IDENTITY FULL on every selected source table (and partition) that
+    /// lacks it: prints each ALTER TABLE, then runs it; --dry-run only prints
+    Source {
+        /// Print the statements without running them
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Export {
     /// Export the source schema as SQL
     Schema,
@@ -94,11 +110,58 @@ pub enum Export {
 
 #[derive(Debug, Subcommand)]
 pub enum ExportFrom {
-    /// The database to export from
+    /// Run the exporter of a database in this process: snapshot, then every change, to
+    /// Kafka
+    #[command(long_about = EXPORT_DATA_HELP)]
     From {
+        /// source: before cutover; target: after a cutover to target prepared for
+        /// fall-back or fall-forward (until then it waits on standby)
         #[arg(value_enum)]
         database: ExportDatabase,
+        #[command(flatten)]
+        voyager: ExportFlags,
     },
+}
+
+const EXPORT_DATA_HELP: &str = "\
+Runs the exporter of one database in this process.
+
+From source: checks the source first (primary keys, replica identity, column types,
+wal_level; every problem at once, each with its fix), creates the publication and the
+replication slot, copies a consistent snapshot of every selected table, then streams
+every committed change to Kafka, one topic per table, each event stamped with a VSN.
+From target: waits on standby until a cutover to target prepared for fall-back or
+fall-forward completes, then streams the target's changes (no snapshot).
+
+What it waits for: the databases and the broker (it retries while they are
+unreachable, saying so); with exporter.snapshot_max_lead, importers that fall too far
+behind the snapshot.
+
+Stopping and resuming: Ctrl-C or SIGTERM finishes in-flight work and saves the
+checkpoint; run the same command again and it resumes from there, with no change lost
+or doubled (a kill -9 is safe too). A cutover stops it by itself once it has exported
+everything committed before the cutover; `ferry end migration` stops it for good.
+
+The flags below are shortcuts for settings, as YugabyteDB Voyager users type them; each
+overrides the configuration file like --set does.";
+
+/// Voyager's flags of `export data`, each a shortcut for a setting.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExportFlags {
+    /// What to export: snapshot-and-changes, snapshot-only or changes-only
+    /// (exporter.export_type)
+    #[arg(long, value_name = "TYPE")]
+    pub export_type: Option<String>,
+    /// Only these tables, comma-separated patterns (migration.include_tables)
+    #[arg(long, value_name = "TABLES")]
+    pub table_list: Option<String>,
+    /// Leave these tables out, comma-separated patterns (migration.exclude_tables)
+    #[arg(long, value_name = "TABLES")]
+    pub exclude_table_list: Option<String>,
+    /// Tables (or chunks of one table) read in parallel during the snapshot
+    /// (exporter.snapshot_workers)
+    #[arg(long, value_name = "N")]
+    pub parallel_jobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,11 +187,46 @@ pub enum Import {
 
 #[derive(Debug, Subcommand)]
 pub enum ImportTo {
-    /// The database to import into
+    /// Run an importer of a database in this process: applies a stream exactly once
+    #[command(long_about = IMPORT_DATA_HELP)]
     To {
+        /// target: the source stream, from the start; source-replica: the source
+        /// stream, then the target stream after a fall-forward cutover; source: the
+        /// target stream after a fall-back cutover (until then it waits on standby)
         #[arg(value_enum)]
         database: Database,
+        #[command(flatten)]
+        voyager: ImportFlags,
     },
+}
+
+const IMPORT_DATA_HELP: &str = "\
+Runs one importer of a database in this process: it consumes a stream in its consumer
+group and applies every event exactly once, writing its positions in the destination in
+the same transaction as the rows. Run it on several machines (or several times) to
+scale out: the replicas share the stream's partitions.
+
+What it waits for: the stream's topics (before the exporter made them), the cutover
+that gives it a stream (the source importer, before a fall-back cutover), the
+databases and the broker (it retries while they are unreachable).
+
+Stopping and resuming: Ctrl-C or SIGTERM finishes the batch in flight and exits; run
+the same command again and it resumes from the positions stored in the destination
+(a kill -9 is safe too). It follows the cutovers by itself and stops when the migration
+ends.
+
+The flags below are shortcuts for settings, as YugabyteDB Voyager users type them; each
+overrides the configuration file like --set does.";
+
+/// Voyager's flags of `import data`, each a shortcut for a setting.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ImportFlags {
+    /// Apply tasks in this process, each with its own connection (importer.workers)
+    #[arg(long, value_name = "N")]
+    pub parallel_jobs: Option<u32>,
+    /// Rows per destination transaction (importer.batch_rows)
+    #[arg(long, value_name = "ROWS")]
+    pub batch_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,7 +247,8 @@ pub enum Initiate {
 
 #[derive(Debug, Subcommand)]
 pub enum CutoverTo {
-    /// The database to cut over to
+    /// Ask the coordinator to switch the application to another database
+    #[command(long_about = CUTOVER_HELP)]
     To {
         #[arg(value_enum)]
         database: Database,
@@ -161,6 +260,23 @@ pub enum CutoverTo {
         prepare_for_fall_forward: bool,
     },
 }
+
+const CUTOVER_HELP: &str = "\
+Records a cutover request with the coordinator and returns; `ferry cutover status`
+follows it step by step.
+
+To target: stop the application's writes to the source first. The source exporter
+exports everything committed up to now and stops; the importers of the source stream
+drain to its last event; the target's sequences are set; with --prepare-for-fall-back
+or --prepare-for-fall-forward (or migration.workflow in the configuration) the target
+exporter starts and the source (or source-replica) importer follows the target. Then the
+status is COMPLETED: move the application to the target.
+To source-replica / to source: the same drain on the target stream, after a cutover to
+target prepared for it.
+
+What it waits for: the exporter and the importers of the stream must be running
+(`ferry cutover status` names the one it waits for). Repeating the request is harmless;
+a cutover cannot be undone, only followed by the next one.";
 
 #[derive(Debug, Subcommand)]
 pub enum Cutover {
@@ -300,6 +416,47 @@ impl Database {
 }
 
 impl Verb {
+    /// The `--set key=value` overrides that the verb's Voyager-style flags stand for.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            Verb::Export {
+                what:
+                    Export::Data {
+                        from: ExportFrom::From { voyager, .. },
+                    },
+            } => {
+                if let Some(t) = &voyager.export_type {
+                    out.push(format!("exporter.export_type={t}"));
+                }
+                if let Some(t) = &voyager.table_list {
+                    out.push(format!("migration.include_tables={}", toml_list(t)));
+                }
+                if let Some(t) = &voyager.exclude_table_list {
+                    out.push(format!("migration.exclude_tables={}", toml_list(t)));
+                }
+                if let Some(n) = voyager.parallel_jobs {
+                    out.push(format!("exporter.snapshot_workers={n}"));
+                }
+            }
+            Verb::Import {
+                what:
+                    Import::Data {
+                        to: ImportTo::To { voyager, .. },
+                    },
+            } => {
+                if let Some(n) = voyager.parallel_jobs {
+                    out.push(format!("importer.workers={n}"));
+                }
+                if let Some(n) = voyager.batch_size {
+                    out.push(format!("importer.batch_rows={n}"));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
     /// The words of the command as typed, for messages: `ferry import data to source`.
     pub fn phrase(&self) -> String {
         let words = match self {
@@ -309,7 +466,7 @@ impl Verb {
             Verb::Export {
                 what:
                     Export::Data {
-                        from: ExportFrom::From { database },
+                        from: ExportFrom::From { database, .. },
                     },
             } => format!(
                 "export data from {}",
@@ -319,13 +476,16 @@ impl Verb {
                 }
             ),
             Verb::AnalyzeSchema => "analyze-schema".to_owned(),
+            Verb::Prepare {
+                what: Prepare::Source { .. },
+            } => "prepare source".to_owned(),
             Verb::Import {
                 what: Import::Schema { .. },
             } => "import schema".to_owned(),
             Verb::Import {
                 what:
                     Import::Data {
-                        to: ImportTo::To { database },
+                        to: ImportTo::To { database, .. },
                     },
             } => format!("import data to {}", database.name()),
             Verb::Initiate {
@@ -355,4 +515,15 @@ impl Verb {
         };
         format!("ferry {words}")
     }
+}
+
+/// `a, b` as a TOML array of strings: `["a", "b"]`.
+fn toml_list(csv: &str) -> String {
+    let items: Vec<String> = csv
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", items.join(", "))
 }

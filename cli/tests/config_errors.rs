@@ -179,3 +179,109 @@ fn verbs_not_built_yet_say_so() {
     );
     assert!(output.stdout.is_empty());
 }
+
+/// Runs `ferry --config <file> ARGS` (any verb) with no FERRY_* variables.
+fn ferry(config_text: &str, args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FERRY_") {
+            command.env_remove(name);
+        }
+    }
+    command.arg("--config").arg(&path).args(args);
+    command.output().unwrap()
+}
+
+#[test]
+fn the_data_verbs_explain_what_they_do_wait_for_and_how_to_stop_and_resume() {
+    for verb in [
+        &["export", "data", "from", "source", "--help"][..],
+        &["import", "data", "to", "target", "--help"][..],
+        &["initiate", "cutover", "to", "target", "--help"][..],
+    ] {
+        let output = ferry(GOOD, verb);
+        assert!(output.status.success(), "{verb:?}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for words in ["What it waits for", "ferry cutover status"] {
+            if verb[0] == "initiate" || words == "What it waits for" {
+                assert!(
+                    help.contains(words),
+                    "{verb:?} help lacks {words:?}:\n{help}"
+                );
+            }
+        }
+        if verb[0] != "initiate" {
+            assert!(
+                help.contains("Stopping and resuming") && help.contains("resumes"),
+                "{verb:?}:\n{help}"
+            );
+        }
+    }
+    let help = String::from_utf8_lossy(
+        &ferry(GOOD, &["export", "data", "from", "source", "--help"]).stdout,
+    )
+    .into_owned();
+    for flag in [
+        "--export-type",
+        "--table-list",
+        "--exclude-table-list",
+        "--parallel-jobs",
+    ] {
+        assert!(help.contains(flag), "export help lacks {flag}:\n{help}");
+    }
+    let help =
+        String::from_utf8_lossy(&ferry(GOOD, &["import", "data", "to", "target", "--help"]).stdout)
+            .into_owned();
+    for flag in ["--parallel-jobs", "--batch-size"] {
+        assert!(help.contains(flag), "import help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn voyager_flags_override_the_file_like_set_and_name_the_setting_when_wrong() {
+    // Each flag lands in its setting: a bad value is reported under the setting's name,
+    // before anything connects.
+    for (args, setting) in [
+        (
+            &[
+                "export",
+                "data",
+                "from",
+                "source",
+                "--export-type",
+                "everything",
+            ][..],
+            "exporter.export_type",
+        ),
+        (
+            &["export", "data", "from", "source", "--parallel-jobs", "0"][..],
+            "exporter.snapshot_workers",
+        ),
+        (
+            &["import", "data", "to", "target", "--parallel-jobs", "0"][..],
+            "importer.workers",
+        ),
+        (
+            &["import", "data", "to", "target", "--batch-size", "0"][..],
+            "importer.batch_rows",
+        ),
+    ] {
+        let output = ferry(GOOD, args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains(setting), "{args:?}: {err}");
+    }
+    // The flag wins over the file.
+    let text = GOOD.replace(
+        "[kafka]",
+        "[exporter]\nexport_type = \"snapshot-only\"\n[kafka]",
+    );
+    let output = ferry(
+        &text,
+        &["export", "data", "from", "source", "--export-type", "bogus"],
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("\"bogus\""));
+}
