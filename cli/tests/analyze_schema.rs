@@ -1,6 +1,7 @@
 //! `ferry analyze-schema` against a real source: a table with a column type that cannot
 //! round-trip gives one clear error naming schema.table.column and the type, and a
-//! non-zero exit; a ready source gives the per-table report and exit 0.
+//! non-zero exit; a ready source gives the per-table report and exit 0. `ferry prepare
+//! source` shows, then makes, exactly the replica identity changes the check asks for.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
@@ -17,6 +18,12 @@ async fn source_with(sql: &str) -> String {
 }
 
 fn analyze(db: &str) -> Output {
+    ferry(db, &["analyze-schema"])
+}
+
+/// Runs `ferry ARGS` with a configuration whose databases are all `db` on the source
+/// cluster.
+fn ferry(db: &str, args: &[&str]) -> Output {
     let stack = Stack::get();
     let listen = format!("127.0.0.1:{}", free_port());
     let text = stack.config_toml(&unique_name("analyze"), db, db, db, &listen);
@@ -32,7 +39,7 @@ fn analyze(db: &str) -> Output {
     command
         .arg("--config")
         .arg(&path)
-        .arg("analyze-schema")
+        .args(args)
         .output()
         .unwrap()
 }
@@ -89,4 +96,61 @@ async fn a_ready_source_gets_its_report() {
         "{stdout}"
     );
     assert!(stdout.contains("array of string"), "{stdout}");
+}
+
+#[tokio::test]
+async fn prepare_source_shows_then_applies_exactly_the_replica_identity_changes() {
+    let db = source_with(
+        r#"CREATE TABLE plain (id int PRIMARY KEY, note text);
+           CREATE SCHEMA "Shop";
+           CREATE TABLE "Shop"."Order Lines" ("Id" int PRIMARY KEY);
+           ALTER TABLE "Shop"."Order Lines" REPLICA IDENTITY FULL;
+           CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+           CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');"#,
+    )
+    .await;
+    // Not ready before: the check names every table without FULL.
+    let before = analyze(&db);
+    assert_eq!(before.status.code(), Some(1));
+
+    let dry = ferry(&db, &["prepare", "source", "--dry-run"]);
+    let out = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        dry.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let statements: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ALTER"))
+        .collect();
+    assert_eq!(
+        statements,
+        vec![
+            r#"  ALTER TABLE "public"."events" REPLICA IDENTITY FULL;"#,
+            r#"  ALTER TABLE "public"."events_2026" REPLICA IDENTITY FULL;"#,
+            r#"  ALTER TABLE "public"."plain" REPLICA IDENTITY FULL;"#,
+        ],
+        "{out}"
+    );
+    assert!(out.contains("nothing was changed"), "{out}");
+    // Still not ready: --dry-run changed nothing.
+    assert_eq!(analyze(&db).status.code(), Some(1));
+
+    let run = ferry(&db, &["prepare", "source"]);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.contains("done: 3 tables changed"), "{out}");
+    let after = analyze(&db);
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    let again = ferry(&db, &["prepare", "source"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("needs no change"));
 }

@@ -168,7 +168,10 @@ pub async fn preflight(
                             "table {name} has replica identity {}, Ferry needs FULL to send unchanged TOAST values and old rows",
                             identity_name(table.replica_identity)
                         ),
-                        fix: format!("run ALTER TABLE {} REPLICA IDENTITY FULL", table.qualified()),
+                        fix: format!(
+                            "run ALTER TABLE {} REPLICA IDENTITY FULL (ferry prepare source does it for every table that needs it)",
+                            table.qualified()
+                        ),
                     });
                 }
                 // Partitions of a partitioned table carry their own replica identity.
@@ -189,7 +192,7 @@ pub async fn preflight(
                             table
                         ),
                         fix: format!(
-                            "run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                            "run ALTER TABLE {}.{} REPLICA IDENTITY FULL (ferry prepare source does it for every table that needs it)",
                             catalog::quote_ident(&schema),
                             catalog::quote_ident(&name)
                         ),
@@ -224,20 +227,20 @@ fn identity_name(c: char) -> &'static str {
     }
 }
 
-/// Sets REPLICA IDENTITY FULL on every selected table in `schemas`, and on each of its
-/// partitions, that lacks it; returns them (`schema.table`). Only for a database that
-/// only Ferry writes (the target before its stream starts).
-pub async fn set_replica_identity_full(
+/// The `ALTER TABLE .. REPLICA IDENTITY FULL` statements that every selected table in
+/// `schemas`, and each of its partitions, lacks (the table itself first, then its
+/// partitions), as `(schema.table, statement)`.
+pub async fn replica_identity_statements(
     client: &Client,
     migration: &MigrationConfig,
     schemas: &[String],
-) -> Result<Vec<String>, crate::Error> {
+) -> Result<Vec<(String, String)>, crate::Error> {
     let names: Vec<TableName> = catalog::list_tables(client, schemas)
         .await?
         .into_iter()
         .filter(|t| migration.selects(&t.schema, &t.name))
         .collect();
-    let mut changed = Vec::new();
+    let mut out = Vec::new();
     for name in names {
         let qualified = format!(
             "{}.{}",
@@ -260,25 +263,37 @@ pub async fn set_replica_identity_full(
             .map_err(|e| crate::Error::sql(format!("reading the replica identity of {name}"), e))?;
         for row in rows {
             let (schema, table): (String, String) = (row.get(0), row.get(1));
-            client
-                .batch_execute(&format!(
+            out.push((
+                format!("{schema}.{table}"),
+                format!(
                     "ALTER TABLE {}.{} REPLICA IDENTITY FULL",
                     catalog::quote_ident(&schema),
                     catalog::quote_ident(&table)
-                ))
-                .await
-                .map_err(|e| {
-                    crate::Error::sql(
-                        format!("setting REPLICA IDENTITY FULL on {schema}.{table}"),
-                        e,
-                    )
-                })?;
-            tracing::info!(
-                table = %format!("{schema}.{table}"),
-                "set REPLICA IDENTITY FULL on the target table (its change stream needs whole old rows)"
-            );
-            changed.push(format!("{schema}.{table}"));
+                ),
+            ));
         }
+    }
+    Ok(out)
+}
+
+/// Sets REPLICA IDENTITY FULL on every selected table in `schemas`, and on each of its
+/// partitions, that lacks it; returns them (`schema.table`). Only for a database that
+/// only Ferry writes (the target before its stream starts).
+pub async fn set_replica_identity_full(
+    client: &Client,
+    migration: &MigrationConfig,
+    schemas: &[String],
+) -> Result<Vec<String>, crate::Error> {
+    let mut changed = Vec::new();
+    for (table, statement) in replica_identity_statements(client, migration, schemas).await? {
+        client.batch_execute(&statement).await.map_err(|e| {
+            crate::Error::sql(format!("setting REPLICA IDENTITY FULL on {table}"), e)
+        })?;
+        tracing::info!(
+            table = %table,
+            "set REPLICA IDENTITY FULL on the target table (its change stream needs whole old rows)"
+        );
+        changed.push(table);
     }
     Ok(changed)
 }

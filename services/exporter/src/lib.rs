@@ -255,6 +255,29 @@ pub async fn analyze(config: &Config) -> Result<Vec<ferry_shared::catalog::Table
     preflight(&client, config, &source, &slot).await
 }
 
+/// What `ferry prepare source` changes on the source: the `ALTER TABLE .. REPLICA
+/// IDENTITY FULL` statements the preflight asks for, as `(schema.table, statement)`,
+/// each run (in this order) unless `dry_run`. Running it again finds nothing to do.
+pub async fn prepare_source(
+    config: &Config,
+    dry_run: bool,
+) -> Result<Vec<(String, String)>, Error> {
+    let source = config.require_source()?.clone();
+    let (client, connection) = source.connect().await.map_err(Error::Connect)?;
+    let _connection = AbortOnDrop(connection);
+    let statements =
+        check::replica_identity_statements(&client, &config.migration, &source.schemas).await?;
+    if !dry_run {
+        for (table, statement) in &statements {
+            client
+                .batch_execute(statement)
+                .await
+                .map_err(|e| Error::sql(format!("setting REPLICA IDENTITY FULL on {table}"), e))?;
+        }
+    }
+    Ok(statements)
+}
+
 /// Tables (schema, name) with a unique or exclusion constraint besides the primary key.
 async fn totally_ordered_tables(
     client: &Client,

@@ -56,9 +56,9 @@ async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
     let expect = [
         format!("role {role} may not use replication; run ALTER ROLE \"{role}\" REPLICATION"),
         "table public.nokey has no primary key; add one or list the table in migration.exclude_tables".to_owned(),
-        "table public.plain has replica identity DEFAULT, Ferry needs FULL to send unchanged TOAST values and old rows; run ALTER TABLE \"public\".\"plain\" REPLICA IDENTITY FULL".to_owned(),
+        "table public.plain has replica identity DEFAULT, Ferry needs FULL to send unchanged TOAST values and old rows; run ALTER TABLE \"public\".\"plain\" REPLICA IDENTITY FULL (ferry prepare source does it for every table that needs it)".to_owned(),
         "column public.odd.r has type regclass, which Ferry cannot move; regclass values are object identifiers".to_owned(),
-        "partition public.parted_1 of table public.parted does not have replica identity FULL; run ALTER TABLE \"public\".\"parted_1\" REPLICA IDENTITY FULL".to_owned(),
+        "partition public.parted_1 of table public.parted does not have replica identity FULL; run ALTER TABLE \"public\".\"parted_1\" REPLICA IDENTITY FULL (ferry prepare source does it for every table that needs it)".to_owned(),
         // A table with an unsupported column still gets its other problems reported.
         "column public.worse.t has type regtype, which Ferry cannot move".to_owned(),
         "table public.worse has no primary key".to_owned(),
