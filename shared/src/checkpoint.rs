@@ -208,8 +208,13 @@ pub struct ImporterHeartbeat {
     pub rate_3m: f64,
     /// See `rate_3m`.
     pub rate_10m: f64,
-    /// Records left in this process's partitions (upper bound).
+    /// Records the group has left to apply: the topics' ends minus the positions stored
+    /// in the destination, over every partition of the stream (upper bound); what this
+    /// process's own partitions have left when the group's could not be read.
     pub remaining: i64,
+    /// Partitions this process holds now (0: the group gave it none, it applies nothing).
+    #[serde(default)]
+    pub partitions_held: u32,
     /// Stored positions of this process's partitions.
     pub positions: Vec<PartitionPosition>,
     /// When sent, milliseconds since the epoch.

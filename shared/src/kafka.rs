@@ -275,6 +275,34 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, Error> {
         .unwrap_or(0))
 }
 
+/// [`watermarks`] of each of `topics`, with one client; a topic that does not exist has
+/// none.
+pub async fn watermarks_of(
+    config: &ClientConfig,
+    topics: &[String],
+) -> Result<HashMap<String, Vec<(i64, i64)>>, Error> {
+    let config = config.clone();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer = read_consumer(&config)?;
+        let mut out = HashMap::with_capacity(topics.len());
+        for topic in topics {
+            let n = partition_count(&consumer, &topic)?;
+            let marks = (0..n)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, TIMEOUT)
+                        .map_err(|e| Error::new(format!("reading watermarks of {topic}[{p}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.insert(topic, marks);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::msg(format!("watermark task failed: {e}")))?
+}
+
 /// `(low, high)` watermarks of every partition of `topic`, by partition number; empty
 /// when the topic does not exist.
 pub async fn watermarks(config: &ClientConfig, topic: &str) -> Result<Vec<(i64, i64)>, Error> {

@@ -329,6 +329,7 @@ impl Importer {
             &self.group,
             total,
             Vec::new(),
+            None,
             phase,
             self.stream.map(Stream::as_str),
         );
@@ -531,6 +532,51 @@ impl Importer {
         }
     }
 
+    /// What the whole group has left: every partition's end minus the position stored in
+    /// the destination by whichever replica applied it (the log start for a partition
+    /// none applied yet), over the topics the group has positions in or this process
+    /// holds. `None` when the positions or the ends cannot be read now.
+    async fn group_remaining(&self, parts: &HashMap<(String, i32), Part>) -> Option<i64> {
+        let rows = self
+            .client
+            .query(
+                "SELECT topic, partition, next_offset FROM ferry_metadata.positions \
+                 WHERE consumer_group = $1",
+                &[&self.group],
+            )
+            .await
+            .ok()?;
+        let mut stored: HashMap<(String, i32), i64> = rows
+            .iter()
+            .map(|r| {
+                (
+                    (r.get::<_, String>(0), r.get::<_, i32>(1)),
+                    r.get::<_, i64>(2),
+                )
+            })
+            .collect();
+        for ((topic, partition), p) in parts {
+            stored.insert((topic.clone(), *partition), p.stored_next);
+        }
+        let mut topics: Vec<String> = stored.keys().map(|(t, _)| t.clone()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let ends = ferry_shared::kafka::watermarks_of(&self.kafka, &topics)
+            .await
+            .ok()?;
+        let mut remaining = 0i64;
+        for (topic, marks) in &ends {
+            for (partition, (low, high)) in marks.iter().enumerate() {
+                let at = i32::try_from(partition)
+                    .ok()
+                    .and_then(|p| stored.get(&(topic.clone(), p)).copied())
+                    .unwrap_or(*low);
+                remaining += (high - at).max(0);
+            }
+        }
+        Some(remaining)
+    }
+
     /// Shows the metrics and sends a heartbeat.
     async fn report(&mut self, parts: &HashMap<(String, i32), Part>) {
         let total: i64 = match self
@@ -555,11 +601,13 @@ impl Importer {
             })
             .collect();
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let group_remaining = self.group_remaining(parts).await;
         let beat = self.progress.report(
             &self.dest_name,
             &self.group,
             total,
             positions,
+            group_remaining,
             "applying",
             self.stream.map(Stream::as_str),
         );

@@ -3,9 +3,12 @@
 //! remaining events, estimated time to catch up), refreshed in place on a terminal and a
 //! log line otherwise; and heartbeats with positions to `<prefix>._status`.
 //!
-//! Remaining events are the assigned partitions' high watermarks minus their stored
-//! positions: with transactional producers the control markers count too, so the figure
-//! is an upper bound that reaches 0 when the importer has caught up.
+//! Remaining events are the group's: every partition's high watermark minus the position
+//! stored in the destination (by any replica), over the stream's topics, so an instance
+//! that holds few or no partitions never reports the group as caught up. With
+//! transactional producers the control markers count too, so the figure is an upper
+//! bound that reaches 0 when the group has caught up. The line and the heartbeat also say
+//! how many partitions this instance holds.
 
 use std::collections::HashMap;
 
@@ -57,20 +60,23 @@ impl Progress {
         self.rates.record(Instant::now(), self.this_run);
     }
 
-    /// Shows the metrics and returns the heartbeat to send.
+    /// Shows the metrics and returns the heartbeat to send. `group_remaining` is what
+    /// the whole group has left (see the module doc), when it could be read.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn report(
         &mut self,
         destination: &str,
         group: &str,
         total_imported: i64,
         positions: Vec<PartitionPosition>,
+        group_remaining: Option<i64>,
         phase: &str,
         stream: Option<&str>,
     ) -> ImporterHeartbeat {
         self.sample();
         let rate_3m = self.rates.per_second(Duration::from_secs(180));
         let rate_10m = self.rates.per_second(Duration::from_secs(600));
-        let remaining: i64 = positions
+        let own: i64 = positions
             .iter()
             .map(|p| {
                 self.highs
@@ -78,7 +84,13 @@ impl Progress {
                     .map_or(0, |h| (h - p.next_offset).max(0))
             })
             .sum();
-        let eta = if remaining == 0 {
+        let remaining = group_remaining.unwrap_or(own);
+        let held = positions.len();
+        let eta = if phase != "applying" {
+            phase.to_owned()
+        } else if held == 0 {
+            "none here: this instance holds no partitions".to_owned()
+        } else if remaining == 0 {
             "caught up".to_owned()
         } else if rate_3m > 0.0 {
             duration(Duration::from_secs_f64(remaining as f64 / rate_3m))
@@ -103,7 +115,8 @@ impl Progress {
                     format!("{rate_10m:.0} events/s"),
                 ),
                 ("time taken", taken.clone()),
-                ("remaining events", remaining.to_string()),
+                ("partitions held", held.to_string()),
+                ("remaining events (group)", remaining.to_string()),
                 ("estimated time to catch up", eta.clone()),
             ];
             let _ = writeln!(err, "import to {destination} ({group})");
@@ -118,6 +131,7 @@ impl Progress {
                 rate_3m = format!("{rate_3m:.0}/s"),
                 rate_10m = format!("{rate_10m:.0}/s"),
                 time_taken = %taken,
+                partitions = held,
                 remaining,
                 eta = %eta,
                 snapshot_rows_binary_copy = self.binary_copy_rows,
@@ -137,6 +151,7 @@ impl Progress {
             rate_3m,
             rate_10m,
             remaining,
+            partitions_held: u32::try_from(held).unwrap_or(u32::MAX),
             positions,
             ts_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -163,5 +178,58 @@ pub(crate) fn send_heartbeat(producer: &FutureProducer, topic: &str, beat: &Impo
     let key = importer_heartbeat_key(&beat.destination, &beat.instance);
     if let Err((e, _)) = producer.send_result(FutureRecord::to(topic).key(&key).payload(&json)) {
         tracing::debug!(error = %e, "heartbeat not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(partition: i32, next_offset: i64) -> PartitionPosition {
+        PartitionPosition {
+            topic: "t".into(),
+            partition,
+            next_offset,
+            last_vsn: 0,
+        }
+    }
+
+    #[test]
+    fn an_instance_without_partitions_reports_the_group_s_backlog_never_caught_up() {
+        let mut p = Progress::new();
+        let beat = p.report(
+            "target",
+            "g",
+            10,
+            Vec::new(),
+            Some(436_636),
+            "applying",
+            Some("source"),
+        );
+        assert_eq!(beat.partitions_held, 0);
+        assert_eq!(beat.remaining, 436_636);
+        // Caught up or not, an instance that holds nothing says so.
+        let beat = p.report(
+            "target",
+            "g",
+            10,
+            Vec::new(),
+            Some(0),
+            "applying",
+            Some("source"),
+        );
+        assert_eq!((beat.partitions_held, beat.remaining), (0, 0));
+    }
+
+    #[test]
+    fn remaining_is_the_group_s_when_known_and_this_instance_s_otherwise() {
+        let mut p = Progress::new();
+        p.highs.insert(("t".into(), 0), 100);
+        p.highs.insert(("t".into(), 1), 50);
+        let held = vec![position(0, 90), position(1, 50)];
+        let beat = p.report("target", "g", 0, held.clone(), Some(500), "applying", None);
+        assert_eq!((beat.partitions_held, beat.remaining), (2, 500));
+        let beat = p.report("target", "g", 0, held, None, "applying", None);
+        assert_eq!(beat.remaining, 10);
     }
 }

@@ -440,6 +440,7 @@ async fn snapshot_then_changes_apply_exactly_once_and_duplicates_are_skipped() -
             (key.starts_with("importer.target.")
                 && beat.total_imported == want
                 && beat.remaining == 0
+                && beat.partitions_held == 4
                 && beat.positions.len() == 4)
                 .then_some(())
         }))
