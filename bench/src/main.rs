@@ -35,6 +35,7 @@ enum Only {
     Snapshot,
     Cdc,
     Single,
+    Status,
 }
 
 /// Measures Ferry against PostgreSQL references on the local stack.
@@ -58,7 +59,10 @@ struct Args {
     /// Sessions writing the single-row load.
     #[arg(long, default_value_t = 2)]
     single_connections: i64,
-    /// Run only this phase (repeatable); default: all three.
+    /// Tables of the status phase (the latency of `ferry cutover status`).
+    #[arg(long, default_value_t = 100)]
+    status_tables: usize,
+    /// Run only this phase (repeatable); default: all four.
     #[arg(long, value_enum)]
     only: Vec<Only>,
     /// Snapshot diagnosis: run the exporter alone until every row is in Kafka, then the
@@ -228,6 +232,12 @@ async fn run(args: &Args, services: &Runtimes) -> Report {
         {
             Ok(r) => report.single = Some(r),
             Err(e) => report.errors.push(format!("single: {e:#}")),
+        }
+    }
+    if wants(Only::Status) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
+        match phases::status(&ctx, args.status_tables).await {
+            Ok(r) => report.status = Some(r),
+            Err(e) => report.errors.push(format!("status: {e:#}")),
         }
     }
     report.machine.load_after = report::load_average();

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::phases::{CdcResult, SingleResult, SnapshotResult};
+use crate::phases::{CdcResult, SingleResult, SnapshotResult, StatusResult};
 use crate::usage::Usage;
 
 /// One line of the table.
@@ -25,6 +25,7 @@ pub struct Report {
     pub snapshot: Option<SnapshotResult>,
     pub cdc: Option<CdcResult>,
     pub single: Option<SingleResult>,
+    pub status: Option<StatusResult>,
     pub lines: Vec<Line>,
     /// Phases that failed, with the reason; any entry fails the run.
     pub errors: Vec<String>,
@@ -270,6 +271,20 @@ impl Report {
                 Some(true),
             );
             self.single = Some(s);
+        }
+        if let Some(s) = self.status.take() {
+            self.line(
+                &format!(
+                    "cutover status: GET /api/status p50 / p99 ({} tables, {} requests)",
+                    s.tables, s.requests
+                ),
+                format!("{:.1} / {:.1} ms", s.p50_ms, s.p99_ms),
+                format!("a fresh measurement {:.0} ms", s.fresh_p50_ms),
+                Some(s.p50_ms / s.fresh_p50_ms),
+                "p99 ≤ 250 ms",
+                Some(s.p99_ms <= 250.0),
+            );
+            self.status = Some(s);
         }
         for e in self.errors.clone() {
             self.line("FAILED", e, String::new(), None, "", Some(false));

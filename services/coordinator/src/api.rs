@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `GET /api/status` | [`crate::positions::Status`]: the MSR, streams, importer groups |
+//! | `GET /api/status` | [`crate::positions::Status`]: the MSR, streams, importer groups, as last measured (at most about a second old: `at_ms`); `?fresh=true` measures now |
 //! | `POST /api/cutover` | [`CutoverRequest`] → the MSR, or 409 `{"error": ...}` with the reason |
 //! | `GET /api/report` | [`crate::report::Report`] |
 //! | `POST /api/end` | [`EndRequest`] → [`crate::end::EndReport`] |
@@ -33,7 +33,20 @@ pub fn router(m: Arc<Migration>) -> Router {
         .with_state(m)
 }
 
-async fn status(State(m): State<Arc<Migration>>) -> Response {
+/// `?fresh=true`: measure now instead of answering with the last measurement.
+#[derive(Debug, Default, serde::Deserialize)]
+struct StatusQuery {
+    #[serde(default)]
+    fresh: bool,
+}
+
+async fn status(
+    State(m): State<Arc<Migration>>,
+    axum::extract::Query(q): axum::extract::Query<StatusQuery>,
+) -> Response {
+    if q.fresh {
+        return Json(positions::measure(&m).await).into_response();
+    }
     Json(positions::status(&m).await).into_response()
 }
 

@@ -80,6 +80,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
         .await
         .map_err(Error::State)?;
     app = app.merge(api::router(m.clone()));
+    tokio::spawn(positions::refresh(m.clone(), shutdown.clone()));
     tokio::spawn(migration::drive(m, shutdown.clone()));
     let listen = config.coordinator.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)

@@ -108,6 +108,9 @@ pub struct Migration {
     write_lock: Mutex<()>,
     /// Heartbeats from `_status`.
     pub heartbeats: watch::Receiver<Option<crate::positions::Heartbeats>>,
+    /// The positions, rates and instances last measured by [`crate::positions::refresh`]
+    /// (what `GET /api/status` serves, with the current MSR).
+    pub(crate) measured: std::sync::RwLock<Option<crate::positions::Status>>,
 }
 
 impl Migration {
@@ -173,6 +176,7 @@ impl Migration {
             msr: Mutex::new(msr.clone()),
             write_lock: Mutex::new(()),
             heartbeats,
+            measured: std::sync::RwLock::new(None),
         });
         if fresh || reconfigured {
             let workflow = msr.workflow;
@@ -410,6 +414,40 @@ impl Migration {
         Ok(())
     }
 
+    /// What the importers of `destination` are doing, for a cutover's `waiting_for`:
+    /// how many run, or that none does and why (the error the last one failed on, or
+    /// when it was last seen), with the command that starts one.
+    fn importer_health(&self, destination: Destination) -> String {
+        let beats = self.heartbeats.borrow().clone().unwrap_or_default();
+        let states = beats
+            .importers
+            .get(destination.as_str())
+            .map(|b| crate::positions::instance_states(b, now_ms()))
+            .unwrap_or_default();
+        let command = format!("ferry import data to {destination}");
+        let running = states
+            .iter()
+            .filter(|s| s.state == "running" || s.state == "standby")
+            .count();
+        if running > 0 {
+            return format!(" ({running} instance(s) of \"{command}\" running)");
+        }
+        match states.first() {
+            Some(s) if s.state == "failed" => format!(
+                "; the {destination} importer {} FAILED at {}: {}; fix that, then run \"{command}\" again (it resumes where it stopped)",
+                s.instance,
+                ferry_shared::state::format_ms(s.last_seen_ms),
+                s.error.as_ref().map_or("(no message)", |e| e.message.as_str())
+            ),
+            Some(s) if s.state == "not seen" => format!(
+                "; the {destination} importer {} has not been seen since {} (killed, or its machine is gone): run \"{command}\"",
+                s.instance,
+                ferry_shared::state::format_ms(s.last_seen_ms)
+            ),
+            _ => format!("; no {destination} importer is running: run \"{command}\""),
+        }
+    }
+
     /// Is `destination`'s importer done with `stream`'s final record? Returns the
     /// number of records it still has to apply.
     async fn left_to_apply(&self, destination: Destination, stream: Stream) -> Result<i64, String> {
@@ -451,7 +489,8 @@ impl Migration {
                 .await?;
             if left > 0 {
                 return Ok(Some(format!(
-                    "the target importer to apply the last {left} event(s) of the source stream (is \"ferry import data to target\" running?)"
+                    "the target importer to apply the last {left} event(s) of the source stream{}",
+                    self.importer_health(Destination::Target)
                 )));
             }
             self.step(
@@ -532,7 +571,8 @@ impl Migration {
                         .await?;
                     if left > 0 {
                         return Ok(Some(format!(
-                            "the source-replica importer to apply the last {left} event(s) of the source stream (is \"ferry import data to source-replica\" running?)"
+                            "the source-replica importer to apply the last {left} event(s) of the source stream{}",
+                            self.importer_health(Destination::SourceReplica)
                         )));
                     }
                 }
@@ -576,7 +616,8 @@ impl Migration {
             let left = self.left_to_apply(to, Stream::Target).await?;
             if left > 0 {
                 return Ok(Some(format!(
-                    "the {to} importer to apply the last {left} event(s) of the target stream (is \"ferry import data to {to}\" running?)"
+                    "the {to} importer to apply the last {left} event(s) of the target stream{}",
+                    self.importer_health(to)
                 )));
             }
             self.step(

@@ -2,10 +2,16 @@
 //! stream the exporter's last VSN and the topics' high watermarks; per importer group
 //! the applied offset and VSN of every partition (read from `ferry_metadata` in its
 //! database, the truth), records remaining, rates from the heartbeats, ETA.
+//!
+//! Measuring reads every topic's ends and every destination's positions: too slow to do
+//! per request with many tables. [`refresh`] measures in the background, one pass after
+//! the other (at most every [`REFRESH_EVERY`]), and [`status`] answers at once with the
+//! last measurement and the current migration status record; `at_ms` says when the
+//! figures were measured.
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_shared::checkpoint::{ExporterHeartbeat, ImporterHeartbeat};
+use ferry_shared::checkpoint::{ExporterHeartbeat, ImporterHeartbeat, ServiceError};
 use ferry_shared::kafka;
 use ferry_shared::state::{now_ms, MigrationStatus};
 use ferry_shared::topics::{Destination, Stream};
@@ -76,6 +82,77 @@ pub struct StreamStatus {
     pub topics: usize,
     /// Sum of the high watermarks of their partitions (records in the stream).
     pub records: i64,
+    /// The exporter's last error (with `exporter_phase` `failed` when it stopped on it),
+    /// until it runs again without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporter_error: Option<ServiceError>,
+}
+
+/// One importer process, as its heartbeats tell.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// `host:pid`.
+    pub instance: String,
+    /// `running`, `standby`, `stopped` (exited cleanly), `failed` (exited on `error`)
+    /// or `not seen` (no heartbeat for a minute: killed, or its machine is gone).
+    pub state: String,
+    /// Its last heartbeat, milliseconds since the epoch.
+    pub last_seen_ms: i64,
+    /// Partitions it held then.
+    pub partitions_held: u32,
+    /// Its last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ServiceError>,
+}
+
+/// How long an instance that stopped, failed or went silent stays listed when no
+/// instance of its group started after it.
+pub const GONE_SHOWN_MS: i64 = 3_600_000;
+
+/// The instances of one importer group worth showing: every live one, and those that
+/// stopped, failed or went silent unless an instance started after them.
+pub fn instance_states(
+    beats: &BTreeMap<String, ImporterHeartbeat>,
+    now: i64,
+) -> Vec<InstanceState> {
+    let live = |h: &ImporterHeartbeat| {
+        now - h.ts_ms < STALE_MS && h.phase != "failed" && h.phase != "stopped"
+    };
+    let newest_start = beats
+        .values()
+        .filter(|h| live(h))
+        .map(|h| h.started_at_ms)
+        .max()
+        .unwrap_or(0);
+    let mut out: Vec<InstanceState> = beats
+        .values()
+        .filter_map(|h| {
+            let state = if live(h) {
+                if h.phase == "standby" {
+                    "standby"
+                } else {
+                    "running"
+                }
+            } else if h.ts_ms < newest_start || now - h.ts_ms > GONE_SHOWN_MS {
+                return None;
+            } else if h.phase == "failed" {
+                "failed"
+            } else if h.phase == "stopped" {
+                "stopped"
+            } else {
+                "not seen"
+            };
+            Some(InstanceState {
+                instance: h.instance.clone(),
+                state: state.to_owned(),
+                last_seen_ms: h.ts_ms,
+                partitions_held: h.partitions_held,
+                error: h.error.clone(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
+    out
 }
 
 /// One importer group.
@@ -87,8 +164,11 @@ pub struct ImporterStatus {
     pub group: String,
     /// The stream the MSR tells it to apply (`None`: waiting or paused).
     pub stream: Option<Stream>,
-    /// Instances with a recent heartbeat.
+    /// Instances with a recent heartbeat that are running.
     pub instances: usize,
+    /// Each instance: running, stopped, failed (with its error) or not seen.
+    #[serde(default)]
+    pub instance_states: Vec<InstanceState>,
     /// Records of its stream not yet applied (high watermarks − stored positions).
     pub remaining: i64,
     /// Highest applied VSN over its partitions.
@@ -116,17 +196,17 @@ pub struct Status {
     pub at_ms: i64,
 }
 
-/// High watermark per (topic, partition) of a stream's table topics.
+/// High watermark per (topic, partition) of a stream's table topics (one client for all).
 async fn highs(m: &Migration, stream: Stream) -> Result<HashMap<(String, i32), i64>, String> {
     let prefix = format!("{}.{}.", m.topics.prefix(), stream);
     let names = kafka::list_topics(m.kafka(), &prefix)
         .await
         .map_err(|e| e.to_string())?;
+    let marks = kafka::watermarks_of(m.kafka(), &names)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
-    for topic in names {
-        let marks = kafka::watermarks(m.kafka(), &topic)
-            .await
-            .map_err(|e| e.to_string())?;
+    for (topic, marks) in marks {
         for (p, (_, high)) in marks.into_iter().enumerate() {
             out.insert((topic.clone(), p as i32), high);
         }
@@ -134,8 +214,41 @@ async fn highs(m: &Migration, stream: Stream) -> Result<HashMap<(String, i32), i
     Ok(out)
 }
 
-/// Computes the status now.
+/// How often [`refresh`] measures at most.
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Measures the status again and again until `shutdown`, keeping the last measurement
+/// for [`status`].
+pub async fn refresh(m: std::sync::Arc<Migration>, mut shutdown: ferry_shared::shutdown::Shutdown) {
+    loop {
+        let started = std::time::Instant::now();
+        let s = measure(&m).await;
+        if let Ok(mut last) = m.measured.write() {
+            *last = Some(s);
+        }
+        let pause = REFRESH_EVERY.saturating_sub(started.elapsed());
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// The status: the last measurement with the current MSR (measured now when there is
+/// none yet).
 pub async fn status(m: &Migration) -> Status {
+    let last = m.measured.read().ok().and_then(|s| s.clone());
+    let mut s = match last {
+        Some(s) => s,
+        None => measure(m).await,
+    };
+    s.migration = m.msr().await;
+    s
+}
+
+/// Measures the status now.
+pub async fn measure(m: &Migration) -> Status {
     let msr = m.msr().await;
     let view = m.view();
     let beats = m.heartbeats.borrow().clone().unwrap_or_default();
@@ -148,6 +261,7 @@ pub async fn status(m: &Migration) -> Status {
         let fin = view.finals.get(&stream);
         let exporter_phase = match (fin, beat) {
             (Some(_), _) => "stopped".to_owned(),
+            (None, Some(b)) if b.phase == "failed" => "failed".to_owned(),
             (None, Some(b)) if now - b.at_ms < STALE_MS => b.phase.clone(),
             _ => "not running".to_owned(),
         };
@@ -175,6 +289,7 @@ pub async fn status(m: &Migration) -> Status {
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
             records: h.values().sum(),
+            exporter_error: beat.and_then(|b| b.error.clone()),
         });
         stream_highs.insert(stream, h);
     }
@@ -189,10 +304,18 @@ pub async fn status(m: &Migration) -> Status {
         }
         let group = m.topics.import_group(destination);
         let stream = msr.importers.get(destination);
-        let live: Vec<&ImporterHeartbeat> = beats
-            .importers
-            .get(destination.as_str())
-            .map(|b| b.values().filter(|h| now - h.ts_ms < STALE_MS).collect())
+        let group_beats = beats.importers.get(destination.as_str());
+        let live: Vec<&ImporterHeartbeat> = group_beats
+            .map(|b| {
+                b.values()
+                    .filter(|h| {
+                        now - h.ts_ms < STALE_MS && h.phase != "failed" && h.phase != "stopped"
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let instance_states = group_beats
+            .map(|b| instance_states(b, now))
             .unwrap_or_default();
         let rate_3m: f64 = live.iter().map(|h| h.rate_3m).sum();
         let rate_10m: f64 = live.iter().map(|h| h.rate_10m).sum();
@@ -201,6 +324,7 @@ pub async fn status(m: &Migration) -> Status {
             group: group.clone(),
             stream,
             instances: live.len(),
+            instance_states,
             remaining: 0,
             applied_vsn: 0,
             rate_3m,
@@ -290,6 +414,45 @@ pub fn metrics(s: &Status) -> String {
         s.importers
             .iter()
             .map(|i| format!("{{destination=\"{}\"}} {}", i.destination, i.remaining))
+            .collect(),
+    );
+    section(
+        "ferry_importer_instances",
+        "Importer processes by state (running, standby, stopped, failed, not seen).",
+        "gauge",
+        s.importers
+            .iter()
+            .flat_map(|i| {
+                ["running", "standby", "stopped", "failed", "not seen"]
+                    .into_iter()
+                    .map(move |state| {
+                        let n = i
+                            .instance_states
+                            .iter()
+                            .filter(|x| x.state == state)
+                            .count();
+                        format!(
+                            "{{destination=\"{}\",state=\"{}\"}} {n}",
+                            i.destination,
+                            state.replace(' ', "_")
+                        )
+                    })
+            })
+            .collect(),
+    );
+    section(
+        "ferry_exporter_failed",
+        "1 when the stream's exporter stopped on a definite error (see cutover status).",
+        "gauge",
+        s.streams
+            .iter()
+            .map(|st| {
+                format!(
+                    "{{stream=\"{}\"}} {}",
+                    st.stream,
+                    u8::from(st.exporter_phase == "failed")
+                )
+            })
             .collect(),
     );
     section(
