@@ -189,6 +189,15 @@ pub fn render_status(s: &Status) -> String {
             st.records,
             st.rate_3m
         );
+        if let Some(e) = &st.exporter_error {
+            let _ = writeln!(
+                out,
+                "          {} error at {}: {}",
+                e.kind,
+                format_ms(e.at_ms),
+                e.message
+            );
+        }
     }
     let _ = writeln!(out, "importers:");
     for i in &s.importers {
@@ -208,6 +217,25 @@ pub fn render_status(s: &Status) -> String {
             i.remaining,
             i.rate_3m
         );
+        for inst in &i.instance_states {
+            let _ = writeln!(
+                out,
+                "    {:<24} {:<9} last seen {}  partitions {}",
+                inst.instance,
+                inst.state,
+                format_ms(inst.last_seen_ms),
+                inst.partitions_held
+            );
+            if let Some(e) = &inst.error {
+                let _ = writeln!(
+                    out,
+                    "      {} error at {}: {}",
+                    e.kind,
+                    format_ms(e.at_ms),
+                    e.message
+                );
+            }
+        }
     }
     out
 }

@@ -151,6 +151,39 @@ mod tests {
     }
 }
 
+/// The last error of a service instance, as its heartbeats carry it: a definite one
+/// (the instance stopped; the message names the object and the fix) or a transient one
+/// (it retries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceError {
+    /// `definite` (stopped until the operator acts) or `transient` (retrying).
+    pub kind: String,
+    /// What happened, the object and what to do (never a password or a row's values).
+    pub message: String,
+    /// When, milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+impl ServiceError {
+    /// A definite error: the instance stops.
+    pub fn definite(message: impl Into<String>) -> Self {
+        ServiceError {
+            kind: "definite".into(),
+            message: message.into(),
+            at_ms: crate::state::now_ms(),
+        }
+    }
+
+    /// A transient error: the instance retries.
+    pub fn transient(message: impl Into<String>) -> Self {
+        ServiceError {
+            kind: "transient".into(),
+            message: message.into(),
+            at_ms: crate::state::now_ms(),
+        }
+    }
+}
+
 /// An exporter's heartbeat in `<prefix>._status` (key: [`heartbeat_key`]), JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExporterHeartbeat {
@@ -160,7 +193,8 @@ pub struct ExporterHeartbeat {
     pub stream: Stream,
     /// `host:pid` of the process.
     pub instance: String,
-    /// `starting`, `snapshot`, `streaming` or `stopped`.
+    /// `starting`, `snapshot`, `streaming`, `stopped` (it exited cleanly) or `failed`
+    /// (it exited on `error`).
     pub phase: String,
     /// Source position of the last stored checkpoint.
     pub lsn: Lsn,
@@ -175,6 +209,12 @@ pub struct ExporterHeartbeat {
     pub rate_10m: f64,
     /// When it was sent, milliseconds since the epoch.
     pub at_ms: i64,
+    /// When the process started, milliseconds since the epoch.
+    #[serde(default)]
+    pub started_at_ms: i64,
+    /// Its last error (until it runs again without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ServiceError>,
 }
 
 /// The `_status` key of a stream's exporter heartbeat.
@@ -191,8 +231,8 @@ pub struct ImporterHeartbeat {
     pub destination: String,
     /// The consumer group.
     pub group: String,
-    /// `applying`, `standby` (no stream to apply yet, or paused after a cutover) or
-    /// `stopped`.
+    /// `applying`, `standby` (no stream to apply yet, or paused after a cutover),
+    /// `stopped` (it exited cleanly) or `failed` (it exited on `error`).
     #[serde(default)]
     pub phase: String,
     /// The stream it applies (`None` while waiting).
@@ -219,6 +259,13 @@ pub struct ImporterHeartbeat {
     pub positions: Vec<PartitionPosition>,
     /// When sent, milliseconds since the epoch.
     pub ts_ms: i64,
+    /// When the process started, milliseconds since the epoch.
+    #[serde(default)]
+    pub started_at_ms: i64,
+    /// Its last error: the definite one it stopped on, or the last transient one it
+    /// retried (for a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ServiceError>,
 }
 
 /// One partition's applied position.

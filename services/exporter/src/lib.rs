@@ -316,9 +316,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     ferry_shared::kafka_access::check(&config.kafka).await?;
     let mut delay = Duration::from_secs(1);
+    // One for the process: heartbeats carry its start and its last error across retries.
+    let progress = Arc::new(progress::Progress::default());
     loop {
         let started = std::time::Instant::now();
-        match run_once(stream, config.clone(), shutdown.clone()).await {
+        match run_once(stream, config.clone(), shutdown.clone(), progress.clone()).await {
             Err(e) if e.is_transient() && !shutdown.is_triggered() => {
                 if started.elapsed() > Duration::from_secs(300) {
                     delay = Duration::from_secs(1);
@@ -337,7 +339,12 @@ pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Resu
     }
 }
 
-async fn run_once(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+async fn run_once(
+    stream: Stream,
+    config: Config,
+    shutdown: Shutdown,
+    progress: Arc<progress::Progress>,
+) -> Result<(), Error> {
     let db = match stream {
         Stream::Source => config.require_source()?.clone(),
         Stream::Target => config.require_target()?.clone(),
@@ -371,7 +378,7 @@ async fn run_once(stream: Stream, config: Config, shutdown: Shutdown) -> Result<
         inner_trigger,
     )));
 
-    let progress = Arc::new(progress::Progress::default());
+    progress.set_phase("starting");
     let (report_stop, report_shutdown) = ferry_shared::shutdown::channel();
     let reporter = tokio::spawn(progress::report(
         progress.clone(),
@@ -395,12 +402,20 @@ async fn run_once(stream: Stream, config: Config, shutdown: Shutdown) -> Result<
                 topics: &topics,
                 directive,
                 state,
-                shutdown: inner,
-                progress,
+                shutdown: inner.clone(),
+                progress: progress.clone(),
             })
             .await
         }
     };
+    if let Err(e) = &result {
+        let message = ferry_shared::process::error_chain(e);
+        progress.record_error(if e.is_transient() && !inner.is_triggered() {
+            ferry_shared::checkpoint::ServiceError::transient(message)
+        } else {
+            ferry_shared::checkpoint::ServiceError::definite(message)
+        });
+    }
     report_stop.trigger();
     let _ = reporter.await;
     follower.0.abort();

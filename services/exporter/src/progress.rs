@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_shared::checkpoint::{heartbeat_key, ExporterHeartbeat};
+use ferry_shared::checkpoint::{heartbeat_key, ExporterHeartbeat, ServiceError};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::rate::RateWindow;
 use ferry_shared::shutdown::Shutdown;
@@ -26,6 +26,10 @@ pub struct Progress {
     /// LSN of the last stored checkpoint.
     pub lsn: AtomicU64,
     phase: Mutex<&'static str>,
+    /// The last error, reported in heartbeats.
+    error: Mutex<Option<ServiceError>>,
+    /// When the process started.
+    started_at_ms: i64,
 }
 
 impl Default for Progress {
@@ -35,6 +39,8 @@ impl Default for Progress {
             last_vsn: AtomicU64::new(0),
             lsn: AtomicU64::new(0),
             phase: Mutex::new("starting"),
+            error: Mutex::new(None),
+            started_at_ms: now_ms(),
         }
     }
 }
@@ -49,6 +55,23 @@ impl Progress {
 
     fn phase(&self) -> &'static str {
         self.phase.lock().map(|p| *p).unwrap_or("unknown")
+    }
+
+    /// Records the error the run ended on: `failed` when it is definite (the last
+    /// heartbeat then says so), `retrying` when the run starts again.
+    pub fn record_error(&self, error: ServiceError) {
+        self.set_phase(if error.kind == "definite" {
+            "failed"
+        } else {
+            "retrying"
+        });
+        if let Ok(mut e) = self.error.lock() {
+            *e = Some(error);
+        }
+    }
+
+    fn error(&self) -> Option<ServiceError> {
+        self.error.lock().ok().and_then(|e| e.clone())
     }
 }
 
@@ -84,10 +107,10 @@ pub async fn report(
             role: "exporter".into(),
             stream,
             instance: instance.clone(),
-            phase: if stopping {
-                "stopped".into()
-            } else {
-                progress.phase().into()
+            phase: match progress.phase() {
+                p @ ("failed" | "retrying") => p.into(),
+                _ if stopping => "stopped".into(),
+                p => p.into(),
             },
             lsn: Lsn(progress.lsn.load(Ordering::Relaxed)),
             last_vsn: Vsn(progress.last_vsn.load(Ordering::Relaxed)),
@@ -95,6 +118,8 @@ pub async fn report(
             rate_3m: rates.per_second(Duration::from_secs(180)),
             rate_10m: rates.per_second(Duration::from_secs(600)),
             at_ms: now_ms(),
+            started_at_ms: progress.started_at_ms,
+            error: progress.error(),
         };
         let lines = [
             format!("ferry-exporter  stream {}  phase {}", stream, beat.phase),

@@ -44,6 +44,9 @@ pub enum Error {
     /// A fact about a table or the stream that the operator must fix.
     #[error("{0}")]
     Definite(String),
+    /// The broker refused this client (SASL login or TLS handshake).
+    #[error(transparent)]
+    KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
     /// A transient condition outlasted every retry.
     #[error("gave up after {attempts} attempts over {elapsed:?}: {last}")]
     GaveUp {

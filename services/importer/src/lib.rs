@@ -69,11 +69,32 @@ pub fn stream_for(destination: Destination) -> Option<Stream> {
 /// fall-forward or fall-back the coordinator moves the source-replica's or the source's
 /// importer to the target stream, only once it applied every event of the source
 /// stream. While it has no stream to apply, it waits (phase `standby`).
+///
+/// An error it stops on is also its last heartbeat (phase `failed`, with the error), so
+/// that `ferry cutover status` shows it where the operator looks.
 pub async fn run_for(
     destination: Destination,
     config: Config,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let result = run_destination(destination, &config, shutdown).await;
+    match &result {
+        // The broker refused this client: no heartbeat can reach it either.
+        Err(Error::KafkaAccess(_)) | Ok(()) => {}
+        Err(e) => {
+            progress::send_failure(&config, destination, &ferry_shared::process::error_chain(e))
+                .await
+        }
+    }
+    result
+}
+
+async fn run_destination(
+    destination: Destination,
+    config: &Config,
     mut shutdown: Shutdown,
 ) -> Result<(), Error> {
+    let config = config.clone();
     let db = match destination {
         Destination::Target => config.require_target()?,
         Destination::SourceReplica => config.require_source_replica()?,
@@ -84,9 +105,7 @@ pub async fn run_for(
     let group = topics.import_group(destination);
     let registry = RegistryClient::from_config(&config)
         .map_err(|e| Error::Definite(format!("schema registry: {e}")))?;
-    ferry_shared::kafka_access::check(&config.kafka)
-        .await
-        .map_err(|e| Error::Definite(e.to_string()))?;
+    ferry_shared::kafka_access::check(&config.kafka).await?;
 
     // Fail at start, with the fix, when the destination can't be written as required.
     let (client, conn) = connect_destination(&db, destination)
@@ -158,6 +177,8 @@ pub async fn run_for(
             continue;
         };
         imp.stream = Some(stream);
+        // Seen at once: a restarted instance replaces the failure it had reported.
+        imp.report_phase("applying").await;
         let result = imp.session(stream, &mut shutdown, &mut state).await;
         match result {
             Ok(SessionEnd::Shutdown) => {
@@ -174,6 +195,7 @@ pub async fn run_for(
             }
             Err(f) => {
                 let text = f.to_string();
+                imp.progress.error = Some(ferry_shared::checkpoint::ServiceError::transient(&text));
                 let delay = imp.backoff.next_delay(&text)?;
                 tracing::warn!(error = %text, ?delay, "importer session ended; restarting from the positions stored in the destination");
                 tokio::select! {

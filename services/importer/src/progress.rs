@@ -16,7 +16,9 @@ use ferry_shared::rate::RateWindow;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use ferry_shared::checkpoint::{importer_heartbeat_key, ImporterHeartbeat, PartitionPosition};
+pub use ferry_shared::checkpoint::{
+    importer_heartbeat_key, ImporterHeartbeat, PartitionPosition, ServiceError,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Counters and samples for the metrics.
@@ -34,7 +36,13 @@ pub(crate) struct Progress {
     pub(crate) highs: HashMap<(String, i32), i64>,
     interactive: bool,
     lines_drawn: usize,
+    /// The last transient error retried (sent in heartbeats for a minute).
+    pub(crate) error: Option<ServiceError>,
+    started_at_ms: i64,
 }
+
+/// How long heartbeats carry a transient error after it happened.
+const TRANSIENT_ERROR_SHOWN_MS: i64 = 60_000;
 
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -52,6 +60,8 @@ impl Progress {
             highs: HashMap::new(),
             interactive: std::io::stderr().is_terminal(),
             lines_drawn: 0,
+            error: None,
+            started_at_ms: now_ms(),
         }
     }
 
@@ -153,12 +163,65 @@ impl Progress {
             remaining,
             partitions_held: u32::try_from(held).unwrap_or(u32::MAX),
             positions,
-            ts_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            ts_ms: now_ms(),
+            started_at_ms: self.started_at_ms,
+            error: self
+                .error
+                .clone()
+                .filter(|e| now_ms() - e.at_ms < TRANSIENT_ERROR_SHOWN_MS),
         }
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Sends this process's last heartbeat for `destination`: phase `failed` with the
+/// definite error `message`, and waits (at most 10 s) until the broker has it.
+pub(crate) async fn send_failure(
+    config: &ferry_shared::config::Config,
+    destination: ferry_shared::topics::Destination,
+    message: &str,
+) {
+    let topics = ferry_shared::topics::Topics::new(config.migration.topic_prefix());
+    let Ok(producer) = config.kafka.client_config().create::<FutureProducer>() else {
+        return;
+    };
+    let beat = ImporterHeartbeat {
+        role: "importer".into(),
+        destination: destination.as_str().to_owned(),
+        group: topics.import_group(destination),
+        phase: "failed".into(),
+        stream: None,
+        instance: instance_name(),
+        total_imported: 0,
+        imported_this_run: 0,
+        rate_3m: 0.0,
+        rate_10m: 0.0,
+        remaining: 0,
+        partitions_held: 0,
+        positions: Vec::new(),
+        ts_ms: now_ms(),
+        started_at_ms: 0,
+        error: Some(ServiceError::definite(message)),
+    };
+    let Ok(json) = serde_json::to_string(&beat) else {
+        return;
+    };
+    let key = importer_heartbeat_key(&beat.destination, &beat.instance);
+    // Bounded: an unreachable broker must not hold the exit for message.timeout.ms.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        producer.send(
+            FutureRecord::to(&topics.status()).key(&key).payload(&json),
+            Duration::from_secs(10),
+        ),
+    )
+    .await;
 }
 
 /// `host:pid`, naming this process in heartbeats.

@@ -351,3 +351,111 @@ async fn the_configured_workflow_shows_from_the_start_and_a_contradicting_flag_i
         .await?;
     h.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_importer_stopped_by_a_definite_error_shows_failed_with_its_error_until_it_runs_again(
+) -> Result<()> {
+    let mut h = Harness::new("failvis").await?;
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    writes(&h.source, "ok", 5).await?;
+    h.wait_equal(Side::Source, Side::Target, "before the failure")
+        .await?;
+    // The target loses a column the stream carries: a definite error.
+    h.target
+        .batch_execute("ALTER TABLE customers DROP COLUMN tags")
+        .await?;
+    writes(&h.source, "breaks", 5).await?;
+    let failed = wait_until(
+        "status to show the target importer failed",
+        Duration::from_secs(90),
+        || {
+            let h = &h;
+            async move {
+                let (_, s) = h.api("GET", "/api/status", None).await?;
+                let target = s["importers"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|i| i["destination"] == "target"))
+                    .cloned()
+                    .unwrap_or_default();
+                let failed = target["instance_states"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|i| i["state"] == "failed"))
+                    .cloned();
+                Ok(failed.map(|f| (f, target["instances"].clone())))
+            }
+        },
+    )
+    .await?;
+    let (instance, running) = failed;
+    assert_eq!(running, 0, "{instance}");
+    let message = instance["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(instance["error"]["kind"], "definite", "{instance}");
+    assert!(
+        message.contains("customers") && message.contains("tags"),
+        "{message}"
+    );
+    assert!(
+        instance["last_seen_ms"].as_i64().unwrap_or(0) > 0,
+        "{instance}"
+    );
+    let metrics = h
+        .http
+        .get(format!("http://{}/metrics", h.listen))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("ferry_importer_instances{destination=\"target\",state=\"failed\"} 1"),
+        "{metrics}"
+    );
+    // A cutover waiting on it says so, with the error and the command.
+    h.kill("importer target").await;
+    h.wait_snapshot_done().await?;
+    let (code, body) = h.cutover("target", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    let waiting = wait_until(
+        "the cutover to name the failed importer",
+        Duration::from_secs(60),
+        || {
+            let h = &h;
+            async move {
+                let (_, s) = h.api("GET", "/api/status", None).await?;
+                let w = s["migration"]["cutover_to_target"]["waiting_for"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(Some(w).filter(|w| w.contains("FAILED")))
+            }
+        },
+    )
+    .await?;
+    assert!(
+        waiting.contains("tags") && waiting.contains("ferry import data to target"),
+        "{waiting}"
+    );
+    // Fixed and started again: it runs, the failure is gone, the cutover completes.
+    h.target
+        .batch_execute("ALTER TABLE customers ADD COLUMN tags text[]")
+        .await?;
+    h.importer(Destination::Target);
+    h.wait_completed("target", None).await?;
+    wait_until(
+        "the failure to leave the status once the importer runs again",
+        Duration::from_secs(30),
+        || {
+            let h = &h;
+            async move {
+                let (_, s) = h.api("GET", "/api/status", None).await?;
+                let states = s["importers"][0]["instance_states"].to_string();
+                Ok(
+                    (!states.contains("\"failed\"") && states.contains("\"instance\""))
+                        .then_some(()),
+                )
+            }
+        },
+    )
+    .await?;
+    h.stop().await
+}
