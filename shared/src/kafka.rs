@@ -285,22 +285,80 @@ pub async fn watermarks_of(
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
         let consumer = read_consumer(&config)?;
-        let mut out = HashMap::with_capacity(topics.len());
-        for topic in topics {
-            let n = partition_count(&consumer, &topic)?;
-            let marks = (0..n)
-                .map(|p| {
-                    consumer
-                        .fetch_watermarks(&topic, p, TIMEOUT)
-                        .map_err(|e| Error::new(format!("reading watermarks of {topic}[{p}]"), e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            out.insert(topic, marks);
-        }
-        Ok(out)
+        watermarks_blocking(&consumer, |t| topics.iter().any(|name| name == t), TIMEOUT)
     })
     .await
     .map_err(|e| Error::msg(format!("watermark task failed: {e}")))?
+}
+
+/// [`watermarks_of`] every topic whose name starts with `prefix` (a stream's table
+/// topics: `<prefix>.<stream>.`), each request bounded by `timeout`.
+pub async fn watermarks_with_prefix(
+    config: &ClientConfig,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<HashMap<String, Vec<(i64, i64)>>, Error> {
+    let config = config.clone();
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer = read_consumer(&config)?;
+        watermarks_blocking(&consumer, |t| t.starts_with(&prefix), timeout)
+    })
+    .await
+    .map_err(|e| Error::msg(format!("watermark task failed: {e}")))?
+}
+
+/// [`watermarks_of`] on `consumer`, in three requests whatever the number of partitions
+/// (one metadata request, one ListOffsets for the starts, one for the ends), where one
+/// request per partition took seconds with hundreds of partitions. Blocking.
+pub fn watermarks_blocking<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    select: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> Result<HashMap<String, Vec<(i64, i64)>>, Error> {
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| Error::new("reading the topics' metadata", e))?;
+    let mut starts = TopicPartitionList::new();
+    let mut ends = TopicPartitionList::new();
+    let mut out: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for t in md.topics() {
+        if t.error().is_some() || !select(t.name()) {
+            continue;
+        }
+        let n = t.partitions().len();
+        out.insert(t.name().to_owned(), vec![(0, 0); n]);
+        for p in t.partitions() {
+            let _ = starts.add_partition_offset(t.name(), p.id(), Offset::Beginning);
+            let _ = ends.add_partition_offset(t.name(), p.id(), Offset::End);
+        }
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    for (list, is_end) in [(starts, false), (ends, true)] {
+        let found = consumer
+            .offsets_for_times(list, timeout)
+            .map_err(|e| Error::new("reading the partitions' offsets", e))?;
+        for e in found.elements() {
+            let Offset::Offset(o) = e.offset() else {
+                continue;
+            };
+            let slot = out.get_mut(e.topic()).and_then(|v| {
+                usize::try_from(e.partition())
+                    .ok()
+                    .and_then(|i| v.get_mut(i))
+            });
+            if let Some((low, high)) = slot {
+                if is_end {
+                    *high = o;
+                } else {
+                    *low = o;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `(low, high)` watermarks of every partition of `topic`, by partition number; empty

@@ -296,13 +296,21 @@ fn poll_loop(
     while !stopped() {
         if last_watermarks.elapsed() >= Duration::from_secs(5) {
             last_watermarks = std::time::Instant::now();
+            // The ends of every assigned partition in one ListOffsets request (one request
+            // per partition kept this thread from polling with hundreds of partitions).
             let mut highs = Vec::new();
             if let Ok(assigned) = consumer.assignment() {
+                let mut ends = TopicPartitionList::new();
                 for e in assigned.elements() {
-                    if let Ok((_, high)) =
-                        consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
-                    {
-                        highs.push((e.topic().to_owned(), e.partition(), high));
+                    let _ = ends.add_partition_offset(e.topic(), e.partition(), Offset::End);
+                }
+                if ends.count() > 0 {
+                    if let Ok(found) = consumer.offsets_for_times(ends, Duration::from_secs(2)) {
+                        for e in found.elements() {
+                            if let Offset::Offset(high) = e.offset() {
+                                highs.push((e.topic().to_owned(), e.partition(), high));
+                            }
+                        }
                     }
                 }
             }
