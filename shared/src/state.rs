@@ -450,7 +450,8 @@ fn tail<T, F>(
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            // End-of-partition events: the tail has fetched to the end the broker has.
+            .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             // The broker holds a fetch at the end of the log until a record arrives (it
             // answers at once when one does), so an idle tail costs one request per
@@ -471,10 +472,20 @@ fn tail<T, F>(
         let end = match consumer.fetch_watermarks(&topic, 0, crate::kafka::TIMEOUT) {
             Ok((_, high)) => high,
             Err(e) => {
-                // A missing topic is an empty state.
-                if tx.borrow().is_none() {
-                    tracing::debug!(error = %e, "{topic} not readable yet");
+                // A missing topic is an empty state; any other failure (a timeout, the
+                // broker restarting) says nothing about the state: try again.
+                use rdkafka::types::RDKafkaErrorCode as Code;
+                let missing = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition
+                    )
+                );
+                if missing && tx.borrow().is_none() {
+                    tracing::debug!(error = %e, "{topic} does not exist yet: an empty state");
                     tx.send_replace(Some(view(&records)));
+                } else if !missing {
+                    tracing::debug!(error = %e, "reading the end of {topic}; retrying");
                 }
                 if !sleep_unless(Duration::from_secs(1), &shutdown, &tx) {
                     return;
@@ -496,14 +507,15 @@ fn tail<T, F>(
         records.clear();
         let mut caught_up = false;
         let mut next = 0i64;
-        let mut idle_polls = 0u32;
+        let mut at_end = false;
         loop {
             if shutdown.is_triggered() || tx.is_closed() {
                 return;
             }
             let mut changed = false;
             match consumer.poll(POLL_INTERVAL) {
-                None => idle_polls += 1,
+                None => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end = true,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "reading {topic}");
                     if !sleep_unless(Duration::from_millis(200), &shutdown, &tx) {
@@ -511,7 +523,6 @@ fn tail<T, F>(
                     }
                 }
                 Some(Ok(m)) => {
-                    idle_polls = 0;
                     next = m.offset() + 1;
                     if let Some(key) = m.key() {
                         match m.payload() {
@@ -526,10 +537,10 @@ fn tail<T, F>(
                     }
                 }
             }
-            // Caught up once the end seen at the start is passed: by the last record or
-            // by the consumer's position (compaction removes records and transaction
-            // markers take offsets too), or when the broker has had nothing more to give
-            // for a second (markers at the very end).
+            // Caught up once the end seen at the start is passed: by the last record, by
+            // the consumer's position (compaction removes records), or by an
+            // end-of-partition event, which comes only after a fetch reached the end the
+            // broker has (a compacted-away tombstone at the very end).
             if !caught_up {
                 let at = consumer
                     .position()
@@ -543,7 +554,7 @@ fn tail<T, F>(
                     })
                     .unwrap_or(0)
                     .max(next);
-                if end == 0 || at >= end || idle_polls >= IDLE_POLLS_AT_END {
+                if end == 0 || at >= end || at_end {
                     caught_up = true;
                     changed = true;
                 }
@@ -557,10 +568,6 @@ fn tail<T, F>(
 
 /// How long one poll of a tail waits before it checks for shutdown again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Empty polls in a row after which a tail short of the start's end takes itself as
-/// caught up: the broker has nothing more to give it.
-const IDLE_POLLS_AT_END: u32 = 10;
 
 /// Sleeps `d` in short steps; false when the tail should stop.
 fn sleep_unless<T>(d: Duration, shutdown: &Shutdown, tx: &tokio_watch::Sender<Option<T>>) -> bool {
