@@ -208,6 +208,9 @@ async fn run_destination(
     }
 }
 
+/// How long a report may spend measuring the group's remaining events.
+const GROUP_REMAINING_WITHIN: Duration = Duration::from_secs(3);
+
 /// How a session ended without a failure.
 enum SessionEnd {
     /// Shutdown was requested; the in-flight batch is committed.
@@ -556,47 +559,57 @@ impl Importer {
 
     /// What the whole group has left: every partition's end minus the position stored in
     /// the destination by whichever replica applied it (the log start for a partition
-    /// none applied yet), over the topics the group has positions in or this process
-    /// holds. `None` when the positions or the ends cannot be read now.
+    /// none applied yet), over every table topic of the stream. `None` when the
+    /// positions or the ends cannot be read within a few seconds (the apply loop waits
+    /// at most that long; the next report tries again).
     async fn group_remaining(&self, parts: &HashMap<(String, i32), Part>) -> Option<i64> {
-        let rows = self
-            .client
-            .query(
-                "SELECT topic, partition, next_offset FROM ferry_metadata.positions \
-                 WHERE consumer_group = $1",
-                &[&self.group],
+        let stream = self.stream?;
+        let measure = async {
+            let rows = self
+                .client
+                .query(
+                    "SELECT topic, partition, next_offset FROM ferry_metadata.positions \
+                     WHERE consumer_group = $1",
+                    &[&self.group],
+                )
+                .await
+                .ok()?;
+            let mut stored: HashMap<(String, i32), i64> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        (r.get::<_, String>(0), r.get::<_, i32>(1)),
+                        r.get::<_, i64>(2),
+                    )
+                })
+                .collect();
+            for ((topic, partition), p) in parts {
+                stored.insert((topic.clone(), *partition), p.stored_next);
+            }
+            let prefix = format!("{}.{}.", self.prefix, stream);
+            let ends = ferry_shared::kafka::watermarks_with_prefix(
+                &self.kafka,
+                &prefix,
+                GROUP_REMAINING_WITHIN,
             )
             .await
             .ok()?;
-        let mut stored: HashMap<(String, i32), i64> = rows
-            .iter()
-            .map(|r| {
-                (
-                    (r.get::<_, String>(0), r.get::<_, i32>(1)),
-                    r.get::<_, i64>(2),
-                )
-            })
-            .collect();
-        for ((topic, partition), p) in parts {
-            stored.insert((topic.clone(), *partition), p.stored_next);
-        }
-        let mut topics: Vec<String> = stored.keys().map(|(t, _)| t.clone()).collect();
-        topics.sort_unstable();
-        topics.dedup();
-        let ends = ferry_shared::kafka::watermarks_of(&self.kafka, &topics)
-            .await
-            .ok()?;
-        let mut remaining = 0i64;
-        for (topic, marks) in &ends {
-            for (partition, (low, high)) in marks.iter().enumerate() {
-                let at = i32::try_from(partition)
-                    .ok()
-                    .and_then(|p| stored.get(&(topic.clone(), p)).copied())
-                    .unwrap_or(*low);
-                remaining += (high - at).max(0);
+            let mut remaining = 0i64;
+            for (topic, marks) in &ends {
+                for (partition, (low, high)) in marks.iter().enumerate() {
+                    let at = i32::try_from(partition)
+                        .ok()
+                        .and_then(|p| stored.get(&(topic.clone(), p)).copied())
+                        .unwrap_or(*low);
+                    remaining += (high - at).max(0);
+                }
             }
-        }
-        Some(remaining)
+            Some(remaining)
+        };
+        tokio::time::timeout(GROUP_REMAINING_WITHIN, measure)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Shows the metrics and sends a heartbeat.

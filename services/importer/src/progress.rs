@@ -102,8 +102,13 @@ impl Progress {
             "none here: this instance holds no partitions".to_owned()
         } else if remaining == 0 {
             "caught up".to_owned()
+        } else if own == 0 {
+            // This instance's partitions are done; the rest belongs to other replicas.
+            "this instance's partitions caught up".to_owned()
         } else if rate_3m > 0.0 {
-            duration(Duration::from_secs_f64(remaining as f64 / rate_3m))
+            // This instance's own backlog at its own rate (the group's backlog is spread
+            // over its replicas).
+            duration(Duration::from_secs_f64(own as f64 / rate_3m))
         } else {
             "unknown".to_owned()
         };
