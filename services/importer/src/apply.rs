@@ -767,12 +767,15 @@ impl DestTable {
         }
     }
 
-    /// Whether an upsert of `cols` must delete the old row and insert the new one: an
-    /// `ON CONFLICT DO UPDATE` may not set a `GENERATED ALWAYS` identity column outside
-    /// the primary key (it can only be set to DEFAULT), yet its new value must arrive.
-    fn replaces_rows(&self, cols: &[String]) -> bool {
+    /// The `GENERATED ALWAYS` identity columns of `cols` outside the primary key, with
+    /// their places in `cols`: an `ON CONFLICT DO UPDATE` may not set them (only to
+    /// DEFAULT), so a row whose value of one changed (the source ran `SET col = DEFAULT`)
+    /// is deleted first and inserted anew; every other row is updated as usual.
+    fn identity_outside_key<'a>(&self, cols: &'a [String]) -> Vec<(usize, &'a String)> {
         cols.iter()
-            .any(|c| self.identity_always.contains(c) && !self.pk.contains(c))
+            .enumerate()
+            .filter(|(_, c)| self.identity_always.contains(c) && !self.pk.contains(c))
+            .collect()
     }
 }
 
@@ -780,7 +783,7 @@ fn conflict_clause(table: &DestTable, cols: &[String]) -> String {
     let pk: Vec<String> = table.pk.iter().map(|c| quote_ident(c)).collect();
     let set: Vec<String> = cols
         .iter()
-        .filter(|c| !table.pk.contains(c))
+        .filter(|c| !table.pk.contains(c) && !table.identity_always.contains(c))
         .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
         .collect();
     if set.is_empty() {
@@ -866,9 +869,11 @@ async fn execute_run(
             let target: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
                 arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            let conflict = if table.replaces_rows(cols) {
-                // The rows of these keys go first; the inserts below then meet no conflict.
-                let conds: Vec<String> = table
+            let identity = table.identity_outside_key(cols);
+            if !identity.is_empty() {
+                // Rows whose identity value changed go first: the insert below makes them
+                // anew, and updates the others.
+                let keys: Vec<String> = table
                     .pk
                     .iter()
                     .filter_map(|k| cols.iter().position(|c| c == k).map(|i| (k, i)))
@@ -876,19 +881,29 @@ async fn execute_run(
                         format!("t.{} = u.v{}::{}", quote_ident(k), i + 1, type_of(table, k))
                     })
                     .collect();
+                let changed: Vec<String> = identity
+                    .iter()
+                    .map(|(i, c)| {
+                        format!(
+                            "t.{} IS DISTINCT FROM u.v{}::{}",
+                            quote_ident(c),
+                            i + 1,
+                            type_of(table, c)
+                        )
+                    })
+                    .collect();
                 let sql = format!(
-                    "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}",
+                    "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {} AND ({})",
                     table.qualified,
                     params.join(", "),
                     names.join(", "),
-                    conds.join(" AND ")
+                    keys.join(" AND "),
+                    changed.join(" OR ")
                 );
                 let statement = statements.get(tx, &sql).await.map_err(fail)?;
                 tx.execute(&statement, &refs).await.map_err(fail)?;
-                String::new()
-            } else {
-                conflict_clause(table, cols)
-            };
+            }
+            let conflict = conflict_clause(table, cols);
             let sql = format!(
                 "INSERT INTO {} ({}) {}SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ferry_ord) \
                  ORDER BY u.ferry_ord {}",
@@ -938,23 +953,27 @@ async fn execute_run(
             )
             .await
             .map_err(fail)?;
-            let conflict = if table.replaces_rows(cols) {
-                let conds: Vec<String> = table
+            let identity = table.identity_outside_key(cols);
+            if !identity.is_empty() {
+                let keys: Vec<String> = table
                     .pk
                     .iter()
                     .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
                     .collect();
+                let changed: Vec<String> = identity
+                    .iter()
+                    .map(|(_, c)| format!("t.{0} IS DISTINCT FROM s.{0}", quote_ident(c)))
+                    .collect();
                 tx.batch_execute(&format!(
-                    "DELETE FROM {} AS t USING {stage} AS s WHERE {}",
+                    "DELETE FROM {} AS t USING {stage} AS s WHERE {} AND ({})",
                     table.qualified,
-                    conds.join(" AND ")
+                    keys.join(" AND "),
+                    changed.join(" OR ")
                 ))
                 .await
                 .map_err(fail)?;
-                String::new()
-            } else {
-                conflict_clause(table, cols)
-            };
+            }
+            let conflict = conflict_clause(table, cols);
             tx.batch_execute(&format!(
                 "INSERT INTO {} ({list}) {}SELECT {list} FROM {stage} {}",
                 table.qualified,
