@@ -176,7 +176,11 @@ pub fn render_status(s: &Status) -> String {
     ] {
         cutover_lines(&mut out, to, m.cutover(to));
     }
-    let _ = writeln!(out, "\nstreams:");
+    let _ = writeln!(
+        out,
+        "\nstreams (measured {:.1} s ago):",
+        (ferry_shared::state::now_ms() - s.at_ms).max(0) as f64 / 1000.0
+    );
     for st in &s.streams {
         let _ = writeln!(
             out,

@@ -66,8 +66,27 @@ async fn get_report(State(m): State<Arc<Migration>>) -> Response {
 }
 
 async fn end_migration(State(m): State<Arc<Migration>>, Json(req): Json<EndRequest>) -> Response {
-    Json(end::end(&m, &req).await).into_response()
+    let mut report = end::end(&m, &req).await;
+    if report.failed.is_empty() {
+        // Its work ends with the migration: stop once this answer is on its way.
+        if let Some(stop) = m.stop.lock().ok().and_then(|mut s| s.take()) {
+            report.done.push(format!(
+                "the coordinator stops in {} s: its work ends with the migration",
+                STOP_AFTER_END.as_secs()
+            ));
+            tokio::spawn(async move {
+                tokio::time::sleep(STOP_AFTER_END).await;
+                tracing::info!("the migration ended; the coordinator stops");
+                stop.trigger();
+            });
+        }
+    }
+    Json(report).into_response()
 }
+
+/// How long the coordinator keeps answering after `ferry end migration` (so that the
+/// answer and a last `ferry cutover status` get through).
+const STOP_AFTER_END: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn metrics(State(m): State<Arc<Migration>>) -> Response {
     let s = positions::status(&m).await;

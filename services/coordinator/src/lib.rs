@@ -73,12 +73,26 @@ pub async fn router(config: &Config) -> Result<Router, Error> {
 }
 
 /// Runs the coordinator until `shutdown` fires or a definite error stops it.
-pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
+pub async fn run(config: Config, shutdown_from_caller: Shutdown) -> Result<(), Error> {
     ferry_shared::kafka_access::check(&config.kafka).await?;
+    // Stops on `shutdown`, or by itself a moment after `ferry end migration`.
+    let (stop_trigger, mut own) = ferry_shared::shutdown::channel();
+    let (all_trigger, mut shutdown) = ferry_shared::shutdown::channel();
+    let mut outer = shutdown_from_caller;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = outer.wait() => {}
+            _ = own.wait() => {}
+        }
+        all_trigger.trigger();
+    });
     let mut app = router(&config).await?;
     let m = migration::Migration::open(config.clone(), shutdown.clone())
         .await
         .map_err(Error::State)?;
+    if let Ok(mut stop) = m.stop.lock() {
+        *stop = Some(stop_trigger);
+    }
     app = app.merge(api::router(m.clone()));
     tokio::spawn(positions::refresh(m.clone(), shutdown.clone()));
     tokio::spawn(migration::drive(m, shutdown.clone()));

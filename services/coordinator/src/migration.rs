@@ -111,6 +111,12 @@ pub struct Migration {
     /// The positions, rates and instances last measured by [`crate::positions::refresh`]
     /// (what `GET /api/status` serves, with the current MSR).
     pub(crate) measured: std::sync::RwLock<Option<crate::positions::Status>>,
+    /// When status was last asked for (ms since the epoch): measuring goes on only while
+    /// someone looks.
+    pub(crate) last_asked_ms: std::sync::atomic::AtomicI64,
+    /// Stops this coordinator (set by [`crate::run`]): once the migration has ended,
+    /// there is nothing left for it to do.
+    pub(crate) stop: std::sync::Mutex<Option<ferry_shared::shutdown::ShutdownTrigger>>,
 }
 
 impl Migration {
@@ -177,6 +183,8 @@ impl Migration {
             write_lock: Mutex::new(()),
             heartbeats,
             measured: std::sync::RwLock::new(None),
+            last_asked_ms: std::sync::atomic::AtomicI64::new(0),
+            stop: std::sync::Mutex::new(None),
         });
         if fresh || reconfigured {
             let workflow = msr.workflow;

@@ -217,14 +217,25 @@ async fn highs(m: &Migration, stream: Stream) -> Result<HashMap<(String, i32), i
 /// How often [`refresh`] measures at most.
 pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Measures the status again and again until `shutdown`, keeping the last measurement
-/// for [`status`].
+/// [`refresh`] measures while status was asked for within this long (someone runs
+/// `ferry cutover status`, has the page open, or Prometheus scrapes `/metrics`).
+pub const WATCHED_FOR_MS: i64 = 60_000;
+
+/// A measurement older than this is not served: [`status`] measures during the request.
+pub const STALE_AFTER_MS: i64 = 15_000;
+
+/// Measures the status again and again until `shutdown` while someone asks for it,
+/// keeping the last measurement for [`status`].
 pub async fn refresh(m: std::sync::Arc<Migration>, mut shutdown: ferry_shared::shutdown::Shutdown) {
+    use std::sync::atomic::Ordering;
     loop {
         let started = std::time::Instant::now();
-        let s = measure(&m).await;
-        if let Ok(mut last) = m.measured.write() {
-            *last = Some(s);
+        let watched = now_ms() - m.last_asked_ms.load(Ordering::Relaxed) < WATCHED_FOR_MS;
+        if watched {
+            let s = measure(&m).await;
+            if let Ok(mut last) = m.measured.write() {
+                *last = Some(s);
+            }
         }
         let pause = REFRESH_EVERY.saturating_sub(started.elapsed());
         tokio::select! {
@@ -236,14 +247,36 @@ pub async fn refresh(m: std::sync::Arc<Migration>, mut shutdown: ferry_shared::s
 }
 
 /// The status: the last measurement with the current MSR (measured now when there is
-/// none yet).
+/// none, or it is older than [`STALE_AFTER_MS`]). The directives and the streams the
+/// importers apply come from the current MSR too.
 pub async fn status(m: &Migration) -> Status {
-    let last = m.measured.read().ok().and_then(|s| s.clone());
+    let now = now_ms();
+    m.last_asked_ms
+        .store(now, std::sync::atomic::Ordering::Relaxed);
+    let last = m
+        .measured
+        .read()
+        .ok()
+        .and_then(|s| s.clone())
+        .filter(|s| now - s.at_ms < STALE_AFTER_MS);
     let mut s = match last {
         Some(s) => s,
-        None => measure(m).await,
+        None => {
+            let s = measure(m).await;
+            if let Ok(mut last) = m.measured.write() {
+                *last = Some(s.clone());
+            }
+            s
+        }
     };
-    s.migration = m.msr().await;
+    let msr = m.msr().await;
+    for st in &mut s.streams {
+        st.directive = format!("{:?}", msr.stream(st.stream).phase).to_lowercase();
+    }
+    for i in &mut s.importers {
+        i.stream = msr.importers.get(i.destination);
+    }
+    s.migration = msr;
     s
 }
 
