@@ -81,10 +81,15 @@ impl ConsumerContext for Watch {}
 /// refuses. `Ok` when it answers or does not answer within 15 s (then the caller's
 /// retries take over). Blocking: call from a blocking thread, or use [`check`].
 pub fn check_blocking(config: &KafkaConfig) -> Result<(), AccessError> {
-    if config.security_protocol == SecurityProtocol::Plaintext {
+    let mut client_config = config.client_config();
+    // What librdkafka will use: `kafka.properties` may override the typed setting.
+    let protocol = client_config
+        .get("security.protocol")
+        .unwrap_or(SecurityProtocol::Plaintext.as_str())
+        .to_ascii_lowercase();
+    if protocol == "plaintext" {
         return Ok(());
     }
-    let mut client_config = config.client_config();
     client_config.set("group.id", "ferry-access-check");
     let Ok(client) = client_config.create_with_context::<_, BaseConsumer<Watch>>(Watch::default())
     else {
