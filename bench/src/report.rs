@@ -284,6 +284,14 @@ impl Report {
                 "p99 ≤ 250 ms",
                 Some(s.p99_ms <= 250.0),
             );
+            self.line(
+                "cutover status: the first request after a quiet minute",
+                format!("{:.0} ms", s.first_ms),
+                format!("a fresh measurement {:.0} ms", s.fresh_p50_ms),
+                None,
+                "≤ 1000 ms",
+                Some(s.first_ms <= 1000.0),
+            );
             self.status = Some(s);
         }
         for e in self.errors.clone() {

@@ -76,10 +76,11 @@ async fn verbs_answer_through_the_coordinator() {
         "{stderr}"
     );
 
-    let _coordinator = Coordinator(
+    let coordinator_log = dir.path().join("coordinator.log");
+    let mut coordinator = Coordinator(
         ferry(&config, &["coordinator"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&coordinator_log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -182,9 +183,10 @@ async fn verbs_answer_through_the_coordinator() {
         .batch_execute("ALTER TABLE items REPLICA IDENTITY FULL")
         .await
         .unwrap();
+    let exporter_log = dir.path().join("exporter.log");
     let mut exporter = ferry(&config, &["export", "data", "from", "source"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&exporter_log).unwrap())
         .spawn()
         .unwrap();
     ferry_testkit::wait_until(
@@ -232,6 +234,10 @@ async fn verbs_answer_through_the_coordinator() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("migration ended"), "{stdout}");
+    assert!(
+        stdout.contains("the coordinator stops in"),
+        "end migration says the coordinator stops: {stdout}"
+    );
     let events = std::fs::read_to_string(backup.join("source-stream.jsonl")).unwrap();
     assert_eq!(events.lines().count(), 50, "{events}");
     for name in [
@@ -241,12 +247,30 @@ async fn verbs_answer_through_the_coordinator() {
     ] {
         assert!(backup.join(name).exists(), "{name}");
     }
-    // The exporter saw the migration end and stopped by itself.
+    // The exporter saw the migration end and stopped by itself; so did the coordinator.
     let status = tokio::task::spawn_blocking(move || exporter.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let coordinator_status = loop {
+        if let Some(s) = coordinator.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coordinator still runs 30 s after end migration"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(coordinator_status.success(), "{coordinator_status}");
+    // Neither logged an ERROR, also not about the topics end migration deleted.
+    for log in [&coordinator_log, &exporter_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", log.display());
+    }
     let slots: i64 = source
         .query_one(
             "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
