@@ -26,9 +26,10 @@ fn run(config: &Path, args: &[&str]) -> Output {
     ferry(config, args).output().unwrap()
 }
 
-struct Coordinator(Child);
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
 
-impl Drop for Coordinator {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -77,7 +78,7 @@ async fn verbs_answer_through_the_coordinator() {
     );
 
     let coordinator_log = dir.path().join("coordinator.log");
-    let mut coordinator = Coordinator(
+    let mut coordinator = KillOnDrop(
         ferry(&config, &["coordinator"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&coordinator_log).unwrap())
@@ -286,4 +287,51 @@ async fn verbs_answer_through_the_coordinator() {
         .unwrap()
         .get(0);
     assert!(metadata, "ferry_metadata is dropped on the target");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_importer_started_before_its_topics_exist_waits_without_an_error() {
+    let stack = Stack::get();
+    let target_db = stack.target.create_database("early_t").await.unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let text = stack.config_toml(&unique_name("early"), "ferry", &target_db, "ferry", &listen);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("importer.log");
+    let _importer = KillOnDrop(
+        ferry(&config, &["import", "data", "to", "target"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let waiting = "waiting for the stream's topics";
+    ferry_testkit::wait_until(
+        "the importer to say it waits",
+        Duration::from_secs(60),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                Ok(text.contains(waiting).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // A few more seconds of waiting: still no error, and the wait said once.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(text.matches(waiting).count(), 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("INFO") && l.contains(waiting)),
+        "{text}"
+    );
 }

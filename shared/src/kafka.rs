@@ -45,6 +45,59 @@ impl Error {
     }
 }
 
+/// Logs an error librdkafka reports for a client as a whole, at the level it deserves
+/// (librdkafka's default puts every one at ERROR): the end of a partition (a tail asked
+/// to be told) and a missing topic at DEBUG (a stream's
+/// topics appear when its exporter starts and go with `ferry end migration
+/// --delete-topics`; a consumer subscribed to them waits, which its service reports
+/// itself), a broker out of reach at WARN (clients retry), anything else at ERROR.
+pub fn log_client_error(error: &KafkaError, reason: &str) {
+    let code = match error {
+        KafkaError::Global(code) => Some(*code),
+        _ => error.rdkafka_error_code(),
+    };
+    match code {
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::PartitionEOF,
+        ) => tracing::debug!(target: "librdkafka", "{error}: {reason}"),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut,
+        ) => tracing::warn!(target: "librdkafka", "{error}: {reason}"),
+        _ => tracing::error!(target: "librdkafka", "{error}: {reason}"),
+    }
+}
+
+/// A client context that logs librdkafka's errors with [`log_client_error`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuietContext;
+
+impl rdkafka::client::ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
+/// Whether a consumer's error only says that a topic does not exist (yet, or any more).
+pub fn is_missing_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+        )
+    )
+}
+
 /// Kafka's murmur2 hash, exactly as the Java client's `Utils.murmur2`.
 pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
@@ -252,18 +305,21 @@ pub fn idempotent_producer_config(config: &ClientConfig) -> ClientConfig {
     c
 }
 
-fn read_consumer(config: &ClientConfig) -> Result<BaseConsumer, Error> {
+fn read_consumer(config: &ClientConfig) -> Result<BaseConsumer<QuietContext>, Error> {
     let mut c = config.clone();
     c.set("group.id", "ferry-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed");
-    c.create()
+    c.create_with_context(QuietContext)
         .map_err(|e| Error::new("creating a kafka consumer", e))
 }
 
-fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, Error> {
+fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<i32, Error> {
     let md = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
         .map_err(|e| Error::new(format!("reading metadata of topic {topic}"), e))?;
@@ -445,7 +501,7 @@ fn to_record<M: Message>(m: &M) -> Record {
 /// beginning) up to the high watermarks taken when the call starts. Records come in
 /// offset order per partition.
 fn read_range(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<QuietContext>,
     topic: &str,
     start: impl Fn(i32, i64, i64) -> Option<i64>,
 ) -> Result<Vec<Record>, Error> {

@@ -444,7 +444,7 @@ fn tail<T, F>(
 {
     let mut records: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     while !shutdown.is_triggered() && !tx.is_closed() {
-        let consumer: BaseConsumer = match config
+        let consumer: BaseConsumer<crate::kafka::QuietContext> = match config
             .clone()
             .set("group.id", "ferry-state-reader")
             .set("auto.offset.reset", "earliest")
@@ -457,7 +457,7 @@ fn tail<T, F>(
             // answers at once when one does), so an idle tail costs one request per
             // interval and a change reaches the reader without delay.
             .set("fetch.wait.max.ms", "500")
-            .create()
+            .create_with_context(crate::kafka::QuietContext)
         {
             Ok(c) => c,
             Err(e) => {

@@ -65,7 +65,11 @@ struct Ctx {
     items: mpsc::Sender<Item>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        ferry_shared::kafka::log_client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(
@@ -293,6 +297,7 @@ fn poll_loop(
     let mut last_watermarks = std::time::Instant::now();
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_RECORDS_PER_ITEM);
     let mut last_topic: Option<Arc<str>> = None;
+    let mut told_waiting = false;
     while !stopped() {
         if last_watermarks.elapsed() >= Duration::from_secs(5) {
             last_watermarks = std::time::Instant::now();
@@ -345,6 +350,15 @@ fn poll_loop(
                 if batch.len() >= MAX_RECORDS_PER_ITEM && !hand_over(&items, &mut batch) {
                     break;
                 }
+            }
+            Some(Err(e)) if ferry_shared::kafka::is_missing_topic(&e) => {
+                // The stream's topics are not there yet (its exporter makes them) or were
+                // deleted: normal, said once.
+                if !told_waiting {
+                    told_waiting = true;
+                    tracing::info!("waiting for the stream's topics (its exporter creates them when it starts)");
+                }
+                tracing::debug!(error = %e, "subscribed topics not available");
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "kafka consumer error");
