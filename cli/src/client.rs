@@ -194,13 +194,7 @@ pub fn render_status(s: &Status) -> String {
             st.rate_3m
         );
         if let Some(e) = &st.exporter_error {
-            let _ = writeln!(
-                out,
-                "          {} error at {}: {}",
-                e.kind,
-                format_ms(e.at_ms),
-                e.message
-            );
+            error_line(&mut out, 10, e);
         }
     }
     let _ = writeln!(out, "importers:");
@@ -231,17 +225,23 @@ pub fn render_status(s: &Status) -> String {
                 inst.partitions_held
             );
             if let Some(e) = &inst.error {
-                let _ = writeln!(
-                    out,
-                    "      {} error at {}: {}",
-                    e.kind,
-                    format_ms(e.at_ms),
-                    e.message
-                );
+                error_line(&mut out, 6, e);
             }
         }
     }
     out
+}
+
+/// `<indent>definite error at <time>: <message>`.
+fn error_line(out: &mut String, indent: usize, e: &ferry_shared::checkpoint::ServiceError) {
+    let _ = writeln!(
+        out,
+        "{:indent$}{} error at {}: {}",
+        "",
+        e.kind,
+        format_ms(e.at_ms),
+        e.message
+    );
 }
 
 /// `ferry get data-migration-report`.

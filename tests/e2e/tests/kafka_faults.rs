@@ -150,42 +150,33 @@ async fn a_wrong_kafka_password_stops_each_service_with_one_error_naming_the_set
     text.push('\n');
     let config = Config::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_trigger, stop) = ferry_shared::shutdown::channel();
-    let deadline = Duration::from_secs(60);
 
+    /// The error a service stopped with, within the deadline.
+    async fn stopped_with<E: std::fmt::Display>(
+        service: &str,
+        run: impl std::future::Future<Output = std::result::Result<(), E>>,
+    ) -> Result<(&str, Option<String>)> {
+        let result = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .with_context(|| format!("the {service} did not stop"))?;
+        Ok((service, result.err().map(|e| e.to_string())))
+    }
     let errors = [
-        (
+        stopped_with(
             "exporter",
-            tokio::time::timeout(
-                deadline,
-                ferry_exporter::run_for(Stream::Source, config.clone(), stop.clone()),
-            )
-            .await
-            .context("the exporter did not stop")?
-            .err()
-            .map(|e| e.to_string()),
-        ),
-        (
+            ferry_exporter::run_for(Stream::Source, config.clone(), stop.clone()),
+        )
+        .await?,
+        stopped_with(
             "importer",
-            tokio::time::timeout(
-                deadline,
-                ferry_importer::run_for(Destination::Target, config.clone(), stop.clone()),
-            )
-            .await
-            .context("the importer did not stop")?
-            .err()
-            .map(|e| e.to_string()),
-        ),
-        (
+            ferry_importer::run_for(Destination::Target, config.clone(), stop.clone()),
+        )
+        .await?,
+        stopped_with(
             "coordinator",
-            tokio::time::timeout(
-                deadline,
-                ferry_coordinator::run(config.clone(), stop.clone()),
-            )
-            .await
-            .context("the coordinator did not stop")?
-            .err()
-            .map(|e| e.to_string()),
-        ),
+            ferry_coordinator::run(config.clone(), stop.clone()),
+        )
+        .await?,
     ];
     for (service, error) in errors {
         let error =
