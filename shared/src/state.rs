@@ -457,6 +457,11 @@ fn tail<T, F>(
             // answers at once when one does), so an idle tail costs one request per
             // interval and a change reaches the reader without delay.
             .set("fetch.wait.max.ms", "500")
+            // A partition the broker reported unknown while it restarted is fetched
+            // again only once the metadata shows it: within 5 s, not librdkafka's
+            // default 5 minutes (a tail that missed a cutover request for minutes stalled
+            // the cutover in the broker-restart test).
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .create_with_context(crate::kafka::QuietContext)
         {
             Ok(c) => c,

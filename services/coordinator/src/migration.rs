@@ -87,6 +87,9 @@ pub fn workflow_for(configured: Workflow, prepare_for: PrepareFor) -> Result<Wor
     Ok(asked)
 }
 
+/// How often the MSR is written again while a cutover waits (see [`Migration::advance`]).
+const REWRITE_WHILE_WAITING_MS: i64 = 10_000;
+
 /// A request the coordinator refuses, with the reason and what to do.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -372,6 +375,14 @@ impl Migration {
             };
             let _ = self
                 .update(|msr| {
+                    // Written again every REWRITE_WHILE_WAITING_MS while the cutover
+                    // waits: a broker that restarted uncleanly may hold the last
+                    // record of `_state` above its high watermark (invisible to every
+                    // reader) until the partition takes a new write, and the services
+                    // would never see the request they wait for.
+                    if now_ms() - msr.updated_at_ms > REWRITE_WHILE_WAITING_MS {
+                        msr.updated_at_ms = now_ms();
+                    }
                     let c = msr.cutover_mut(to);
                     if c.status == CutoverStatus::Initiated && c.waiting_for != waiting {
                         c.waiting_for = waiting.clone();
