@@ -12,6 +12,7 @@ mod db;
 mod phases;
 mod report;
 mod services;
+mod status;
 mod usage;
 
 use std::process::ExitCode;
@@ -235,7 +236,7 @@ async fn run(args: &Args, services: &Runtimes) -> Report {
         }
     }
     if wants(Only::Status) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
-        match phases::status(&ctx, args.status_tables).await {
+        match status::status(&ctx, args.status_tables).await {
             Ok(r) => report.status = Some(r),
             Err(e) => report.errors.push(format!("status: {e:#}")),
         }

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::phases::{CdcResult, SingleResult, SnapshotResult, StatusResult};
+use crate::phases::{CdcResult, SingleResult, SnapshotResult};
+use crate::status::StatusResult;
 use crate::usage::Usage;
 
 /// One line of the table.
