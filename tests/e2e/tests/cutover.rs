@@ -47,22 +47,7 @@ async fn live_migration_cuts_over_with_sequences_and_refuses_out_of_order() -> R
     h.wait_snapshot_done().await?;
     let (code, body) = h.cutover("target", "none").await?;
     assert_eq!(code, 200, "{body}");
-    let waiting = wait_until(
-        "the cutover to wait for the importer",
-        Duration::from_secs(60),
-        || {
-            let h = &h;
-            async move {
-                let (_, s) = h.api("GET", "/api/status", None).await?;
-                let w = s["migration"]["cutover_to_target"]["waiting_for"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok(Some(w).filter(|w| w.contains("target importer")))
-            }
-        },
-    )
-    .await?;
+    let waiting = h.wait_waiting_for("target", "target importer").await?;
     assert!(waiting.contains("ferry import data to target"), "{waiting}");
     assert_eq!(h.cutover_status("target").await?, "INITIATED");
     h.importer(Destination::Target);
@@ -415,22 +400,7 @@ async fn an_importer_stopped_by_a_definite_error_shows_failed_with_its_error_unt
     h.wait_snapshot_done().await?;
     let (code, body) = h.cutover("target", "none").await?;
     assert_eq!(code, 200, "{body}");
-    let waiting = wait_until(
-        "the cutover to name the failed importer",
-        Duration::from_secs(60),
-        || {
-            let h = &h;
-            async move {
-                let (_, s) = h.api("GET", "/api/status", None).await?;
-                let w = s["migration"]["cutover_to_target"]["waiting_for"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok(Some(w).filter(|w| w.contains("FAILED")))
-            }
-        },
-    )
-    .await?;
+    let waiting = h.wait_waiting_for("target", "FAILED").await?;
     assert!(
         waiting.contains("tags") && waiting.contains("ferry import data to target"),
         "{waiting}"

@@ -32,6 +32,29 @@ async fn broker_op(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()
     tokio::task::spawn_blocking(f).await?
 }
 
+/// Stops the broker cleanly, makes `rounds` of writes on the source, keeps the broker
+/// down for `down` more (every service must carry on, retrying), then starts it again.
+async fn broker_down_for(
+    h: &mut Harness,
+    broker: &std::sync::Arc<PrivateBroker>,
+    rounds: i64,
+    down: Duration,
+) -> Result<()> {
+    let b = broker.clone();
+    broker_op(move || b.stop())
+        .await
+        .context("stopping the broker")?;
+    writes(&h.source, "broker down", rounds).await?;
+    tokio::time::sleep(down).await;
+    h.check_services()
+        .await
+        .context("a service gave up while the broker was down")?;
+    let b = broker.clone();
+    broker_op(move || b.restart())
+        .await
+        .context("restarting the broker")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_broker_stopped_mid_stream_and_mid_cutover_loses_and_doubles_nothing() -> Result<()> {
     let broker = std::sync::Arc::new(tokio::task::spawn_blocking(PrivateBroker::start).await??);
@@ -47,20 +70,8 @@ async fn the_broker_stopped_mid_stream_and_mid_cutover_loses_and_doubles_nothing
     // The change stream goes on while the broker is down (a clean stop: SIGTERM), and
     // for a while after it is back.
     writes(&h.source, "racing the stop", 10).await?;
-    let b = broker.clone();
-    broker_op(move || b.stop())
-        .await
-        .context("stopping the broker")?;
-    writes(&h.source, "broker down", 20).await?;
     // Long enough for every client to notice: connections refused, requests timing out.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    h.check_services()
-        .await
-        .context("a service gave up while the broker was down")?;
-    let b = broker.clone();
-    broker_op(move || b.restart())
-        .await
-        .context("restarting the broker")?;
+    broker_down_for(&mut h, &broker, 20, Duration::from_secs(8)).await?;
     writes(&h.source, "broker back", 20).await?;
     h.wait_equal(Side::Source, Side::Target, "after the broker restarted")
         .await?;
@@ -72,18 +83,7 @@ async fn the_broker_stopped_mid_stream_and_mid_cutover_loses_and_doubles_nothing
     h.wait_snapshot_done().await?;
     let (code, body) = h.cutover("target", "fall-back").await?;
     assert_eq!(code, 200, "{body}");
-    let b = broker.clone();
-    broker_op(move || b.stop())
-        .await
-        .context("stopping the broker")?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    h.check_services()
-        .await
-        .context("a service gave up while the broker was down")?;
-    let b = broker.clone();
-    broker_op(move || b.restart())
-        .await
-        .context("restarting the broker")?;
+    broker_down_for(&mut h, &broker, 0, Duration::from_secs(5)).await?;
     h.wait_completed("target", None).await?;
     for table in TABLES {
         assert_eq!(

@@ -251,6 +251,28 @@ impl Harness {
         .await
     }
 
+    /// Waits until the cutover to `to` says it waits for something containing `needle`;
+    /// returns the whole text.
+    pub async fn wait_waiting_for(&self, to: &str, needle: &str) -> Result<String> {
+        let key = format!("cutover_to_{}", to.replace('-', "_"));
+        wait_until(
+            &format!("the cutover to {to} to wait for {needle:?}"),
+            Duration::from_secs(60),
+            || {
+                let key = key.clone();
+                async move {
+                    let (_, s) = self.api("GET", "/api/status", None).await?;
+                    let w = s["migration"][&key]["waiting_for"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    Ok(Some(w).filter(|w| w.contains(needle)))
+                }
+            },
+        )
+        .await
+    }
+
     pub async fn cutover_status(&self, to: &str) -> Result<String> {
         let (_, s) = self.api("GET", "/api/status", None).await?;
         let key = format!("cutover_to_{}", to.replace('-', "_"));
