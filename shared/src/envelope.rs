@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::avro::RecordType;
 use crate::position::Vsn;
 use crate::value::Datum;
@@ -41,6 +43,66 @@ impl Op {
             "d" => Op::Delete,
             _ => return None,
         })
+    }
+}
+
+/// Events of one table by kind: the one count type of exporters' checkpoints, the
+/// importers' `ferry_metadata.table_counts` and the report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    /// Snapshot rows (`r`).
+    pub snapshot_rows: u64,
+    /// Inserts (`c`).
+    pub inserts: u64,
+    /// Updates (`u`).
+    pub updates: u64,
+    /// Deletes (`d`).
+    pub deletes: u64,
+}
+
+impl OpCounts {
+    /// All events.
+    pub fn total(&self) -> u64 {
+        self.snapshot_rows + self.inserts + self.updates + self.deletes
+    }
+
+    /// Counts one event of kind `op`.
+    pub fn add(&mut self, op: Op) {
+        *self.of_mut(op) += 1;
+    }
+
+    /// Adds `other`'s counts.
+    pub fn merge(&mut self, other: &OpCounts) {
+        self.snapshot_rows += other.snapshot_rows;
+        self.inserts += other.inserts;
+        self.updates += other.updates;
+        self.deletes += other.deletes;
+    }
+
+    /// The count of kind `op`.
+    pub fn of(&self, op: Op) -> u64 {
+        match op {
+            Op::Read => self.snapshot_rows,
+            Op::Create => self.inserts,
+            Op::Update => self.updates,
+            Op::Delete => self.deletes,
+        }
+    }
+
+    fn of_mut(&mut self, op: Op) -> &mut u64 {
+        match op {
+            Op::Read => &mut self.snapshot_rows,
+            Op::Create => &mut self.inserts,
+            Op::Update => &mut self.updates,
+            Op::Delete => &mut self.deletes,
+        }
+    }
+
+    /// The four counts as PostgreSQL `bigint`s, in the order snapshot rows, inserts,
+    /// updates, deletes (saturating; no count comes near `i64::MAX`).
+    pub fn as_i64s(&self) -> [i64; 4] {
+        [self.snapshot_rows, self.inserts, self.updates, self.deletes]
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
     }
 }
 

@@ -7,11 +7,15 @@
 pub mod avro;
 pub mod catalog;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod envelope;
+pub mod error_policy;
+pub mod heartbeat;
 pub mod json;
 pub mod kafka;
 pub mod kafka_access;
+pub mod metadata;
 pub mod position;
 pub mod process;
 pub mod rate;

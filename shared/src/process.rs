@@ -64,13 +64,18 @@ where
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root cause` (for log fields).
+/// An error and its causes on one line, `outer: cause: root cause` (for log fields and
+/// status). A cause whose text the line already ends with (drivers that print their
+/// cause in their own message) is not repeated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let cause = s.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = s.source();
     }
     text

@@ -38,6 +38,8 @@ pub enum RegistryError {
         message: String,
         /// Worth retrying.
         retriable: bool,
+        /// The HTTP status of its answer, when it answered.
+        status: Option<u16>,
     },
     /// A schema from the registry is not one Ferry can read.
     #[error("schema {id} from the registry")]
@@ -87,6 +89,7 @@ impl RegistryClient {
             url: url.to_owned(),
             message: e.error.clone(),
             retriable: false,
+            status: None,
         })?;
         Ok(RegistryClient {
             url: url.to_owned(),
@@ -119,6 +122,7 @@ impl RegistryClient {
         };
         RegistryError::Registry {
             url: self.url.clone(),
+            status: http_status(&e.error),
             message,
             retriable: e.retriable,
         }
@@ -168,6 +172,16 @@ impl RegistryClient {
 pub fn write_header(id: u32, out: &mut Vec<u8>) {
     out.push(0);
     out.extend_from_slice(&id.to_be_bytes());
+}
+
+/// The status in the client's "HTTP request to schema registry failed with status 409
+/// Conflict" (the only place it reports one).
+fn http_status(error: &str) -> Option<u16> {
+    let (_, rest) = error.split_once("with status ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Splits a framed record into schema id and Avro datum.
@@ -590,6 +604,15 @@ mod tests {
             primary_key: vec![0],
             replica_identity: 'f',
         }
+    }
+
+    #[test]
+    fn the_http_status_is_read_from_the_clients_message() {
+        assert_eq!(
+            http_status("HTTP request to schema registry failed with status 409 Conflict"),
+            Some(409)
+        );
+        assert_eq!(http_status("http call to schema registry failed"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use num_bigint::{BigInt, Sign};
 
 use crate::catalog::Kind;
+use crate::clock::{civil_from_days, days_from_civil};
 
 /// Settings that make text forms exact and identical on every server. Applied with one
 /// `SET` per setting at connection start (see [`session_settings_sql`]), or as startup
@@ -359,32 +360,6 @@ fn parse_bytea(text: &str) -> Result<Vec<u8>, ValueError> {
             }
         })
         .collect()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date; `year` is astronomical (1 BC = 0).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian (astronomical year, month, day) of days since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// `YYYY-MM-DD` (year may have more digits), returning astronomical year, month, day.

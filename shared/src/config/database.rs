@@ -41,6 +41,19 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Its class under the one error policy: a refused login or a TLS set-up problem is
+    /// definite, a server out of reach transient.
+    pub fn class(&self) -> crate::error_policy::ErrorClass {
+        match self {
+            ConnectError::Engine { .. } | ConnectError::Tls { .. } => {
+                crate::error_policy::ErrorClass::Definite
+            }
+            ConnectError::Connect { source, .. } => crate::error_policy::classify_pg(source),
+        }
+    }
+}
+
 impl DatabaseConfig {
     /// The port: `port`, or the engine's default.
     pub fn port(&self) -> u16 {

@@ -443,6 +443,28 @@ impl Config {
         require(self.source_replica.as_ref(), "source_replica")
     }
 
+    /// The database of `destination` (`[target]`, `[source_replica]` or `[source]`), if
+    /// configured.
+    pub fn database(&self, destination: crate::topics::Destination) -> Option<&DatabaseConfig> {
+        use crate::topics::Destination;
+        match destination {
+            Destination::Target => self.target.as_ref(),
+            Destination::SourceReplica => self.source_replica.as_ref(),
+            Destination::Source => self.source.as_ref(),
+        }
+    }
+
+    /// The database of `destination`, or an error naming the section to add.
+    pub fn require_database(
+        &self,
+        destination: crate::topics::Destination,
+    ) -> Result<&DatabaseConfig, ConfigError> {
+        require(
+            self.database(destination),
+            &destination.as_str().replace('-', "_"),
+        )
+    }
+
     /// Base URL of the schema registry every service uses: `schema_registry.url`, or the
     /// coordinator's built-in registry. No trailing slash.
     pub fn registry_url(&self) -> String {
