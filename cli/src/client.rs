@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ferry_coordinator::end::{EndReport, EndRequest};
-use ferry_coordinator::migration::{CutoverRequest, PrepareFor};
+use ferry_coordinator::cutover::{CutoverRequest, PrepareFor};
 use ferry_coordinator::positions::Status;
 use ferry_coordinator::report::{self, Report};
 use ferry_shared::config::Config;
@@ -233,7 +233,7 @@ pub fn render_status(s: &Status) -> String {
 }
 
 /// `<indent>definite error at <time>: <message>`.
-fn error_line(out: &mut String, indent: usize, e: &ferry_shared::checkpoint::ServiceError) {
+fn error_line(out: &mut String, indent: usize, e: &ferry_shared::heartbeat::ServiceError) {
     let _ = writeln!(
         out,
         "{:indent$}{} error at {}: {}",
@@ -386,7 +386,7 @@ pub async fn end_migration(config: &Config, opts: &EndOptions) -> Result<String,
                 Destination::Target,
                 Destination::SourceReplica,
             ] {
-                let Some(db) = ferry_coordinator::databases::database(config, d) else {
+                let Some(db) = config.database(d) else {
                     continue;
                 };
                 let path = dir.join(format!("schema-{}.sql", d.as_str()));

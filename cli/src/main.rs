@@ -9,7 +9,7 @@ mod verbs;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry_coordinator::migration::PrepareFor;
+use ferry_coordinator::cutover::PrepareFor;
 use ferry_shared::config::{Config, ConfigErrors};
 use ferry_shared::shutdown;
 use ferry_shared::topics::{Destination, Stream};
@@ -132,10 +132,10 @@ fn main() -> ExitCode {
             json,
         } => {
             let (Some(left), Some(right)) = (
-                ferry_coordinator::databases::database(&config, from).cloned(),
-                ferry_coordinator::databases::database(&config, to).cloned(),
+                config.database(from).cloned(),
+                config.database(to).cloned(),
             ) else {
-                let missing = if ferry_coordinator::databases::database(&config, from).is_none() {
+                let missing = if config.database(from).is_none() {
                     from
                 } else {
                     to
@@ -453,7 +453,7 @@ async fn replay(
         let destination = to.destination();
         let target = match &args.database {
             Some(name) => {
-                let Some(db) = ferry_coordinator::databases::database(config, destination) else {
+                let Some(db) = config.database(destination) else {
                     return Err(client::ApiError(format!(
                         "the {destination} database is not configured: add a [{}] section to ferry.toml",
                         destination.as_str().replace('-', "_")

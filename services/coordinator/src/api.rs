@@ -17,8 +17,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::cutover::CutoverRequest;
 use crate::end::EndRequest;
-use crate::migration::{CutoverRequest, Migration};
+use crate::migration::Migration;
 use crate::{end, positions, report};
 
 /// The API routes.

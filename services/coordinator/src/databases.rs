@@ -7,11 +7,73 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ferry_shared::catalog::{quote_ident, quote_literal};
-use ferry_shared::config::{Config, DatabaseConfig};
+use ferry_shared::config::Config;
+use ferry_shared::envelope::OpCounts;
+use ferry_shared::error_policy::{classify_pg, describe_pg, ErrorClass};
+use ferry_shared::metadata::{self, MetadataError};
 use ferry_shared::state::{ExporterFinal, SequenceValue};
 use ferry_shared::topics::Destination;
 use ferry_shared::value::session_settings_sql;
 use tokio_postgres::Client;
+
+/// Why the coordinator could not read or change a database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The destination has no section in the configuration.
+    #[error("the {0} database is not configured: add a [{section}] section to ferry.toml", section = .0.as_str().replace('-', "_"))]
+    NotConfigured(Destination),
+    /// The server can't be reached (or refused the login).
+    #[error("cannot reach the {destination} database")]
+    Connect {
+        /// Which database.
+        destination: Destination,
+        /// Why.
+        #[source]
+        source: ferry_shared::config::ConnectError,
+    },
+    /// A statement failed.
+    #[error("{what}: {}", describe_pg(.source))]
+    Sql {
+        /// What was being done, naming the object.
+        what: String,
+        /// The database's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Reading `ferry_metadata` failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// Sequences recorded on the old primary do not exist on the destination.
+    #[error("sequence(s) {names} do not exist on the {destination}: create them as on the old primary; the cutover goes on by itself once they exist")]
+    MissingSequences {
+        /// `schema.name`, comma-separated.
+        names: String,
+        /// Where they are missing.
+        destination: Destination,
+    },
+}
+
+impl DbError {
+    /// Its class under the one error policy.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DbError::NotConfigured(_) | DbError::MissingSequences { .. } => ErrorClass::Definite,
+            DbError::Connect { source, .. } => source.class(),
+            DbError::Sql { source, .. } => classify_pg(source),
+            DbError::Metadata(e) => e.class(),
+        }
+    }
+
+    /// The error and its causes on one line, for status and reports.
+    pub fn describe(&self) -> String {
+        ferry_shared::process::error_chain(self)
+    }
+
+    fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+        let what = what.into();
+        move |source| DbError::Sql { what, source }
+    }
+}
 
 /// A database reached for one task; the connection closes on drop.
 pub struct Db {
@@ -26,65 +88,34 @@ impl Drop for Db {
     }
 }
 
-/// The configuration of `destination`'s database, if configured.
-pub fn database(config: &Config, destination: Destination) -> Option<&DatabaseConfig> {
-    match destination {
-        Destination::Target => config.target.as_ref(),
-        Destination::SourceReplica => config.source_replica.as_ref(),
-        Destination::Source => config.source.as_ref(),
-    }
-}
-
 /// Connects with Ferry's session settings; the error names the database.
-pub async fn connect(config: &Config, destination: Destination) -> Result<Db, String> {
-    let Some(db) = database(config, destination) else {
-        return Err(format!(
-            "the {destination} database is not configured: add a [{}] section to ferry.toml",
-            destination.as_str().replace('-', "_")
-        ));
+pub async fn connect(config: &Config, destination: Destination) -> Result<Db, DbError> {
+    let Some(db) = config.database(destination) else {
+        return Err(DbError::NotConfigured(destination));
     };
-    let (client, conn) = db
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the {destination} database: {e}"))?;
+    let (client, conn) = db.connect().await.map_err(|source| DbError::Connect {
+        destination,
+        source,
+    })?;
     client
         .batch_execute(&session_settings_sql())
         .await
-        .map_err(|e| format!("setting up a session on the {destination}: {e}"))?;
+        .map_err(DbError::sql(format!(
+            "setting up a session on the {destination}"
+        )))?;
     Ok(Db { client, conn })
 }
 
 /// Stored positions of `group` in `db`: (topic, partition) -> (next offset, last
 /// applied VSN). Empty when no importer has written there yet.
-pub async fn positions(db: &Db, group: &str) -> Result<HashMap<(String, i32), (i64, i64)>, String> {
-    let exists: bool = db
-        .client
-        .query_one(
-            "SELECT to_regclass('ferry_metadata.positions') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if !exists {
-        return Ok(HashMap::new());
-    }
-    let rows = db
-        .client
-        .query(
-            "SELECT topic, partition, next_offset, last_vsn FROM ferry_metadata.positions WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await
-        .map_err(|e| format!("reading ferry_metadata.positions: {e}"))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                (r.get::<_, String>(0), r.get::<_, i32>(1)),
-                (r.get(2), r.get(3)),
-            )
-        })
+pub async fn positions(
+    db: &Db,
+    group: &str,
+) -> Result<HashMap<(String, i32), (i64, i64)>, DbError> {
+    Ok(metadata::positions(&db.client, group)
+        .await?
+        .into_iter()
+        .map(|p| ((p.topic, p.partition), (p.next_offset, p.last_vsn.as_i64())))
         .collect())
 }
 
@@ -110,7 +141,7 @@ pub async fn set_sequences(
     db: &Db,
     destination: Destination,
     sequences: &[SequenceValue],
-) -> Result<usize, String> {
+) -> Result<usize, DbError> {
     let mut missing = Vec::new();
     for s in sequences {
         let name = format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name));
@@ -121,7 +152,10 @@ pub async fn set_sequences(
                 &[&name],
             )
             .await
-            .map_err(|e| format!("looking up sequence {}.{}: {e}", s.schema, s.name))?
+            .map_err(DbError::sql(format!(
+                "looking up sequence {}.{}",
+                s.schema, s.name
+            )))?
             .get(0);
         if !exists {
             missing.push(format!("{}.{}", s.schema, s.name));
@@ -133,18 +167,16 @@ pub async fn set_sequences(
                 &[&s.last_value, &s.is_called],
             )
             .await
-            .map_err(|e| {
-                format!(
-                    "setting sequence {}.{} on the {destination} to {}: {e}",
-                    s.schema, s.name, s.last_value
-                )
-            })?;
+            .map_err(DbError::sql(format!(
+                "setting sequence {}.{} on the {destination} to {}",
+                s.schema, s.name, s.last_value
+            )))?;
     }
     if !missing.is_empty() {
-        return Err(format!(
-            "sequence(s) {} do not exist on the {destination}: create them as on the old primary; the cutover goes on by itself once they exist",
-            missing.join(", ")
-        ));
+        return Err(DbError::MissingSequences {
+            names: missing.join(", "),
+            destination,
+        });
     }
     Ok(sequences.len())
 }
@@ -152,7 +184,7 @@ pub async fn set_sequences(
 /// Drops replication slot `slot` and publication `slot` on `db` if they exist. A slot
 /// still in use by a session is dropped only when `terminate` (the session is ended
 /// first); otherwise the answer is `Ok(false)`.
-pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, String> {
+pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, DbError> {
     let row = db
         .client
         .query_opt(
@@ -160,7 +192,7 @@ pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, Str
             &[&slot],
         )
         .await
-        .map_err(|e| format!("looking up replication slot {slot}: {e}"))?;
+        .map_err(DbError::sql(format!("looking up replication slot {slot}")))?;
     if let Some(row) = row {
         let pid: Option<i32> = row.get(0);
         if let Some(pid) = pid {
@@ -179,7 +211,7 @@ pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, Str
                 &[&slot],
             )
             .await
-            .map_err(|e| format!("dropping replication slot {slot}: {e}"))?;
+            .map_err(DbError::sql(format!("dropping replication slot {slot}")))?;
         if slot_exists(db, slot).await? {
             return Ok(false);
         }
@@ -187,12 +219,12 @@ pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, Str
     db.client
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(slot)))
         .await
-        .map_err(|e| format!("dropping publication {slot}: {e}"))?;
+        .map_err(DbError::sql(format!("dropping publication {slot}")))?;
     Ok(true)
 }
 
 /// True when replication slot `slot` exists in `db`'s cluster.
-pub async fn slot_exists(db: &Db, slot: &str) -> Result<bool, String> {
+pub async fn slot_exists(db: &Db, slot: &str) -> Result<bool, DbError> {
     Ok(db
         .client
         .query_one(
@@ -200,52 +232,27 @@ pub async fn slot_exists(db: &Db, slot: &str) -> Result<bool, String> {
             &[&slot],
         )
         .await
-        .map_err(|e| format!("looking up replication slot {slot}: {e}"))?
+        .map_err(DbError::sql(format!("looking up replication slot {slot}")))?
         .get(0))
 }
 
 /// Per-table import counts of `group` in `db`, by `schema.table`.
-pub async fn table_counts(db: &Db, group: &str) -> Result<BTreeMap<String, [i64; 4]>, String> {
-    let exists: bool = db
-        .client
-        .query_one(
-            "SELECT to_regclass('ferry_metadata.table_counts') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if !exists {
-        return Ok(BTreeMap::new());
-    }
-    let rows = db
-        .client
-        .query(
-            "SELECT schema_name, table_name, snapshot_rows, inserts, updates, deletes \
-             FROM ferry_metadata.table_counts WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await
-        .map_err(|e| format!("reading ferry_metadata.table_counts: {e}"))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
-                [r.get(2), r.get(3), r.get(4), r.get(5)],
-            )
-        })
+pub async fn table_counts(db: &Db, group: &str) -> Result<BTreeMap<String, OpCounts>, DbError> {
+    Ok(metadata::table_counts(&db.client, group)
+        .await?
+        .into_iter()
+        .map(|((schema, table), counts)| (format!("{schema}.{table}"), counts))
         .collect())
 }
 
 /// `count(*)` of a table, `None` when it does not exist there.
-pub async fn row_count(db: &Db, schema: &str, table: &str) -> Result<Option<i64>, String> {
+pub async fn row_count(db: &Db, schema: &str, table: &str) -> Result<Option<i64>, DbError> {
     let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
     let exists: bool = db
         .client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(DbError::sql(format!("looking up table {schema}.{table}")))?
         .get(0);
     if !exists {
         return Ok(None);
@@ -254,7 +261,7 @@ pub async fn row_count(db: &Db, schema: &str, table: &str) -> Result<Option<i64>
         .client
         .query_one(&format!("SELECT count(*) FROM {name}"), &[])
         .await
-        .map_err(|e| format!("counting rows of {schema}.{table}: {e}"))?
+        .map_err(DbError::sql(format!("counting rows of {schema}.{table}")))?
         .get(0);
     Ok(Some(n))
 }

@@ -50,13 +50,13 @@ pub async fn end(m: &Migration, req: &EndRequest) -> EndReport {
         (Destination::Target, Some(Stream::Target)),
         (Destination::SourceReplica, None),
     ] {
-        if databases::database(&m.config, destination).is_none() {
+        if m.config.database(destination).is_none() {
             continue;
         }
         let db = match connect(&m.config, destination).await {
             Ok(db) => db,
             Err(e) => {
-                report.failed.push(e);
+                report.failed.push(e.describe());
                 continue;
             }
         };
@@ -69,14 +69,12 @@ pub async fn end(m: &Migration, req: &EndRequest) -> EndReport {
                 Ok(false) => report.failed.push(format!(
                     "replication slot {slot} on the {destination} is still in use: stop \"ferry export data from {stream}\" and run \"ferry end migration\" again"
                 )),
-                Err(e) => report.failed.push(e),
+                Err(e) => report.failed.push(e.describe()),
             }
         }
         match db
             .client
-            .batch_execute(
-                "SET client_min_messages = warning; DROP SCHEMA IF EXISTS ferry_metadata CASCADE",
-            )
+            .batch_execute(ferry_shared::metadata::DROP_SQL)
             .await
         {
             Ok(()) => report.done.push(format!(

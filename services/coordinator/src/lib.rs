@@ -10,6 +10,7 @@
 //!   coordinator's address unless `schema_registry.url` names an external registry.
 
 pub mod api;
+pub mod cutover;
 pub mod databases;
 pub mod end;
 pub mod migration;

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_shared::checkpoint::{ExporterHeartbeat, ImporterHeartbeat, ServiceError};
+use ferry_shared::heartbeat::{ExporterHeartbeat, ImporterHeartbeat, ServiceError};
 use ferry_shared::kafka;
 use ferry_shared::state::{now_ms, MigrationStatus};
 use ferry_shared::topics::{Destination, Stream};
@@ -332,7 +332,7 @@ pub async fn measure(m: &Migration) -> Status {
         Destination::SourceReplica,
         Destination::Source,
     ] {
-        if databases::database(&m.config, destination).is_none() {
+        if m.config.database(destination).is_none() {
             continue;
         }
         let group = m.topics.import_group(destination);
@@ -389,9 +389,9 @@ pub async fn measure(m: &Migration) -> Status {
                         None
                     };
                 }
-                Err(e) => st.error = Some(e),
+                Err(e) => st.error = Some(e.describe()),
             },
-            Err(e) => st.error = Some(e),
+            Err(e) => st.error = Some(e.describe()),
         }
         importers.push(st);
     }

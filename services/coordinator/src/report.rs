@@ -28,7 +28,7 @@ pub struct ReportRow {
     /// Snapshot rows exported from this database.
     pub exported_snapshot_rows: Option<u64>,
     /// Snapshot rows imported into this database.
-    pub imported_snapshot_rows: Option<i64>,
+    pub imported_snapshot_rows: Option<u64>,
     /// Inserts exported from this database.
     pub exported_inserts: Option<u64>,
     /// Updates exported from this database.
@@ -36,11 +36,11 @@ pub struct ReportRow {
     /// Deletes exported from this database.
     pub exported_deletes: Option<u64>,
     /// Inserts imported into this database.
-    pub imported_inserts: Option<i64>,
+    pub imported_inserts: Option<u64>,
     /// Updates imported into this database.
-    pub imported_updates: Option<i64>,
+    pub imported_updates: Option<u64>,
     /// Deletes imported into this database.
-    pub imported_deletes: Option<i64>,
+    pub imported_deletes: Option<u64>,
     /// `count(*)` now (`None`: the database or table is not reachable).
     pub final_row_count: Option<i64>,
 }
@@ -68,13 +68,13 @@ pub async fn build(m: &Migration) -> Report {
         Destination::Target,
         Destination::SourceReplica,
     ] {
-        if databases::database(&m.config, d).is_none() {
+        if m.config.database(d).is_none() {
             continue;
         }
         match connect(&m.config, d).await {
             Ok(db) => dbs.push((d, Some(db))),
             Err(e) => {
-                report.notes.push(e);
+                report.notes.push(e.describe());
                 dbs.push((d, None));
             }
         }
@@ -112,7 +112,7 @@ pub async fn build(m: &Migration) -> Report {
             Some(db) => match databases::table_counts(db, &m.topics.import_group(*d)).await {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    report.notes.push(format!("the {d}: {e}"));
+                    report.notes.push(format!("the {d}: {}", e.describe()));
                     None
                 }
             },
@@ -135,7 +135,7 @@ pub async fn build(m: &Migration) -> Report {
                 Some(db) => match databases::row_count(db, schema, table).await {
                     Ok(n) => n,
                     Err(e) => {
-                        report.notes.push(format!("the {d}: {e}"));
+                        report.notes.push(format!("the {d}: {}", e.describe()));
                         None
                     }
                 },
@@ -151,7 +151,7 @@ pub async fn build(m: &Migration) -> Report {
             let inn = match (d, counts) {
                 // The source is imported into only with fall-back.
                 (Destination::Source, Some(c)) if c.is_empty() => None,
-                (_, Some(c)) => Some(c.get(&name).copied().unwrap_or([0; 4])),
+                (_, Some(c)) => Some(c.get(&name).copied().unwrap_or_default()),
                 (_, None) => None,
             };
             report.rows.push(ReportRow {
@@ -160,13 +160,15 @@ pub async fn build(m: &Migration) -> Report {
                 exported_snapshot_rows: out
                     .filter(|_| *d == Destination::Source)
                     .map(|c| c.snapshot_rows),
-                imported_snapshot_rows: inn.filter(|_| *d != Destination::Source).map(|c| c[0]),
+                imported_snapshot_rows: inn
+                    .filter(|_| *d != Destination::Source)
+                    .map(|c| c.snapshot_rows),
                 exported_inserts: out.map(|c| c.inserts),
                 exported_updates: out.map(|c| c.updates),
                 exported_deletes: out.map(|c| c.deletes),
-                imported_inserts: inn.map(|c| c[1]),
-                imported_updates: inn.map(|c| c[2]),
-                imported_deletes: inn.map(|c| c[3]),
+                imported_inserts: inn.map(|c| c.inserts),
+                imported_updates: inn.map(|c| c.updates),
+                imported_deletes: inn.map(|c| c.deletes),
                 final_row_count,
             });
         }
