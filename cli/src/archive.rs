@@ -29,10 +29,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, DatabaseConfig, Workflow};
 use ferry_shared::json::JsonEvent;
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::EventDecoder;
 use ferry_shared::replay::{MergedReader, PartitionRange, ReadError};
 use ferry_shared::topics::{Destination, Stream, Topics};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -215,31 +215,17 @@ async fn positions(
     db: &DatabaseConfig,
     group: &str,
 ) -> Result<HashMap<(String, i32), i64>, String> {
-    let (client, conn) = db.connect().await.map_err(|e| {
-        format!(
-            "{e}: {}",
-            std::error::Error::source(&e)
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        )
-    })?;
-    let rows = client
-        .query(
-            "SELECT topic, partition, next_offset FROM ferry_metadata.positions WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await;
+    let (client, conn) = db
+        .connect()
+        .await
+        .map_err(|e| ferry_shared::process::error_chain(&e))?;
+    let positions = ferry_shared::metadata::positions(&client, group).await;
     conn.abort();
-    match rows {
-        Ok(rows) => Ok(rows
-            .into_iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            Ok(HashMap::new())
-        }
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(positions
+        .map_err(|e| ferry_shared::process::error_chain(&e))?
+        .into_iter()
+        .map(|p| ((p.topic, p.partition), p.next_offset))
+        .collect())
 }
 
 /// The ranges of `stream`'s topics that every importer applied (module doc), with the

@@ -4,15 +4,19 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry_coordinator::end::{EndReport, EndRequest};
 use ferry_coordinator::cutover::{CutoverRequest, PrepareFor};
+use ferry_coordinator::end::{EndReport, EndRequest};
 use ferry_coordinator::positions::Status;
 use ferry_coordinator::report::{self, Report};
 use ferry_shared::config::Config;
+use ferry_shared::error_policy::{classify_http_status, Backoff};
 use ferry_shared::state::{format_ms, Cutover, MigrationStatus};
 use ferry_shared::topics::Destination;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// How many times a GET is asked again after a transient answer.
+const GET_ATTEMPTS: u32 = 3;
 
 /// A failed call, said for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +70,25 @@ impl Api {
         })
     }
 
-    /// GET `path`.
+    /// GET `path`. A transient answer (5xx, 408, 429: the coordinator busy or
+    /// restarting) is asked again a few times under the one error policy; a GET changes
+    /// nothing, so asking again is safe.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        self.read(resp).await
+        let mut backoff = Backoff::new();
+        loop {
+            let resp = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .map_err(|e| self.unreachable(&e))?;
+            let transient = classify_http_status(resp.status().as_u16()).is_transient();
+            if !resp.status().is_success() && transient && backoff.attempts() < GET_ATTEMPTS {
+                tokio::time::sleep(backoff.delay()).await;
+                continue;
+            }
+            return self.read(resp).await;
+        }
     }
 
     /// POST `body` as JSON to `path`.

@@ -131,10 +131,9 @@ fn main() -> ExitCode {
             max_keys,
             json,
         } => {
-            let (Some(left), Some(right)) = (
-                config.database(from).cloned(),
-                config.database(to).cloned(),
-            ) else {
+            let (Some(left), Some(right)) =
+                (config.database(from).cloned(), config.database(to).cloned())
+            else {
                 let missing = if config.database(from).is_none() {
                     from
                 } else {

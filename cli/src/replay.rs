@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use ferry_importer::replay::{ReplayApplied, ReplayApply};
 use ferry_shared::avro::AvroType;
 use ferry_shared::catalog::TableName;
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, ConfigError, DatabaseConfig};
 use ferry_shared::json::JsonEvent;
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::{EventDecoder, RegistryClient};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::replay::{
     parse_time_ms, plan, EndAt, MergedReader, OffsetStart, PartitionRange, ReadError,
     RetainedRecord, Selection, StartAt,

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_cli::replay::{self, ReplayOptions, ReplayTarget};
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::Config;
 use ferry_shared::json::JsonEvent;
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::EventDecoder;
 use ferry_shared::replay::{EndAt, OffsetStart, StartAt};
 use ferry_shared::shutdown::{self, Shutdown};
 use ferry_shared::topics::{Destination, Stream, Topics};
@@ -131,7 +131,7 @@ impl Fixture {
                 panic!("key is not a record");
             };
             assert_eq!(
-                ferry_shared::registry::framed_vsn(r.value.as_deref().unwrap()),
+                ferry_shared::codec::framed_vsn(r.value.as_deref().unwrap()),
                 Some(event.vsn),
                 "the value starts with the event's vsn"
             );

@@ -276,7 +276,7 @@ pub fn value_schema(table: &TableSchema) -> Json {
         "namespace": ns,
         "fields": [
             // First, so that a record's VSN is read at a fixed place without its schema
-            // (registry::framed_vsn); readers find every field by name.
+            // (codec::framed_vsn); readers find every field by name.
             {"name": "vsn", "type": "long"},
             {"name": "before", "type": ["null", row], "default": null},
             {"name": "after", "type": ["null", "Value"], "default": null},

@@ -8,6 +8,7 @@ pub mod avro;
 pub mod catalog;
 pub mod checkpoint;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod envelope;
 pub mod error_policy;

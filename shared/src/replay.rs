@@ -13,7 +13,7 @@
 //!   so the output never goes backwards. Partitions whose queue is full are paused, so
 //!   memory stays bounded whatever the skew between partitions.
 //! - The VSN is read from the front of the value, where every envelope carries it as
-//!   its first field ([`crate::registry::framed_vsn`]), so records are merged without
+//!   its first field ([`crate::codec::framed_vsn`]), so records are merged without
 //!   their schemas. Records written before that layout carry it in a `ferry.vsn` header
 //!   (8 bytes, big-endian), which is read first.
 //! - Records removed from a partition while it is being read (retention, `ferry archive
@@ -397,7 +397,7 @@ pub fn record_vsn(header: Option<&[u8]>, value: Option<&[u8]>) -> Option<Vsn> {
         let bytes: [u8; 8] = h.try_into().ok()?;
         return Some(Vsn(u64::from_be_bytes(bytes)));
     }
-    crate::registry::framed_vsn(value?)
+    crate::codec::framed_vsn(value?)
 }
 
 /// [`record_vsn`] of a consumed message.

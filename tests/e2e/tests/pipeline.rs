@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::Config;
 use ferry_shared::envelope::Op;
-use ferry_shared::registry::{EventDecoder, RegistryClient};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::shutdown;
 use ferry_shared::topics::{Destination, Stream, Topics};
 use ferry_testkit::{free_port, kafka, unique_name, wait_until, Stack};

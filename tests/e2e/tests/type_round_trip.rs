@@ -5,17 +5,14 @@
 //! functions, and compared there with the same values inserted directly, by
 //! `IS NOT DISTINCT FROM` (where the type has equality) and by text form (always).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use anyhow::{bail, Context, Result};
-use ferry_coordinator::registry::{self, Registry};
 use ferry_shared::catalog::{self, CatalogError, Kind, TableName, TypeCatalog};
+use ferry_shared::codec::{EventDecoder, TableEncoder};
 use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::{EventDecoder, RegistryClient, TableCodec};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::value::{format_text, parse_text, session_settings_sql, Datum};
-use ferry_testkit::{free_port, unique_name, Stack};
+use ferry_testkit::{unique_name, Stack};
 use tokio_postgres::SimpleQueryMessage;
 
 /// Types, extensions and domains the table uses; run on both clusters.
@@ -339,19 +336,6 @@ fn insert_sql(name: &str) -> Vec<String> {
         .collect()
 }
 
-async fn serve_registry(topic: &str) -> Result<String> {
-    let stack = Stack::get();
-    let mut kafka = rdkafka::ClientConfig::new();
-    kafka.set("bootstrap.servers", &stack.kafka_bootstrap);
-    let registry = Arc::new(Registry::open(kafka, topic.to_owned()).await?);
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, registry::router(registry)).await;
-    });
-    Ok(format!("http://{addr}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_round_trips_exactly() -> Result<()> {
     let stack = Stack::get();
@@ -416,10 +400,10 @@ async fn every_type_round_trips_exactly() -> Result<()> {
         .await?;
 
     // 4. Encoded with schemas registered in the built-in registry.
-    let registry_url = serve_registry(&unique_name("schemas")).await?;
+    let registry_url = ferry_testkit::serve_registry(None).await?;
     let writer = RegistryClient::new(&registry_url, None)?;
     let topic = format!("{}.source.public.t", unique_name("ferry"));
-    let codec = TableCodec::register(&writer, &topic, &table).await?;
+    let codec = TableEncoder::new(&writer, table.clone(), topic, 0, 1, source_db.clone()).await?;
     let mut framed = Vec::new();
     for message in &messages {
         let SimpleQueryMessage::Row(row) = message else {
@@ -451,10 +435,7 @@ async fn every_type_round_trips_exactly() -> Result<()> {
                 commit_ts_ms: 0,
             },
         };
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        codec.encode_key(&event.key, &mut key)?;
-        codec.encode_value(&event, &mut value)?;
-        framed.push((key, value));
+        framed.push(codec.encode_event(&event)?);
     }
     assert_eq!(framed.len(), rows());
 

@@ -5,15 +5,18 @@
 //! test its own database ([`Cluster::create_database`]), names ([`unique_name`]) and
 //! ports ([`free_port`]). Waits use deadlines ([`wait_until`]), never bare sleeps.
 //! Helpers for topics live in [`kafka`]; a test that stops or kills a broker starts its
-//! own with [`PrivateBroker`].
+//! own with [`PrivateBroker`]; a schema registry of its own comes from
+//! [`serve_registry`].
 
 mod broker;
 pub mod kafka;
 mod names;
+mod registry;
 mod stack;
 mod wait;
 
 pub use broker::PrivateBroker;
 pub use names::{free_port, unique_name};
+pub use registry::serve_registry;
 pub use stack::{Cluster, SaslListener, Stack};
 pub use wait::{wait_listening, wait_until};
