@@ -43,6 +43,15 @@ impl Error {
             source: None,
         }
     }
+
+    /// Its class under the one error policy ([`crate::error_policy::classify_kafka`]);
+    /// an error without a client error (a topic with an unexpected layout) is definite.
+    pub fn class(&self) -> crate::error_policy::ErrorClass {
+        self.source.as_ref().map_or(
+            crate::error_policy::ErrorClass::Definite,
+            crate::error_policy::classify_kafka,
+        )
+    }
 }
 
 /// Logs an error librdkafka reports for a client as a whole, at the level it deserves

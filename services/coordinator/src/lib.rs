@@ -42,8 +42,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The migration state could not be read or written.
-    #[error("opening the migration state: {0}")]
-    State(String),
+    #[error("opening the migration state")]
+    State(#[source] migration::StateError),
     /// The broker refused this client (SASL login or TLS handshake).
     #[error(transparent)]
     KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),

@@ -26,6 +26,44 @@ use tokio::sync::{watch, Mutex};
 use crate::cutover::{self, Action, CutoverRequest, Effect, Refused};
 use crate::databases::{self, connect, DbError};
 
+/// Why the migration state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// `_state` and `_status` could not be created.
+    #[error("creating the state topics")]
+    Topics(#[source] kafka::Error),
+    /// The producer of the record could not be created.
+    #[error("creating a kafka producer")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    /// The coordinator was stopped before `_state` was read.
+    #[error("stopped before reading the migration state")]
+    Stopped,
+    /// The record could not be written.
+    #[error("writing the migration status record")]
+    Write(#[source] rdkafka::error::KafkaError),
+}
+
+/// Why a change to the record did not happen: the request was refused, or the record
+/// could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// Refused, with the reason and what to do.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Not written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl From<UpdateError> for Refused {
+    fn from(e: UpdateError) -> Refused {
+        match e {
+            UpdateError::Refused(r) => r,
+            UpdateError::State(e) => Refused(ferry_shared::process::error_chain(&e)),
+        }
+    }
+}
+
 /// Why a cutover pass could not go on (it is tried again a second later; the text is
 /// the cutover's `waiting_for` meanwhile).
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +72,19 @@ pub enum StepError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// The migration status record could not be written.
-    #[error("{0}")]
-    Record(String),
+    #[error(transparent)]
+    Record(#[from] StateError),
+    /// A change was refused (a bug: the steps' changes never refuse).
+    #[error(transparent)]
+    Refused(Refused),
+}
+
+fn step_error(e: UpdateError) -> StepError {
+    match e {
+        UpdateError::State(e) => StepError::Record(e),
+        // The steps' changes never refuse.
+        UpdateError::Refused(r) => StepError::Refused(r),
+    }
 }
 
 /// How often the MSR is written again while a cutover waits (see [`Migration::advance`]).
@@ -70,7 +119,7 @@ pub struct Migration {
 
 impl Migration {
     /// Reads `_state` and writes the first MSR if there is none.
-    pub async fn open(config: Config, shutdown: Shutdown) -> Result<Arc<Migration>, String> {
+    pub async fn open(config: Config, shutdown: Shutdown) -> Result<Arc<Migration>, StateError> {
         let topics = Topics::new(config.migration.topic_prefix());
         let kafka = config.kafka.client_config();
         let replication = i32::from(config.migration.replication_factor);
@@ -87,15 +136,15 @@ impl Migration {
                 .collect::<Vec<_>>(),
         )
         .await
-        .map_err(|e| format!("creating the state topics: {e}"))?;
+        .map_err(StateError::Topics)?;
         let producer: FutureProducer = kafka::idempotent_producer_config(&kafka)
             .create()
-            .map_err(|e| format!("creating a kafka producer: {e}"))?;
+            .map_err(StateError::Producer)?;
         let mut state_rx = state::watch(&kafka, &topics.state(), shutdown.clone());
         let mut stop = shutdown.clone();
         let view = state::first_view(&mut state_rx, &mut stop)
             .await
-            .ok_or_else(|| "stopped before reading the migration state".to_owned())?;
+            .ok_or(StateError::Stopped)?;
         let heartbeats = state::tail_compacted(
             &kafka,
             &topics.status(),
@@ -165,7 +214,7 @@ impl Migration {
         &self.kafka
     }
 
-    async fn store(&self, mut msr: MigrationStatus) -> Result<(), String> {
+    async fn store(&self, mut msr: MigrationStatus) -> Result<(), StateError> {
         msr.updated_at_ms = now_ms();
         let payload = msr.to_json();
         self.producer
@@ -176,7 +225,7 @@ impl Migration {
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|(e, _)| format!("writing the migration status record: {e}"))?;
+            .map_err(|(e, _)| StateError::Write(e))?;
         *self.msr.lock().await = msr;
         Ok(())
     }
@@ -185,13 +234,13 @@ impl Migration {
     async fn update<T>(
         &self,
         change: impl FnOnce(&mut MigrationStatus) -> Result<T, Refused>,
-    ) -> Result<T, Refused> {
+    ) -> Result<T, UpdateError> {
         let _guard = self.write_lock.lock().await;
         let before = self.msr().await;
         let mut msr = before.clone();
         let out = change(&mut msr)?;
         if msr != before {
-            self.store(msr).await.map_err(Refused)?;
+            self.store(msr).await?;
         }
         Ok(out)
     }
@@ -376,7 +425,7 @@ impl Migration {
                         Ok(())
                     })
                     .await
-                    .map_err(|e| StepError::Record(e.0))?;
+                    .map_err(step_error)?;
                 }
                 Action::Mark {
                     name,
@@ -389,7 +438,7 @@ impl Migration {
                         Ok(())
                     })
                     .await
-                    .map_err(|e| StepError::Record(e.0))?;
+                    .map_err(step_error)?;
                     tracing::info!(to = %to, step = %name, "cutover step done");
                 }
                 Action::Complete => {
@@ -398,7 +447,7 @@ impl Migration {
                         Ok(())
                     })
                     .await
-                    .map_err(|e| StepError::Record(e.0))?;
+                    .map_err(step_error)?;
                     tracing::info!(to = %to, "cutover COMPLETED");
                     return Ok(None);
                 }

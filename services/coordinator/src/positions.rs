@@ -197,14 +197,10 @@ pub struct Status {
 }
 
 /// High watermark per (topic, partition) of a stream's table topics (one client for all).
-async fn highs(m: &Migration, stream: Stream) -> Result<HashMap<(String, i32), i64>, String> {
+async fn highs(m: &Migration, stream: Stream) -> Result<HashMap<(String, i32), i64>, kafka::Error> {
     let prefix = format!("{}.{}.", m.topics.prefix(), stream);
-    let names = kafka::list_topics(m.kafka(), &prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let marks = kafka::watermarks_of(m.kafka(), &names)
-        .await
-        .map_err(|e| e.to_string())?;
+    let names = kafka::list_topics(m.kafka(), &prefix).await?;
+    let marks = kafka::watermarks_of(m.kafka(), &names).await?;
     let mut out = HashMap::new();
     for (topic, marks) in marks {
         for (p, (_, high)) in marks.into_iter().enumerate() {
