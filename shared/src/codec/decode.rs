@@ -336,24 +336,7 @@ fn envelope_from_datum(ty: &AvroType, datum: Datum) -> Result<DecodedEvent, Regi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TableSchema;
-
-    /// `public.t (id bigint PRIMARY KEY)`.
-    fn one_bigint_table() -> TableSchema {
-        TableSchema {
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![crate::catalog::Column {
-                name: "id".into(),
-                type_name: "bigint".into(),
-                type_oid: 20,
-                nullable: false,
-                kind: crate::catalog::Kind::Int64,
-            }],
-            primary_key: vec![0],
-            replica_identity: 'f',
-        }
-    }
+    use crate::codec::tests::one_bigint_table;
 
     #[test]
     fn envelope_plans_find_the_fields_or_name_the_missing_one() {

@@ -62,7 +62,7 @@ pub fn framed_vsn(bytes: &[u8]) -> Option<Vsn> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::avro;
     use crate::catalog::TableSchema;
@@ -70,7 +70,7 @@ mod tests {
     use crate::value::Datum;
 
     /// `public.t (id bigint PRIMARY KEY)`.
-    fn one_bigint_table() -> TableSchema {
+    pub(crate) fn one_bigint_table() -> TableSchema {
         TableSchema {
             schema: "public".into(),
             name: "t".into(),
