@@ -2,7 +2,7 @@
 //! applier over a bounded channel (backpressure: a full channel stops polling).
 //!
 //! Rebalances run in that thread, inside `poll`. On an assignment the thread reads the
-//! partitions' positions from the destination (`ferry_metadata`) and assigns the
+//! partitions' positions from the destination ([`Sink::load_positions`]) and assigns the
 //! partitions *at those offsets*, so no record before the stored position is fetched
 //! and Kafka's committed offsets are never used to position the consumer. It then
 //! sends [`Item::Assigned`] through the same channel as the records, so the applier
@@ -23,7 +23,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::error::Failure;
-use crate::metadata::{self, Stored};
+use crate::sink::{Sink, Stored};
 
 /// One record as the applier needs it.
 #[derive(Debug)]
@@ -58,20 +58,20 @@ pub(crate) enum Command {
     Commit(Vec<(String, i32, i64)>),
 }
 
-struct Ctx {
+struct Ctx<S> {
     runtime: tokio::runtime::Handle,
-    db: Arc<tokio_postgres::Client>,
-    group: String,
+    /// Where the positions are read on assignment.
+    positions: Arc<S>,
     items: mpsc::Sender<Item>,
 }
 
-impl ClientContext for Ctx {
+impl<S: Sink + Sync> ClientContext for Ctx<S> {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         ferry_shared::kafka::log_client_error(&error, reason);
     }
 }
 
-impl ConsumerContext for Ctx {
+impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -88,7 +88,7 @@ impl ConsumerContext for Ctx {
                 let loaded = self.runtime.block_on(async {
                     tokio::time::timeout(
                         Duration::from_secs(60),
-                        metadata::load_positions(&self.db, &self.group, &parts),
+                        self.positions.load_positions(&parts),
                     )
                     .await
                 });
@@ -183,12 +183,13 @@ pub(crate) struct ConsumerThread {
 }
 
 impl ConsumerThread {
-    /// Subscribes to `pattern` in `group` and starts polling.
-    pub(crate) fn start(
+    /// Subscribes to `pattern` in `group` and starts polling; positions are read from
+    /// `positions` (a sink of the same group).
+    pub(crate) fn start<S: Sink + Sync>(
         mut config: ClientConfig,
         group: &str,
         pattern: &str,
-        db: Arc<tokio_postgres::Client>,
+        positions: Arc<S>,
         capacity: usize,
         fetch_wait: Duration,
     ) -> Result<ConsumerThread, Failure> {
@@ -241,11 +242,10 @@ impl ConsumerThread {
         let (tx, rx) = mpsc::channel(capacity.max(16));
         let ctx = Ctx {
             runtime: tokio::runtime::Handle::current(),
-            db,
-            group: group.to_owned(),
+            positions,
             items: tx.clone(),
         };
-        let consumer: BaseConsumer<Ctx> = config
+        let consumer: BaseConsumer<Ctx<S>> = config
             .create_with_context(ctx)
             .map_err(|e| kafka_failure("creating the consumer", &e))?;
         consumer
@@ -287,8 +287,8 @@ impl Drop for ConsumerThread {
 
 /// Polls the consumer and hands records over in batches: a batch goes to the applier
 /// when it is full or when librdkafka has nothing more fetched.
-fn poll_loop(
-    consumer: BaseConsumer<Ctx>,
+fn poll_loop<S: Sink + Sync>(
+    consumer: BaseConsumer<Ctx<S>>,
     items: mpsc::Sender<Item>,
     commands: std_mpsc::Receiver<Command>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -386,7 +386,10 @@ fn hand_over(items: &mpsc::Sender<Item>, batch: &mut Vec<Record>) -> bool {
     items.blocking_send(Item::Records(records)).is_ok()
 }
 
-fn run_commands(consumer: &BaseConsumer<Ctx>, commands: &std_mpsc::Receiver<Command>) {
+fn run_commands<S: Sink + Sync>(
+    consumer: &BaseConsumer<Ctx<S>>,
+    commands: &std_mpsc::Receiver<Command>,
+) {
     while let Ok(cmd) = commands.try_recv() {
         match cmd {
             Command::Commit(offsets) => {

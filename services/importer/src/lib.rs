@@ -4,26 +4,27 @@
 //! Exactly once rests on three rules:
 //!
 //! 1. Every batch writes its rows, its partitions' positions (next offset, last applied
-//!    VSN) and its per-table counts in ONE destination transaction ([`metadata`]).
+//!    VSN) and its per-table counts in ONE destination transaction ([`sink::Sink`],
+//!    [`sink::postgres::positions`]).
 //! 2. On every partition assignment the consumer is positioned at the offsets stored in
 //!    the destination, never at Kafka's committed offsets ([`consumer`]); positions move
 //!    by compare-and-set, so an importer that lost a partition in a rebalance cannot
 //!    write it again.
 //! 3. Records below the stored offset, and events whose VSN is not above the partition's
-//!    last applied VSN, are skipped; apply is idempotent anyway ([`apply`]).
+//!    last applied VSN, are skipped; apply is idempotent anyway ([`sink::postgres`]).
 //!
 //! Kafka offsets are committed after each destination commit, for monitoring only.
 //! Any number of importer processes may share a group; partitions move between them
 //! with nothing lost or applied twice. Inside a process, `importer.workers` apply tasks
-//! share the assigned partitions, each with its own connection ([`apply::worker`]).
+//! share the assigned partitions, each with its own connection ([`worker`]).
 
-mod apply;
 mod consumer;
 mod error;
-mod metadata;
+mod event;
 mod progress;
 pub mod replay;
-mod statements;
+mod sink;
+mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -36,17 +37,17 @@ use ferry_shared::registry::{EventDecoder, RegistryClient, RegistryError};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::{Destination, Stream, Topics};
 use ferry_shared::value::session_settings_sql;
-use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 pub use error::Error;
-pub use metadata::Counts;
 pub use progress::{importer_heartbeat_key as heartbeat_key, ImporterHeartbeat, PartitionPosition};
+pub use sink::Counts;
 
-use apply::worker::{self, Pool};
 use consumer::{Command, ConsumerThread, Item};
 use error::{Backoff, Failure};
+use sink::postgres::{self as pg, ConnectionTask, PgSink};
+use worker::Pool;
 
 /// Runs the importer of the target (the source stream applied to the target) until
 /// `shutdown` fires or a definite error stops it.
@@ -114,15 +115,12 @@ async fn run_destination(
             Connected::Start(e) => e,
             Connected::Later(f) => Error::Definite(f.to_string()),
         })?;
-    client
-        .batch_execute(metadata::SETUP_SQL)
-        .await
-        .map_err(|e| {
-            Error::Definite(format!(
-                "creating the ferry_metadata schema on the {destination}: {}",
-                error::describe_pg(&e)
-            ))
-        })?;
+    client.batch_execute(pg::SETUP_SQL).await.map_err(|e| {
+        Error::Definite(format!(
+            "creating the ferry_metadata schema on the {destination}: {}",
+            error::describe_pg(&e)
+        ))
+    })?;
     tracing::info!(%group, database = %db.display(), "importer starting");
 
     let kafka = config.kafka.client_config();
@@ -252,7 +250,7 @@ enum Connected {
 async fn connect_destination(
     db: &DatabaseConfig,
     destination: Destination,
-) -> Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>), Connected> {
+) -> Result<(Client, ConnectionTask), Connected> {
     let (client, conn) = db.connect().await.map_err(|e| {
         Connected::Later(Failure::Transient(format!(
             "{e}: {}",
@@ -279,7 +277,7 @@ async fn connect_destination(
         }
         Err(e) => {
             conn.abort();
-            Err(Connected::Later(metadata::db_failure(
+            Err(Connected::Later(pg::db_failure(
                 "setting up the destination session",
                 &e,
             )))
@@ -312,7 +310,7 @@ struct Importer {
     fetch_wait: Duration,
     /// For setup and reports; the workers have their own connections.
     client: Client,
-    conn: JoinHandle<Result<(), tokio_postgres::Error>>,
+    conn: ConnectionTask,
     totals: BTreeMap<TableName, Counts>,
     backoff: Backoff,
     progress: progress::Progress,
@@ -382,14 +380,18 @@ impl Importer {
             self.client = client;
             self.conn = conn;
         }
-        let mut connections = Vec::with_capacity(self.workers);
+        let mut sinks = Vec::with_capacity(self.workers);
         for _ in 0..self.workers {
             match connect_destination(&self.db, self.destination).await {
-                Ok(c) => connections.push(c),
+                Ok((client, conn)) => sinks.push(PgSink::new(
+                    client,
+                    Some(conn),
+                    &self.group,
+                    &self.dest_name,
+                )),
                 Err(c) => {
-                    for (_, conn) in connections {
-                        conn.abort();
-                    }
+                    // Dropping the sinks closes their connections.
+                    drop(sinks);
                     return Err(match c {
                         Connected::Start(e) => Failure::Definite(e.to_string()),
                         Connected::Later(f) => f,
@@ -399,13 +401,11 @@ impl Importer {
         }
         let mut pool = Pool::start(
             &worker::Setup {
-                group: self.group.clone(),
-                destination: self.dest_name.clone(),
                 decoder: self.decoder.clone(),
                 batch_rows: self.batch_rows,
                 batch_max: self.batch_max,
             },
-            connections,
+            sinks,
         );
         let (pos_client, pos_conn) = match self.db.connect().await {
             Ok(c) => c,
@@ -420,7 +420,7 @@ impl Importer {
             self.kafka.clone(),
             &self.group,
             &pattern,
-            Arc::new(pos_client),
+            Arc::new(PgSink::new(pos_client, None, &self.group, &self.dest_name)),
             16,
             self.fetch_wait,
         );

@@ -27,13 +27,13 @@ use ferry_shared::replay::{
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Topics;
 use ferry_shared::value::session_settings_sql;
-use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::apply::{self, Event, Tables};
 use crate::error::{Backoff, Failure};
-use crate::metadata::{self, Counts, Stored};
+use crate::event::Event;
+use crate::sink::postgres::{self, ConnectionTask, PgSink};
+use crate::sink::{Counts, Sink, Stored};
 use crate::Error;
 
 /// How often progress is logged.
@@ -98,7 +98,7 @@ pub async fn apply(
         .await
         .map_err(|f| Error::Definite(f.to_string()))?;
     client
-        .batch_execute(metadata::SETUP_SQL)
+        .batch_execute(postgres::SETUP_SQL)
         .await
         .map_err(|e| {
             Error::Definite(format!(
@@ -116,9 +116,7 @@ pub async fn apply(
         last_table: None,
         batch_rows: config.importer.batch_rows.max(1) as usize,
         batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
-        client,
-        conn,
-        tables: Tables::default(),
+        sink: PgSink::new(client, Some(conn), &group, &opts.label),
         result: ReplayApplied {
             group,
             ..ReplayApplied::default()
@@ -129,13 +127,11 @@ pub async fn apply(
     loop {
         match run.once(&mut shutdown).await {
             Ok(completed) => {
-                run.conn.abort();
                 run.result.completed = completed;
                 tracing::info!(group = %run.result.group, events = run.result.events(), completed, "replay finished");
                 return Ok(run.result);
             }
             Err(Failure::Definite(message)) => {
-                run.conn.abort();
                 return Err(Error::Definite(message));
             }
             Err(f) => {
@@ -145,7 +141,6 @@ pub async fn apply(
                 tokio::select! {
                     biased;
                     _ = shutdown.wait() => {
-                        run.conn.abort();
                         return Ok(run.result);
                     }
                     _ = tokio::time::sleep(delay) => {}
@@ -155,10 +150,7 @@ pub async fn apply(
     }
 }
 
-async fn connect(
-    db: &DatabaseConfig,
-    label: &str,
-) -> Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>), Failure> {
+async fn connect(db: &DatabaseConfig, label: &str) -> Result<(Client, ConnectionTask), Failure> {
     let (client, conn) = db
         .connect()
         .await
@@ -183,7 +175,7 @@ async fn connect(
                     .to_string(),
                 ))
             } else {
-                Err(metadata::db_failure("setting up the replay session", &e))
+                Err(postgres::db_failure("setting up the replay session", &e))
             }
         }
     }
@@ -210,9 +202,8 @@ struct Run {
     last_table: Option<Arc<TableName>>,
     batch_rows: usize,
     batch_max: Duration,
-    client: Client,
-    conn: JoinHandle<Result<(), tokio_postgres::Error>>,
-    tables: Tables,
+    /// The database, written under the replay's group (owns the connection).
+    sink: PgSink,
     result: ReplayApplied,
     opts: ReplayApply,
 }
@@ -231,13 +222,11 @@ impl Run {
     /// One pass from the stored positions to the end; `Ok(false)` when stopped by
     /// shutdown.
     async fn once(&mut self, shutdown: &mut Shutdown) -> Result<bool, Failure> {
-        if self.client.is_closed() {
-            self.conn.abort();
+        if self.sink.is_closed() {
             let (client, conn) = connect(&self.opts.db, &self.opts.label).await?;
-            self.client = client;
-            self.conn = conn;
+            self.sink = PgSink::new(client, Some(conn), &self.group, &self.opts.label);
         }
-        self.tables.clear();
+        self.sink.forget_tables();
         let names = self
             .opts
             .selection
@@ -251,7 +240,7 @@ impl Run {
             .iter()
             .map(|r| (r.topic.clone(), r.partition))
             .collect();
-        let stored = metadata::load_positions(&self.client, &self.group, &keys).await?;
+        let stored = self.sink.load_positions(&keys).await?;
         let stored: HashMap<(String, i32), Stored> = stored
             .into_iter()
             .map(|s| ((s.topic.clone(), s.partition), s))
@@ -393,15 +382,7 @@ impl Run {
                 (expected, new)
             })
             .collect();
-        let (counts, _) = apply::commit_batch(
-            &mut self.client,
-            &mut self.tables,
-            &self.group,
-            &self.opts.label,
-            &mut b.events,
-            &mut moves,
-        )
-        .await?;
+        let (counts, _) = self.sink.commit(&mut b.events, &mut moves).await?;
         drop(moves);
         for (key, new) in b.positions {
             self.result.last_vsn = self.result.last_vsn.max(Some(new.last_vsn));

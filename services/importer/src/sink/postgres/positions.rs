@@ -15,8 +15,9 @@
 use ferry_shared::position::Vsn;
 use tokio_postgres::{Client, GenericClient};
 
+use super::prepared::Statements;
 use crate::error::{classify_pg, describe_pg, Class, Failure};
-use crate::statements::Statements;
+use crate::sink::{Counts, Stored};
 
 /// Creates the schema and tables if they don't exist. Safe to run from several
 /// importers at once (serialized by an advisory lock).
@@ -48,39 +49,7 @@ CREATE TABLE IF NOT EXISTS ferry_metadata.table_counts (
 COMMIT;
 ";
 
-/// A partition's stored position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Stored {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset of the next event to apply.
-    pub next_offset: i64,
-    /// VSN of the last applied event (`Vsn::ZERO`: none).
-    pub last_vsn: Vsn,
-}
-
-/// Per-table event counts of one batch (or totals).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// `r` events.
-    pub snapshot_rows: i64,
-    /// `c` events.
-    pub inserts: i64,
-    /// `u` events.
-    pub updates: i64,
-    /// `d` events.
-    pub deletes: i64,
-}
-
-impl Counts {
-    /// Sum of all four.
-    pub fn total(&self) -> i64 {
-        self.snapshot_rows + self.inserts + self.updates + self.deletes
-    }
-}
-
+/// A database error, classified, with what was being done.
 pub(crate) fn db_failure(what: &str, e: &tokio_postgres::Error) -> Failure {
     let text = format!("{what}: {}", describe_pg(e));
     match classify_pg(e) {

@@ -1,6 +1,7 @@
 //! Parallel apply inside one importer process (`importer.workers`): a [`Pool`] of worker
-//! tasks, each with its own destination connection, each applying the partitions given
-//! to it.
+//! tasks, each with its own [`Sink`] (its own destination connection), each applying the
+//! partitions given to it. Workers gather records into batches, cut on size
+//! (`importer.batch_rows`) or time (`importer.batch_max_ms`), whichever first.
 //!
 //! Why this keeps exactly once (DESIGN.md §4, §4a):
 //!
@@ -8,8 +9,8 @@
 //!   unique constraints besides its primary key has a single partition. So a partition
 //!   belongs to exactly one worker from its assignment to its revocation, and no worker
 //!   needs another's order.
-//! - A worker writes a batch, its own partitions' positions (compare-and-set, as
-//!   [`metadata::advance`]) and the batch's counts in one transaction, exactly as a single
+//! - A worker writes a batch, its own partitions' positions (compare-and-set, see
+//!   [`Sink`]) and the batch's counts in one transaction, exactly as a single
 //!   applier did; an event whose VSN is not above its partition's last applied VSN is
 //!   skipped by the worker owning that partition.
 //! - Counts are added last in each transaction, table by table in name order: workers
@@ -31,20 +32,15 @@ use ferry_shared::position::Vsn;
 use ferry_shared::registry::EventDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::Client;
 
-use super::{commit_batch, Applied, Event, Tables};
 use crate::consumer::Record;
 use crate::error::Failure;
-use crate::metadata::{Counts, Stored};
+use crate::event::Event;
+use crate::sink::{Applied, Counts, Sink, Stored};
 
 /// What every worker of a session shares.
 #[derive(Clone)]
 pub(crate) struct Setup {
-    /// The consumer group (the key of positions and counts).
-    pub group: String,
-    /// The destination's name in messages (`target`, ...).
-    pub destination: String,
     /// Decodes records (schemas cached once for all workers).
     pub decoder: EventDecoder,
     /// A batch is cut at this many records...
@@ -52,9 +48,6 @@ pub(crate) struct Setup {
     /// ... or this long after its first record.
     pub batch_max: Duration,
 }
-
-/// One destination connection: the client and the task driving it.
-pub(crate) type Connection = (Client, JoinHandle<Result<(), tokio_postgres::Error>>);
 
 /// What a worker committed.
 #[derive(Debug)]
@@ -98,21 +91,20 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Starts one worker per connection.
-    pub(crate) fn start(setup: &Setup, connections: Vec<Connection>) -> Pool {
+    /// Starts one worker per sink (each its own connection).
+    pub(crate) fn start<S: Sink>(setup: &Setup, sinks: Vec<S>) -> Pool {
         let (report_tx, reports) = mpsc::unbounded_channel();
         // A job carries up to MAX_RECORDS_PER_ITEM records (split among the workers).
         // Room for more than a batch, so that a worker writing its batch does not
         // hold up the records of the others.
         let capacity = (setup.batch_rows / 64).clamp(16, 256);
-        let mut jobs = Vec::with_capacity(connections.len());
-        let mut tasks = Vec::with_capacity(connections.len());
-        for (index, (client, conn)) in connections.into_iter().enumerate() {
+        let mut jobs = Vec::with_capacity(sinks.len());
+        let mut tasks = Vec::with_capacity(sinks.len());
+        for (index, sink) in sinks.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(capacity);
             let worker = Worker {
                 setup: setup.clone(),
-                client,
-                tables: Tables::default(),
+                sink,
                 parts: HashMap::new(),
                 batch: Batch::default(),
                 reports: report_tx.clone(),
@@ -120,7 +112,7 @@ impl Pool {
             jobs.push(tx);
             tasks.push(tokio::spawn(async move {
                 let span = tracing::info_span!("apply worker", worker = index);
-                let _ = tracing::Instrument::instrument(worker.run(rx, conn), span).await;
+                let _ = tracing::Instrument::instrument(worker.run(rx), span).await;
             }));
         }
         Pool {
@@ -331,21 +323,17 @@ struct Batch {
     started: Option<Instant>,
 }
 
-struct Worker {
+struct Worker<S> {
     setup: Setup,
-    client: Client,
-    tables: Tables,
+    /// The worker's own destination session.
+    sink: S,
     parts: HashMap<(Arc<str>, i32), Part>,
     batch: Batch,
     reports: mpsc::UnboundedSender<Report>,
 }
 
-impl Worker {
-    async fn run(
-        mut self,
-        mut jobs: mpsc::Receiver<Job>,
-        conn: JoinHandle<Result<(), tokio_postgres::Error>>,
-    ) {
+impl<S: Sink> Worker<S> {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let result = self.serve(&mut jobs).await;
         if let Err(f) = result {
             // Reported before `jobs` is dropped: whoever finds this worker gone finds
@@ -353,7 +341,7 @@ impl Worker {
             let _ = self.reports.send(Report::Failed(f));
         }
         drop(jobs);
-        conn.abort();
+        // `self` goes out of scope here: dropping the sink closes its connection.
     }
 
     async fn serve(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Result<(), Failure> {
@@ -496,15 +484,7 @@ impl Worker {
         }
         let mut moves: Vec<(i64, &Stored)> = moved.iter().map(|(_, e, n)| (*e, n)).collect();
         let writing = Instant::now();
-        let (counts, applied) = commit_batch(
-            &mut self.client,
-            &mut self.tables,
-            &self.setup.group,
-            &self.setup.destination,
-            &mut b.events,
-            &mut moves,
-        )
-        .await?;
+        let (counts, applied) = self.sink.commit(&mut b.events, &mut moves).await?;
         let mut positions = Vec::with_capacity(moved.len());
         for (key, _, new) in moved {
             if let Some(p) = self.parts.get_mut(key) {
@@ -532,3 +512,6 @@ impl Worker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! The PostgreSQL (and YugabyteDB) destination: [`PgSink`], applying a batch of events
+//! to destination tables inside the batch's transaction, with the partitions' positions
+//! and the per-table counts in `ferry_metadata` ([`positions`]).
+//!
+//! Idempotency (DESIGN.md §4): snapshot rows, inserts and updates are upserts carrying
+//! the full new image (`INSERT .. ON CONFLICT (pk) DO UPDATE SET` every column); deletes
+//! tolerate a missing row. Replaying any prefix of a stream therefore converges.
+//!
+//! Values go in as text (`format_text`) and are cast to the destination column's type
+//! (`::<format_type>`), which runs the type's input function: exact for every type Ferry
+//! moves (see the type round-trip test).
+//!
+//! Statements are multi-row: snapshot rows go through a `COPY` into a temporary staging
+//! table and one `INSERT .. SELECT`; changes use one `unnest` statement per run
+//! ([`statements`]). The `COPY` is binary when every value of the run has an exact
+//! binary form for its destination column ([`copy`]: built-in types, values of the
+//! matching shape), and text otherwise, so both store the same values.
+//!
+//! Order: events of a table are applied in VSN order; how a batch is cut into runs that
+//! keep it is in [`rows`].
+//!
+//! The modules, by job: [`catalog`] (the destination tables, cached per connection),
+//! [`rows`] (events to row operations, runs), [`statements`] (the SQL of a run),
+//! [`copy`] (snapshot rows by `COPY`), [`batch`] (the batch's transaction),
+//! [`positions`] (`ferry_metadata`), [`prepared`] (the connection's prepared statements).
+
+mod batch;
+mod catalog;
+mod copy;
+pub(crate) mod positions;
+mod prepared;
+mod rows;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use ferry_shared::catalog::TableName;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use crate::error::Failure;
+use crate::event::Event;
+use crate::sink::{Move, Sink, Stored, Written};
+
+pub(crate) use positions::{db_failure, SETUP_SQL};
+
+/// The task driving a destination connection.
+pub(crate) type ConnectionTask = JoinHandle<Result<(), tokio_postgres::Error>>;
+
+/// One destination connection (session) writing for one consumer group.
+///
+/// Owns the destination's name in messages (`target`, `source-replica`, a replay's
+/// label), the catalog and prepared statements read on this connection, and, when given,
+/// the task driving the connection (aborted when the sink is dropped).
+pub(crate) struct PgSink {
+    client: Client,
+    connection: Option<ConnectionTask>,
+    group: String,
+    tables: catalog::Tables,
+}
+
+impl PgSink {
+    /// A sink writing through `client` for `group`, naming the destination
+    /// `destination` in messages. `connection`, if any, is aborted on drop.
+    pub(crate) fn new(
+        client: Client,
+        connection: Option<ConnectionTask>,
+        group: &str,
+        destination: &str,
+    ) -> PgSink {
+        PgSink {
+            client,
+            connection,
+            group: group.to_owned(),
+            tables: catalog::Tables::new(destination),
+        }
+    }
+
+    /// True when the connection is gone (a new sink is needed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Forgets the catalog and prepared statements read so far (after a definite error
+    /// the operator may have fixed).
+    pub(crate) fn forget_tables(&mut self) {
+        self.tables.clear();
+    }
+}
+
+impl Drop for PgSink {
+    fn drop(&mut self) {
+        if let Some(c) = &self.connection {
+            c.abort();
+        }
+    }
+}
+
+impl Sink for PgSink {
+    async fn load_positions(&self, parts: &[(String, i32)]) -> Result<Vec<Stored>, Failure> {
+        positions::load_positions(&self.client, &self.group, parts).await
+    }
+
+    async fn commit(
+        &mut self,
+        events: &mut BTreeMap<TableName, Vec<Event>>,
+        moves: &mut [Move<'_>],
+    ) -> Result<Written, Failure> {
+        batch::commit_batch(
+            &mut self.client,
+            &mut self.tables,
+            &self.group,
+            events,
+            moves,
+        )
+        .await
+    }
+}

@@ -1,0 +1,298 @@
+//! The batching and worker logic against the in-memory sink: records are encoded and
+//! decoded for real (through a minimal schema registry served in the test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ferry_shared::catalog::{Column, Kind, TableSchema};
+use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
+use ferry_shared::registry::{RegistryClient, TableCodec};
+use ferry_shared::value::Datum;
+
+use super::*;
+use crate::sink::memory::{MemorySink, Row};
+use crate::sink::tests::table_t;
+
+/// Serves the one call registering a schema needs (`POST
+/// /subjects/<subject>/versions`); the client caches what it registered, so the
+/// decoder never asks again.
+async fn registry() -> RegistryClient {
+    let next = Arc::new(AtomicU32::new(1));
+    let app = axum::Router::new().route(
+        "/subjects/{subject}/versions",
+        axum::routing::post(move || {
+            let id = next.fetch_add(1, Ordering::SeqCst);
+            async move { axum::Json(serde_json::json!({ "id": id })) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    RegistryClient::new(&format!("http://{addr}"), None).unwrap()
+}
+
+/// Encodes the records of `public.t (id bigint PRIMARY KEY, v text)` in a topic of
+/// two partitions (partition = id % 2), as an exporter would.
+struct Stream {
+    codec: TableCodec,
+    decoder: EventDecoder,
+    topic: Arc<str>,
+    next_vsn: u64,
+    offsets: HashMap<i32, i64>,
+    /// The rows as the stream leaves them.
+    expected: BTreeMap<i64, String>,
+}
+
+impl Stream {
+    async fn new() -> Stream {
+        let registry = registry().await;
+        let column = |name: &str, kind: Kind, type_name: &str| Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            type_oid: 0,
+            nullable: name != "id",
+            kind,
+        };
+        let table = TableSchema {
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                column("id", Kind::Int64, "bigint"),
+                column("v", Kind::Text, "text"),
+            ],
+            primary_key: vec![0],
+            replica_identity: 'f',
+        };
+        let topic = "ferry.test.source.public.t";
+        let codec = TableCodec::register(&registry, topic, &table)
+            .await
+            .unwrap();
+        Stream {
+            codec,
+            decoder: EventDecoder::new(registry),
+            topic: Arc::from(topic),
+            next_vsn: 1,
+            offsets: HashMap::new(),
+            expected: BTreeMap::new(),
+        }
+    }
+
+    fn setup(&self, batch_rows: usize, batch_max: Duration) -> Setup {
+        Setup {
+            decoder: self.decoder.clone(),
+            batch_rows,
+            batch_max,
+        }
+    }
+
+    /// The next record: `op` on row `id` (the new value `v`; none for deletes).
+    fn record(&mut self, op: Op, id: i64, v: Option<&str>) -> Record {
+        let row = |v: &str| vec![Datum::Long(id), Datum::String(v.to_owned())];
+        let before = self.expected.get(&id).map(|v| row(v));
+        let event = ChangeEvent {
+            key: vec![Datum::Long(id)],
+            before: if matches!(op, Op::Update | Op::Delete) {
+                before
+            } else {
+                None
+            },
+            after: v.map(row),
+            op,
+            ts_ms: 0,
+            vsn: Vsn(self.next_vsn),
+            source: SourceInfo {
+                db: "src".into(),
+                schema: "public".into(),
+                table: "t".into(),
+                snapshot: op == Op::Read,
+                lsn_or_scn: "0/0".into(),
+                txid: None,
+                commit_ts_ms: 0,
+            },
+        };
+        self.next_vsn += 1;
+        match v {
+            Some(v) => self.expected.insert(id, v.to_owned()),
+            None => self.expected.remove(&id),
+        };
+        let (mut key, mut payload) = (Vec::new(), Vec::new());
+        self.codec.encode_key(&event.key, &mut key).unwrap();
+        self.codec.encode_value(&event, &mut payload).unwrap();
+        let partition = (id % 2) as i32;
+        let offset = self.offsets.entry(partition).or_insert(0);
+        *offset += 1;
+        Record {
+            topic: self.topic.clone(),
+            partition,
+            offset: *offset - 1,
+            key: Some(key),
+            payload: Some(payload),
+        }
+    }
+
+    fn parts(&self) -> Vec<(String, i32)> {
+        vec![(self.topic.to_string(), 0), (self.topic.to_string(), 1)]
+    }
+}
+
+/// The rows of `t` in `sink` as (id, v).
+fn rows(sink: &MemorySink) -> BTreeMap<i64, String> {
+    sink.rows(&table_t())
+        .values()
+        .map(|row: &Row| {
+            let get = |c: &str| row.get(c).cloned().flatten().unwrap_or_default();
+            (get("id").parse().unwrap(), get("v"))
+        })
+        .collect()
+}
+
+fn database() -> MemorySink {
+    let db = MemorySink::new("g");
+    db.create_table(&table_t(), &["id"]);
+    db
+}
+
+/// Some snapshot rows and changes, in stream order.
+fn changes(stream: &mut Stream) -> Vec<Record> {
+    let mut records: Vec<Record> = (1..=6)
+        .map(|id| stream.record(Op::Read, id, Some("snap")))
+        .collect();
+    records.push(stream.record(Op::Update, 2, Some("two")));
+    records.push(stream.record(Op::Update, 3, Some("three")));
+    records.push(stream.record(Op::Delete, 4, None));
+    records.push(stream.record(Op::Create, 7, Some("seven")));
+    records.push(stream.record(Op::Update, 2, Some("two'")));
+    records
+}
+
+#[tokio::test]
+async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
+    let mut stream = Stream::new().await;
+    let db = database();
+    let sinks = vec![db.session("g"), db.session("g")];
+    let mut pool = Pool::start(&stream.setup(4, Duration::from_secs(60)), sinks);
+    pool.assign(db.load_positions(&stream.parts()).await.unwrap())
+        .await
+        .unwrap();
+    let records = changes(&mut stream);
+    let n = records.len() as i64;
+    // Delivered twice (a consumer that re-fetched): the second copy is skipped.
+    let again: Vec<Record> = records
+        .iter()
+        .map(|r| Record {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            payload: r.payload.clone(),
+        })
+        .collect();
+    pool.records(records).await.unwrap();
+    pool.records(again).await.unwrap();
+    pool.flush(false).await.unwrap();
+    let commits = pool.drain().unwrap();
+    let total: i64 = commits
+        .iter()
+        .flat_map(|c| c.counts.values())
+        .map(Counts::total)
+        .sum();
+    assert_eq!(total, n, "every event counted once");
+    assert_eq!(rows(&db), stream.expected);
+    assert_eq!(
+        db.counts(&table_t()),
+        Counts {
+            snapshot_rows: 6,
+            inserts: 1,
+            updates: 3,
+            deletes: 1
+        }
+    );
+    let mut stored = db.load_positions(&stream.parts()).await.unwrap();
+    stored.sort_by_key(|s| s.partition);
+    let next: Vec<i64> = stored.iter().map(|s| s.next_offset).collect();
+    assert_eq!(next, vec![stream.offsets[&0], stream.offsets[&1]]);
+    assert_eq!(
+        stored.iter().map(|s| s.last_vsn).max(),
+        Some(Vsn(stream.next_vsn - 1))
+    );
+
+    // Revoked, then assigned again at the stored positions: the whole stream again
+    // (a new consumer reading from the start) changes nothing.
+    pool.flush(true).await.unwrap();
+    pool.assign(db.load_positions(&stream.parts()).await.unwrap())
+        .await
+        .unwrap();
+    let mut replayed = Stream::new().await;
+    pool.records(changes(&mut replayed)).await.unwrap();
+    pool.flush(false).await.unwrap();
+    assert_eq!(db.counts(&table_t()).total(), n);
+    assert_eq!(rows(&db), stream.expected);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_is_cut_at_batch_rows_or_after_batch_max() {
+    let mut stream = Stream::new().await;
+    let db = database();
+    let mut pool = Pool::start(
+        &stream.setup(2, Duration::from_millis(50)),
+        vec![db.session("g")],
+    );
+    pool.assign(db.load_positions(&stream.parts()).await.unwrap())
+        .await
+        .unwrap();
+    // Five records of partition 0: two full batches, then one left over.
+    let records: Vec<Record> = (1..=5)
+        .map(|i| stream.record(Op::Create, i * 2, Some("x")))
+        .collect();
+    pool.records(records).await.unwrap();
+    let within = Duration::from_secs(10);
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let c = tokio::time::timeout(within, pool.committed())
+            .await
+            .expect("a commit within the deadline")
+            .unwrap();
+        sizes.push(c.counts[&table_t()].total());
+    }
+    assert_eq!(sizes, vec![2, 2, 1], "the last one cut by batch_max");
+    assert_eq!(db.snapshot().commits, 3);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_partition_moved_under_it_fails_with_a_conflict() {
+    let mut stream = Stream::new().await;
+    let db = database();
+    let mut pool = Pool::start(
+        &stream.setup(100, Duration::from_secs(60)),
+        vec![db.session("g")],
+    );
+    pool.assign(db.load_positions(&stream.parts()).await.unwrap())
+        .await
+        .unwrap();
+    // Another importer took partition 0 and wrote past offset 0.
+    let mut other = db.session("g");
+    let moved = Stored {
+        topic: stream.topic.to_string(),
+        partition: 0,
+        next_offset: 1,
+        last_vsn: Vsn(1),
+    };
+    other
+        .commit(&mut BTreeMap::new(), &mut [(0, &moved)])
+        .await
+        .unwrap();
+    pool.records(vec![stream.record(Op::Create, 2, Some("stale"))])
+        .await
+        .unwrap();
+    let flushed = pool.flush(false).await;
+    assert!(matches!(flushed, Err(Failure::Conflict(_))), "{flushed:?}");
+    assert!(rows(&db).is_empty(), "the stale batch wrote nothing");
+    assert_eq!(
+        db.load_positions(&stream.parts()[..1]).await.unwrap(),
+        vec![moved]
+    );
+    pool.stop().await;
+}
