@@ -90,54 +90,57 @@ fn is_yb_retry(e: &tokio_postgres::Error) -> bool {
         .unwrap_or(false)
 }
 
-/// A Kafka client error, by librdkafka's code. Transport, timeouts, leadership moves
-/// and a full queue are transient; a producer fenced or a fatal client error is fatal;
-/// the rest (authorization, a record too large, an invalid configuration) definite.
+/// A Kafka client error, by librdkafka's code. A producer fenced or a fatal client error
+/// is fatal; what the broker refuses for good (authorization, a failed login, a record
+/// too large, an invalid topic or setting, a feature it lacks) is definite; everything
+/// else (transport, timeouts, leadership and group moves, a full queue) is transient:
+/// librdkafka retries most of it itself and a fresh session fixes the rest.
 pub fn classify_kafka(e: &KafkaError) -> ErrorClass {
     let code = match e {
         KafkaError::Global(code) => Some(*code),
         KafkaError::Transaction(t) if t.is_fatal() => return ErrorClass::Fatal,
         KafkaError::Transaction(t) if t.is_retriable() => return ErrorClass::Transient,
-        KafkaError::Canceled => return ErrorClass::Transient,
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Nul(_) => {
+            return ErrorClass::Definite
+        }
         _ => e.rdkafka_error_code(),
     };
     let Some(code) = code else {
-        // Errors librdkafka gives no code for: client creation, (de)serialization of
-        // metadata, subscription; all about this client's set-up.
-        return ErrorClass::Definite;
+        return ErrorClass::Transient;
     };
     use RDKafkaErrorCode as C;
     match code {
-        C::Fatal | C::ProducerFenced | C::InvalidProducerEpoch | C::FencedInstanceId => {
-            ErrorClass::Fatal
-        }
-        C::AllBrokersDown
-        | C::BrokerTransportFailure
-        | C::Resolve
-        | C::RequestTimedOut
-        | C::OperationTimedOut
-        | C::MessageTimedOut
-        | C::QueueFull
-        | C::LeaderNotAvailable
-        | C::NotLeaderForPartition
-        | C::NotEnoughReplicas
-        | C::NotEnoughReplicasAfterAppend
-        | C::NetworkException
-        | C::CoordinatorNotAvailable
-        | C::NotCoordinator
-        | C::CoordinatorLoadInProgress
-        | C::RebalanceInProgress
-        | C::UnknownTopicOrPartition
-        | C::UnknownTopic
-        | C::UnknownPartition
-        | C::KafkaStorageError
-        | C::BrokerNotAvailable
-        | C::InProgress
-        | C::PreviousInProgress
-        | C::IllegalGeneration
-        | C::UnknownMemberId
-        | C::WaitingForCoordinator => ErrorClass::Transient,
-        _ => ErrorClass::Definite,
+        C::Fatal
+        | C::Fenced
+        | C::ProducerFenced
+        | C::InvalidProducerEpoch
+        | C::FencedInstanceId
+        | C::TransactionCoordinatorFenced
+        | C::OutOfOrderSequenceNumber => ErrorClass::Fatal,
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::DelegationTokenAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication
+        | C::UnsupportedSASLMechanism
+        | C::SSL
+        | C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidTopic
+        | C::InvalidRequiredAcks
+        | C::InvalidPartitions
+        | C::InvalidReplicationFactor
+        | C::InvalidConfig
+        | C::PolicyViolation
+        | C::UnsupportedVersion
+        | C::UnsupportedFeature
+        | C::UnsupportedForMessageFormat
+        | C::UnsupportedCompressionType
+        | C::InvalidRecord
+        | C::InvalidArgument => ErrorClass::Definite,
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -375,6 +378,17 @@ mod tests {
         assert_eq!(
             classify_kafka(&KafkaError::ClientCreation("bad".into())),
             ErrorClass::Definite
+        );
+        // What a consumer meets while a group settles is retried.
+        assert_eq!(
+            classify_kafka(&KafkaError::MessageConsumption(
+                RDKafkaErrorCode::PollExceeded
+            )),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify_kafka(&KafkaError::Rebalance(RDKafkaErrorCode::RebalanceInProgress)),
+            ErrorClass::Transient
         );
     }
 

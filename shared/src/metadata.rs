@@ -189,6 +189,26 @@ pub async fn load_positions(
     Ok(rows.iter().map(StoredPosition::from_row).collect())
 }
 
+/// Events applied by `group` over every table (0 when no importer ran here).
+pub async fn total_applied(
+    client: &impl GenericClient,
+    group: &str,
+) -> Result<u64, MetadataError> {
+    if !exists(client).await? {
+        return Ok(0);
+    }
+    let total: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(snapshot_rows + inserts + updates + deletes), 0)::bigint \
+             FROM ferry_metadata.table_counts WHERE consumer_group = $1",
+            &[&group],
+        )
+        .await
+        .map_err(failed("reading table counts from"))?
+        .get(0);
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
 /// Events applied by `group` per table (`(schema, table)`), none when no importer ran
 /// here.
 pub async fn table_counts(

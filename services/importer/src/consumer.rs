@@ -147,9 +147,13 @@ impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
 }
 
 pub(crate) fn kafka_failure(what: &str, e: &KafkaError) -> Failure {
-    // Kafka errors surfacing here are transport or group-coordination problems;
-    // librdkafka retries most itself, and a fresh session fixes the rest.
-    Failure::Transient(format!("kafka: {what}: {e}"))
+    // Most Kafka errors surfacing here are transport or group-coordination problems
+    // (librdkafka retries most itself, and a fresh session fixes the rest); what the
+    // broker refuses for good stops the importer.
+    Failure::of(
+        ferry_shared::error_policy::classify_kafka(e),
+        format!("kafka: {what}: {e}"),
+    )
 }
 
 /// `^<prefix>\.<stream>\..*`, the regex subscription to every table topic of a stream.

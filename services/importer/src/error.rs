@@ -1,4 +1,6 @@
-//! What stops the importer, and the one function that tells a retry from a stop.
+//! What stops the importer. What is retried and what stops is decided by the one error
+//! policy of every Ferry process ([`ferry_shared::error_policy`]); this module maps its
+//! classes onto the importer's session loop:
 //!
 //! Transient: connection loss, serialization failures, deadlocks, resource shortage,
 //! server restarts, Kafka transport errors and an unreachable schema registry. These
@@ -11,10 +13,8 @@
 //! table, the column when known, and the event VSN; after the operator fixes it, a
 //! restart resumes from the positions stored in the destination.
 
-use std::time::Duration;
-
 use ferry_shared::config::{ConfigError, ConnectError};
-use tokio_postgres::error::SqlState;
+use ferry_shared::error_policy::{classify_pg, describe_pg, pg_hint, ErrorClass, GaveUp};
 
 /// What stops the importer.
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +48,8 @@ pub enum Error {
     #[error(transparent)]
     KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
     /// A transient condition outlasted every retry.
-    #[error("gave up after {attempts} attempts over {elapsed:?}: {last}")]
-    GaveUp {
-        /// Attempts made.
-        attempts: u32,
-        /// Time spent.
-        elapsed: Duration,
-        /// The last error.
-        last: String,
-    },
+    #[error(transparent)]
+    GaveUp(#[from] GaveUp),
 }
 
 /// An error inside one session or batch, classified.
@@ -74,149 +67,33 @@ pub(crate) enum Failure {
     Conflict(String),
 }
 
-/// Whether a database error may go away by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    /// Retry.
-    Transient,
-    /// Stop and tell the operator.
-    Definite,
-}
-
-/// The one classification of database errors, by SQLSTATE.
-pub(crate) fn classify_pg(e: &tokio_postgres::Error) -> Class {
-    let Some(code) = e.code() else {
-        // No SQLSTATE: I/O, a closed connection, a protocol hiccup.
-        return Class::Transient;
-    };
-    let c = code.code();
-    if c.starts_with("08") // connection exception
-        || c.starts_with("53") // insufficient resources
-        || c.starts_with("57P") // admin/crash shutdown, cannot connect now
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-        || *code == SqlState::LOCK_NOT_AVAILABLE
-        || *code == SqlState::QUERY_CANCELED
-        || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
-        || c == "40000" // transaction rollback (YugabyteDB restarts)
-        || c == "XX000" && is_yb_retry(e)
-    {
-        Class::Transient
-    } else {
-        Class::Definite
-    }
-}
-
-fn is_yb_retry(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error()
-        .map(|d| {
-            let m = d.message();
-            m.contains("Restart read required") || m.contains("Try again")
-        })
-        .unwrap_or(false)
-}
-
-/// What the operator should do about a definite database error.
-pub(crate) fn hint(e: &tokio_postgres::Error) -> &'static str {
-    let Some(code) = e.code() else {
-        return "fix the cause";
-    };
-    if *code == SqlState::UNDEFINED_TABLE {
-        "create the table on the destination"
-    } else if *code == SqlState::UNDEFINED_COLUMN {
-        "add the column on the destination"
-    } else if *code == SqlState::DATATYPE_MISMATCH
-        || *code == SqlState::INVALID_TEXT_REPRESENTATION
-        || *code == SqlState::CANNOT_COERCE
-        || code.code().starts_with("22")
-    {
-        "make the destination column's type able to hold the source's values"
-    } else if code.code().starts_with("23") {
-        "relax or fix the constraint on the destination (or the data that violates it)"
-    } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-        "grant the importer's role the needed privileges"
-    } else {
-        "fix the cause"
-    }
-}
-
-/// Database error text with its detail, column and constraint, without row values
-/// beyond what the server put in its message.
-pub(crate) fn describe_pg(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut out = db.message().to_owned();
-            if let Some(column) = db.column() {
-                out.push_str(&format!(" (column \"{column}\")"));
-            }
-            if let Some(constraint) = db.constraint() {
-                out.push_str(&format!(" (constraint \"{constraint}\")"));
-            }
-            out.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
-            out
-        }
-        None => {
-            let mut out = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                out.push_str(": ");
-                out.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            out
-        }
-    }
-}
-
-/// Exponential backoff, 100 ms doubling up to 30 s.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    pub(crate) attempts: u32,
-    started: std::time::Instant,
-}
-
-/// Attempts before a transient condition becomes an error (about 10 minutes).
-pub(crate) const MAX_ATTEMPTS: u32 = 28;
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-            attempts: 0,
-            started: std::time::Instant::now(),
+impl Failure {
+    /// A failure of class `class` (a fatal one stops the importer like a definite one).
+    pub(crate) fn of(class: ErrorClass, text: String) -> Failure {
+        match class {
+            ErrorClass::Transient => Failure::Transient(text),
+            ErrorClass::Definite | ErrorClass::Fatal => Failure::Definite(text),
         }
     }
 
-    /// The delay before the next attempt, or `Err` when attempts are used up.
-    pub(crate) fn next_delay(&mut self, last: &str) -> Result<Duration, Error> {
-        self.attempts += 1;
-        if self.attempts >= MAX_ATTEMPTS {
-            return Err(Error::GaveUp {
-                attempts: self.attempts,
-                elapsed: self.started.elapsed(),
-                last: last.to_owned(),
-            });
+    /// A database error while doing `what`, classified; a definite one says what to do.
+    pub(crate) fn pg(what: &str, e: &tokio_postgres::Error) -> Failure {
+        let text = format!("{what}: {}", describe_pg(e));
+        match classify_pg(e) {
+            ErrorClass::Transient => Failure::Transient(text),
+            _ => Failure::Definite(text),
         }
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        Ok(delay)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        let mut b = Backoff::new();
-        let delays: Vec<Duration> = (0..MAX_ATTEMPTS - 1)
-            .map(|_| b.next_delay("x").unwrap())
-            .collect();
-        assert_eq!(delays[0], Duration::from_millis(100));
-        assert_eq!(delays[1], Duration::from_millis(200));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
-        assert!(matches!(b.next_delay("x"), Err(Error::GaveUp { .. })));
+    /// A database error writing rows (`text` names the table and events), classified; a
+    /// definite one carries the hint and how to resume.
+    pub(crate) fn pg_rows(text: String, e: &tokio_postgres::Error) -> Failure {
+        match classify_pg(e) {
+            ErrorClass::Transient => Failure::Transient(text),
+            _ => Failure::Definite(format!(
+                "{text}: {}, then restart the importer; it resumes where it stopped",
+                pg_hint(e)
+            )),
+        }
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use ferry_shared::avro::{AvroType, RecordType};
 use ferry_shared::catalog::TableName;
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::envelope::Op;
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::EventDecoder;
 use ferry_shared::value::Datum;
 
 use crate::error::Failure;

@@ -31,9 +31,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_shared::catalog::TableName;
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, DatabaseConfig};
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::{EventDecoder, RegistryClient, RegistryError};
+use ferry_shared::registry::{RegistryClient, RegistryError};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::{Destination, Stream, Topics};
 use ferry_shared::value::session_settings_sql;
@@ -45,7 +46,8 @@ pub use progress::{importer_heartbeat_key as heartbeat_key, ImporterHeartbeat, P
 pub use sink::Counts;
 
 use consumer::{Command, ConsumerThread, Item};
-use error::{Backoff, Failure};
+use error::Failure;
+use ferry_shared::error_policy::{Backoff, ErrorClass};
 use sink::postgres::{self as pg, ConnectionTask, PgSink};
 use worker::Pool;
 
@@ -96,12 +98,7 @@ async fn run_destination(
     mut shutdown: Shutdown,
 ) -> Result<(), Error> {
     let config = config.clone();
-    let db = match destination {
-        Destination::Target => config.require_target()?,
-        Destination::SourceReplica => config.require_source_replica()?,
-        Destination::Source => config.require_source()?,
-    }
-    .clone();
+    let db = config.require_database(destination)?.clone();
     let topics = Topics::new(config.migration.topic_prefix());
     let group = topics.import_group(destination);
     let registry = RegistryClient::from_config(&config)
@@ -118,7 +115,7 @@ async fn run_destination(
     client.batch_execute(pg::SETUP_SQL).await.map_err(|e| {
         Error::Definite(format!(
             "creating the ferry_metadata schema on the {destination}: {}",
-            error::describe_pg(&e)
+            ferry_shared::error_policy::describe_pg(&e)
         ))
     })?;
     tracing::info!(%group, database = %db.display(), "importer starting");
@@ -193,7 +190,7 @@ async fn run_destination(
             }
             Err(f) => {
                 let text = f.to_string();
-                imp.progress.error = Some(ferry_shared::checkpoint::ServiceError::transient(&text));
+                imp.progress.error = Some(ferry_shared::heartbeat::ServiceError::transient(&text));
                 let delay = imp.backoff.next_delay(&text)?;
                 tracing::warn!(error = %text, ?delay, "importer session ended; restarting from the positions stored in the destination");
                 tokio::select! {
@@ -346,7 +343,7 @@ impl Importer {
 
     /// A heartbeat without positions.
     async fn report_phase(&mut self, phase: &str) {
-        let total: i64 = self.totals.values().map(Counts::total).sum();
+        let total = total_i64(self.totals.values().map(Counts::total).sum());
         let beat = self.progress.report(
             &self.dest_name,
             &self.group,
@@ -565,24 +562,13 @@ impl Importer {
     async fn group_remaining(&self, parts: &HashMap<(String, i32), Part>) -> Option<i64> {
         let stream = self.stream?;
         let measure = async {
-            let rows = self
-                .client
-                .query(
-                    "SELECT topic, partition, next_offset FROM ferry_metadata.positions \
-                     WHERE consumer_group = $1",
-                    &[&self.group],
-                )
-                .await
-                .ok()?;
-            let mut stored: HashMap<(String, i32), i64> = rows
-                .iter()
-                .map(|r| {
-                    (
-                        (r.get::<_, String>(0), r.get::<_, i32>(1)),
-                        r.get::<_, i64>(2),
-                    )
-                })
-                .collect();
+            let mut stored: HashMap<(String, i32), i64> =
+                ferry_shared::metadata::positions(&self.client, &self.group)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .map(|p| ((p.topic, p.partition), p.next_offset))
+                    .collect();
             for ((topic, partition), p) in parts {
                 stored.insert((topic.clone(), *partition), p.stored_next);
             }
@@ -614,18 +600,12 @@ impl Importer {
 
     /// Shows the metrics and sends a heartbeat.
     async fn report(&mut self, parts: &HashMap<(String, i32), Part>) {
-        let total: i64 = match self
-            .client
-            .query_one(
-                "SELECT coalesce(sum(snapshot_rows + inserts + updates + deletes), 0)::bigint \
-                 FROM ferry_metadata.table_counts WHERE consumer_group = $1",
-                &[&self.group],
-            )
-            .await
-        {
-            Ok(row) => row.get(0),
-            Err(_) => self.totals.values().map(Counts::total).sum(),
-        };
+        let total = total_i64(
+            match ferry_shared::metadata::total_applied(&self.client, &self.group).await {
+                Ok(total) => total,
+                Err(_) => self.totals.values().map(Counts::total).sum(),
+            },
+        );
         let mut positions: Vec<progress::PartitionPosition> = parts
             .iter()
             .map(|((topic, partition), p)| progress::PartitionPosition {
@@ -653,17 +633,15 @@ impl Importer {
 }
 
 fn registry_failure(e: &RegistryError, at: &str) -> Failure {
-    match e {
-        RegistryError::Registry {
-            retriable: true, ..
-        } => Failure::Transient(format!("reading record {at}: {e}")),
-        RegistryError::Registry { message, .. }
-            if message.contains("onnect") || message.contains("timed out") =>
-        {
-            Failure::Transient(format!("reading record {at}: {e}"))
-        }
+    match ferry_shared::error_policy::classify_registry(e) {
+        ErrorClass::Transient => Failure::Transient(format!("reading record {at}: {e}")),
         _ => Failure::Definite(format!(
             "record {at} is not a Ferry change event Ferry can read: {e}; check the topic's producer and the schema registry"
         )),
     }
+}
+
+/// A count as the heartbeat's `bigint`-sized field carries it.
+fn total_i64(total: u64) -> i64 {
+    i64::try_from(total).unwrap_or(i64::MAX)
 }

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 
 use ferry_shared::rate::RateWindow;
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-pub use ferry_shared::checkpoint::{
+pub use ferry_shared::heartbeat::{
     importer_heartbeat_key, ImporterHeartbeat, PartitionPosition, ServiceError,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -178,12 +178,7 @@ impl Progress {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use ferry_shared::clock::now_ms;
 
 /// Sends this process's last heartbeat for `destination`: phase `failed` with the
 /// definite error `message`, and waits (at most 10 s) until the broker has it.

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_shared::catalog::TableName;
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, DatabaseConfig};
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::{EventDecoder, RegistryClient};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::replay::{
     plan, EndAt, MergedReader, ReadError, RetainedRecord, Selection, StartAt,
 };
@@ -30,11 +31,12 @@ use ferry_shared::value::session_settings_sql;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::error::{Backoff, Failure};
+use crate::error::Failure;
 use crate::event::Event;
 use crate::sink::postgres::{self, ConnectionTask, PgSink};
 use crate::sink::{Counts, Sink, Stored};
 use crate::Error;
+use ferry_shared::error_policy::Backoff;
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -72,7 +74,7 @@ pub struct ReplayApplied {
 
 impl ReplayApplied {
     /// Events applied by this run.
-    pub fn events(&self) -> i64 {
+    pub fn events(&self) -> u64 {
         self.counts.values().map(Counts::total).sum()
     }
 }
@@ -104,7 +106,7 @@ pub async fn apply(
             Error::Definite(format!(
                 "creating the ferry_metadata schema in the {}: {}",
                 opts.label,
-                crate::error::describe_pg(&e)
+                ferry_shared::error_policy::describe_pg(&e)
             ))
         })?;
     tracing::info!(%group, database = %opts.db.display(), stream = %opts.selection.stream, "replay starting");

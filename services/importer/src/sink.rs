@@ -14,47 +14,19 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use ferry_shared::catalog::TableName;
-use ferry_shared::position::Vsn;
 
 use crate::error::Failure;
 use crate::event::Event;
 
 /// A partition's stored position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Stored {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset of the next event to apply.
-    pub next_offset: i64,
-    /// VSN of the last applied event (`Vsn::ZERO`: none).
-    pub last_vsn: Vsn,
-}
+pub(crate) use ferry_shared::metadata::StoredPosition as Stored;
 
 /// A partition's position moving in a batch: (the stored `next_offset` it was read at,
 /// the new position). The move is a compare-and-set on the first.
 pub(crate) type Move<'a> = (i64, &'a Stored);
 
-/// Per-table event counts of one batch (or totals).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// `r` events.
-    pub snapshot_rows: i64,
-    /// `c` events.
-    pub inserts: i64,
-    /// `u` events.
-    pub updates: i64,
-    /// `d` events.
-    pub deletes: i64,
-}
-
-impl Counts {
-    /// Sum of all four.
-    pub fn total(&self) -> i64 {
-        self.snapshot_rows + self.inserts + self.updates + self.deletes
-    }
-}
+/// Per-table event counts of one batch (or totals): the one count type.
+pub use ferry_shared::envelope::OpCounts as Counts;
 
 /// How a batch's snapshot rows went in (zero where the sink has no such distinction).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -142,6 +114,7 @@ pub(crate) mod tests {
 
     use ferry_shared::avro::{AvroType, FieldType, RecordType};
     use ferry_shared::envelope::Op;
+    use ferry_shared::position::Vsn;
     use ferry_shared::value::Datum;
 
     use super::memory::MemorySink;

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_shared::catalog::TableName;
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::EventDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 

@@ -1,5 +1,5 @@
 //! The importer against real PostgreSQL and the local broker: synthetic streams made
-//! with `TableCodec` (snapshot rows, then inserts, updates and deletes, VSNs increasing,
+//! with the shared codec's `TableEncoder` (snapshot rows, then inserts, updates and deletes, VSNs increasing,
 //! partition chosen from the key), applied by in-process importers (`run_for` in
 //! spawned tasks) or the `ferry-importer` binary killed with SIGKILL. Every test
 //! compares the destination table row by row with the expected contents and checks
@@ -11,17 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferry_coordinator::registry::{self, Registry};
 use ferry_shared::catalog::{self, TableName, TypeCatalog};
+use ferry_shared::codec::TableEncoder;
 use ferry_shared::config::Config;
 use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
 use ferry_shared::position::Vsn;
-use ferry_shared::registry::{RegistryClient, TableCodec};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::shutdown::{self, ShutdownTrigger};
 use ferry_shared::topics::{Destination, Stream, Topics};
 use ferry_shared::value::Datum;
@@ -32,19 +30,6 @@ use rdkafka::ClientConfig;
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn serve_registry(topic: &str) -> Result<String> {
-    let stack = Stack::get();
-    let mut kafka = rdkafka::ClientConfig::new();
-    kafka.set("bootstrap.servers", &stack.kafka_bootstrap);
-    let registry = Arc::new(Registry::open(kafka, topic.to_owned()).await?);
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, registry::router(registry)).await;
-    });
-    Ok(format!("http://{addr}"))
-}
 
 /// Expected contents of a table `(id bigint primary key, <text columns>)`.
 type Rows = BTreeMap<i64, Vec<Option<String>>>;
@@ -58,7 +43,7 @@ struct Fixture {
     config_toml: String,
     topic: String,
     partitions: i32,
-    codec: TableCodec,
+    codec: TableEncoder,
     producer: FutureProducer,
     next_vsn: u64,
     /// Produced events, for re-producing duplicates: (partition, key, value).
@@ -100,14 +85,20 @@ impl Fixture {
             },
         )
         .await?;
-        let registry_url = serve_registry(&unique_name("schemas")).await?;
+        let registry_url = ferry_testkit::serve_registry(None).await?;
         let topics = Topics::new(format!("ferry.{id}"));
         let topic = topics.table(Stream::Source, "public", "t");
         kafka::create_topic(&stack.kafka_bootstrap, &topic, partitions, false).await?;
         kafka::create_topic(&stack.kafka_bootstrap, &topics.status(), 1, true).await?;
-        let codec =
-            TableCodec::register(&RegistryClient::new(&registry_url, None)?, &topic, &table)
-                .await?;
+        let codec = TableEncoder::new(
+            &RegistryClient::new(&registry_url, None)?,
+            table.clone(),
+            topic.clone(),
+            0,
+            partitions,
+            "src".into(),
+        )
+        .await?;
         let mut config_toml = stack.config_toml(
             &id,
             &source_db,
@@ -194,9 +185,7 @@ impl Fixture {
             },
         };
         self.next_vsn += 1;
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        self.codec.encode_key(&event.key, &mut key)?;
-        self.codec.encode_value(&event, &mut value)?;
+        let (key, value) = self.codec.encode_event(&event)?;
         let partition = (id.rem_euclid(i64::from(self.partitions))) as i32;
         self.send(partition, &key, &value).await?;
         self.produced.push((partition, key, value));
@@ -1005,8 +994,15 @@ async fn a_table_topic_created_while_running_is_picked_up() -> Result<()> {
     .await?;
     let topic = Topics::new(format!("ferry.{}", f.id)).table(Stream::Source, "public", "t2");
     kafka::create_topic(&stack.kafka_bootstrap, &topic, 1, false).await?;
-    let codec =
-        TableCodec::register(&RegistryClient::new(&f.registry_url, None)?, &topic, &table).await?;
+    let codec = TableEncoder::new(
+        &RegistryClient::new(&f.registry_url, None)?,
+        table,
+        topic.clone(),
+        0,
+        1,
+        "src".into(),
+    )
+    .await?;
     for id in 1..=20i64 {
         let event = ChangeEvent {
             key: vec![Datum::Long(id)],
@@ -1026,9 +1022,7 @@ async fn a_table_topic_created_while_running_is_picked_up() -> Result<()> {
             },
         };
         f.next_vsn += 1;
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        codec.encode_key(&event.key, &mut key)?;
-        codec.encode_value(&event, &mut value)?;
+        let (key, value) = codec.encode_event(&event)?;
         f.producer
             .send(
                 FutureRecord::to(&topic)

@@ -1,41 +1,27 @@
 //! The batching and worker logic against the in-memory sink: records are encoded and
-//! decoded for real (through a minimal schema registry served in the test).
+//! decoded for real (through a schema registry of the test's own).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use ferry_shared::catalog::{Column, Kind, TableSchema};
+use ferry_shared::codec::TableEncoder;
 use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
-use ferry_shared::registry::{RegistryClient, TableCodec};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::value::Datum;
 
 use super::*;
 use crate::sink::memory::{MemorySink, Row};
 use crate::sink::tests::table_t;
 
-/// Serves the one call registering a schema needs (`POST
-/// /subjects/<subject>/versions`); the client caches what it registered, so the
-/// decoder never asks again.
 async fn registry() -> RegistryClient {
-    let next = Arc::new(AtomicU32::new(1));
-    let app = axum::Router::new().route(
-        "/subjects/{subject}/versions",
-        axum::routing::post(move || {
-            let id = next.fetch_add(1, Ordering::SeqCst);
-            async move { axum::Json(serde_json::json!({ "id": id })) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    RegistryClient::new(&format!("http://{addr}"), None).unwrap()
+    let url = ferry_testkit::serve_registry(None).await.unwrap();
+    RegistryClient::new(&url, None).unwrap()
 }
 
 /// Encodes the records of `public.t (id bigint PRIMARY KEY, v text)` in a topic of
 /// two partitions (partition = id % 2), as an exporter would.
 struct Stream {
-    codec: TableCodec,
+    codec: TableEncoder,
     decoder: EventDecoder,
     topic: Arc<str>,
     next_vsn: u64,
@@ -65,7 +51,7 @@ impl Stream {
             replica_identity: 'f',
         };
         let topic = "ferry.test.source.public.t";
-        let codec = TableCodec::register(&registry, topic, &table)
+        let codec = TableEncoder::new(&registry, table, topic.to_owned(), 0, 2, "src".into())
             .await
             .unwrap();
         Stream {
@@ -116,9 +102,7 @@ impl Stream {
             Some(v) => self.expected.insert(id, v.to_owned()),
             None => self.expected.remove(&id),
         };
-        let (mut key, mut payload) = (Vec::new(), Vec::new());
-        self.codec.encode_key(&event.key, &mut key).unwrap();
-        self.codec.encode_value(&event, &mut payload).unwrap();
+        let (key, payload) = self.codec.encode_event(&event).unwrap();
         let partition = (id % 2) as i32;
         let offset = self.offsets.entry(partition).or_insert(0);
         *offset += 1;
@@ -192,12 +176,12 @@ async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
     pool.records(again).await.unwrap();
     pool.flush(false).await.unwrap();
     let commits = pool.drain().unwrap();
-    let total: i64 = commits
+    let total: u64 = commits
         .iter()
         .flat_map(|c| c.counts.values())
         .map(Counts::total)
         .sum();
-    assert_eq!(total, n, "every event counted once");
+    assert_eq!(total, n as u64, "every event counted once");
     assert_eq!(rows(&db), stream.expected);
     assert_eq!(
         db.counts(&table_t()),
@@ -226,7 +210,7 @@ async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
     let mut replayed = Stream::new().await;
     pool.records(changes(&mut replayed)).await.unwrap();
     pool.flush(false).await.unwrap();
-    assert_eq!(db.counts(&table_t()).total(), n);
+    assert_eq!(db.counts(&table_t()).total(), n as u64);
     assert_eq!(rows(&db), stream.expected);
     pool.stop().await;
 }

@@ -21,7 +21,9 @@ use super::positions::{self, db_failure};
 use super::prepared::Statements;
 use super::rows::{collapse, runs, Mapper, RowOp};
 use super::statements::{column_list, execute_run};
-use crate::error::{classify_pg, describe_pg, hint, Class, Failure};
+use ferry_shared::error_policy::describe_pg;
+
+use crate::error::Failure;
 use crate::event::{count, Event};
 use crate::sink::{Applied, Move, Written};
 
@@ -196,11 +198,5 @@ fn vsn_failure(e: &tokio_postgres::Error, table: &DestTable, first: Vsn, last: V
         table.destination,
         describe_pg(e)
     );
-    match classify_pg(e) {
-        Class::Transient => Failure::Transient(text),
-        Class::Definite => Failure::Definite(format!(
-            "{text}: {}, then restart the importer; it resumes where it stopped",
-            hint(e)
-        )),
-    }
+    Failure::pg_rows(text, e)
 }

@@ -1,4 +1,5 @@
-//! The `ferry_metadata` schema in the destination: where the importer's positions live.
+//! Writing the `ferry_metadata` schema in the destination ([`ferry_shared::metadata`]
+//! has its tables and statements): where the importer's positions live.
 //!
 //! Invariant (DESIGN.md §4, §4a): a partition's position (next offset, last applied VSN)
 //! is written only in the destination transaction that writes the rows it describes, and
@@ -12,50 +13,20 @@
 //! So two importers can never both apply the same events, whatever the timing of the
 //! rebalance.
 
+use ferry_shared::metadata;
+#[cfg(test)]
 use ferry_shared::position::Vsn;
 use tokio_postgres::{Client, GenericClient};
 
 use super::prepared::Statements;
-use crate::error::{classify_pg, describe_pg, Class, Failure};
+use crate::error::Failure;
 use crate::sink::{Counts, Stored};
 
-/// Creates the schema and tables if they don't exist. Safe to run from several
-/// importers at once (serialized by an advisory lock).
-pub(crate) const SETUP_SQL: &str = "
-SET client_min_messages = warning;
-BEGIN;
-SELECT pg_advisory_xact_lock(7283451290042);
-CREATE SCHEMA IF NOT EXISTS ferry_metadata;
-CREATE TABLE IF NOT EXISTS ferry_metadata.positions (
-    consumer_group text NOT NULL,
-    topic text NOT NULL,
-    partition integer NOT NULL,
-    next_offset bigint NOT NULL,
-    last_vsn bigint NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer_group, topic, partition)
-);
-CREATE TABLE IF NOT EXISTS ferry_metadata.table_counts (
-    consumer_group text NOT NULL,
-    schema_name text NOT NULL,
-    table_name text NOT NULL,
-    snapshot_rows bigint NOT NULL DEFAULT 0,
-    inserts bigint NOT NULL DEFAULT 0,
-    updates bigint NOT NULL DEFAULT 0,
-    deletes bigint NOT NULL DEFAULT 0,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer_group, schema_name, table_name)
-);
-COMMIT;
-";
+pub(crate) use ferry_shared::metadata::SETUP_SQL;
 
 /// A database error, classified, with what was being done.
 pub(crate) fn db_failure(what: &str, e: &tokio_postgres::Error) -> Failure {
-    let text = format!("{what}: {}", describe_pg(e));
-    match classify_pg(e) {
-        Class::Transient => Failure::Transient(text),
-        Class::Definite => Failure::Definite(text),
-    }
+    Failure::pg(what, e)
 }
 
 /// Reads the positions of `parts`, creating rows at offset 0 for partitions never seen.
@@ -64,36 +35,9 @@ pub(crate) async fn load_positions(
     group: &str,
     parts: &[(String, i32)],
 ) -> Result<Vec<Stored>, Failure> {
-    let topics: Vec<&str> = parts.iter().map(|(t, _)| t.as_str()).collect();
-    let partitions: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
-    client
-        .execute(
-            "INSERT INTO ferry_metadata.positions (consumer_group, topic, partition, next_offset, last_vsn) \
-             SELECT $1, t, p, 0, 0 FROM unnest($2::text[], $3::int[]) AS u(t, p) \
-             ON CONFLICT DO NOTHING",
-            &[&group, &topics, &partitions],
-        )
+    metadata::load_positions(client, group, parts)
         .await
-        .map_err(|e| db_failure("creating position rows in ferry_metadata", &e))?;
-    let rows = client
-        .query(
-            "SELECT p.topic, p.partition, p.next_offset, p.last_vsn \
-             FROM ferry_metadata.positions p \
-             JOIN unnest($2::text[], $3::int[]) AS u(t, n) ON p.topic = u.t AND p.partition = u.n \
-             WHERE p.consumer_group = $1",
-            &[&group, &topics, &partitions],
-        )
-        .await
-        .map_err(|e| db_failure("reading positions from ferry_metadata", &e))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Stored {
-            topic: r.get(0),
-            partition: r.get(1),
-            next_offset: r.get(2),
-            last_vsn: Vsn::from_i64(r.get(3)).unwrap_or(Vsn::ZERO),
-        })
-        .collect())
+        .map_err(|e| Failure::of(e.class(), e.to_string()))
 }
 
 /// Moves one partition's position from `expected_next` to `new`, inside the batch's
@@ -106,7 +50,10 @@ pub(crate) async fn advance(
     new: &Stored,
 ) -> Result<(), Failure> {
     let fail = |e: tokio_postgres::Error| db_failure("writing positions to ferry_metadata", &e);
-    let statement = statements.get(tx, ADVANCE).await.map_err(fail)?;
+    let statement = statements
+        .get(tx, metadata::ADVANCE_SQL)
+        .await
+        .map_err(fail)?;
     let n = tx
         .execute(
             &statement,
@@ -131,10 +78,6 @@ pub(crate) async fn advance(
     }
 }
 
-const ADVANCE: &str =
-    "UPDATE ferry_metadata.positions SET next_offset = $4, last_vsn = $5, updated_at = now() \
-     WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $6";
-
 /// Adds a batch's counts for one table, inside the batch's transaction.
 pub(crate) async fn add_counts(
     tx: &impl GenericClient,
@@ -145,33 +88,27 @@ pub(crate) async fn add_counts(
     c: &Counts,
 ) -> Result<(), Failure> {
     let fail = |e: tokio_postgres::Error| db_failure("writing counts to ferry_metadata", &e);
-    let statement = statements.get(tx, ADD_COUNTS).await.map_err(fail)?;
+    let statement = statements
+        .get(tx, metadata::ADD_COUNTS_SQL)
+        .await
+        .map_err(fail)?;
+    let [snapshot_rows, inserts, updates, deletes] = c.as_i64s();
     tx.execute(
         &statement,
         &[
             &group,
             &schema,
             &table,
-            &c.snapshot_rows,
-            &c.inserts,
-            &c.updates,
-            &c.deletes,
+            &snapshot_rows,
+            &inserts,
+            &updates,
+            &deletes,
         ],
     )
     .await
     .map_err(fail)?;
     Ok(())
 }
-
-const ADD_COUNTS: &str = "INSERT INTO ferry_metadata.table_counts AS t \
-       (consumer_group, schema_name, table_name, snapshot_rows, inserts, updates, deletes) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     ON CONFLICT (consumer_group, schema_name, table_name) DO UPDATE SET \
-       snapshot_rows = t.snapshot_rows + EXCLUDED.snapshot_rows, \
-       inserts = t.inserts + EXCLUDED.inserts, \
-       updates = t.updates + EXCLUDED.updates, \
-       deletes = t.deletes + EXCLUDED.deletes, \
-       updated_at = now()";
 
 #[cfg(test)]
 mod tests {
