@@ -12,19 +12,15 @@
 //!   stream's [`ExporterFinal`] and returns. A stop that arrives during the snapshot
 //!   waits until the snapshot is read.
 //!
-//! How the end is found: on an ordinary session the exporter writes a non-transactional
-//! logical message (`pg_logical_emit_message(false, 'ferry.stop', <slot>)`), whose LSN
-//! the call returns, in a small transaction whose synchronous commit flushes the WAL
-//! past it (decoding reads only flushed WAL). Logical decoding sends it when it reaches that point of the WAL,
-//! after every transaction that committed before it and before any that commits after;
-//! it never falls inside a decoded transaction. So when the change stream delivers the
-//! message (prefix `ferry.stop`, content the slot name, LSN at least the returned one —
-//! older messages of an interrupted stop are ignored), everything committed before the
-//! request has been sent to the stamper. The exporter then records a checkpoint at the
-//! message, ends the replication session, waits until Kafka acknowledged everything and
-//! the checkpoint is stored, and only then writes the final record: end offsets of every
-//! partition, the last VSN, the LSN and the sequences. The message may arrive before the
-//! call returns, so the highest one seen is kept.
+//! How the end is found: the exporter asks its source to write a stop marker into the
+//! change stream ([`crate::source::Source::write_stop`]; for PostgreSQL a logical
+//! message, see [`crate::postgres`]) after every transaction committed before the
+//! request, and the change stream ends at the first marker at or after the returned
+//! position. So when it ends, everything committed before the request has been sent to
+//! the stamper. The exporter then records a checkpoint at the marker, ends the
+//! replication session, waits until Kafka acknowledged everything and the checkpoint is
+//! stored, and only then writes the final record: end offsets of every partition, the
+//! last VSN, the LSN and the sequences.
 //!
 //! Every step can be repeated: a restart while the directive is still `Stop` resumes
 //! from the checkpoint, emits a new message and stops again; the final record is
@@ -34,7 +30,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_shared::catalog::{quote_ident, quote_literal};
 use ferry_shared::kafka::{self, idempotent_producer_config};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::shutdown::{Shutdown, ShutdownTrigger};
@@ -45,13 +40,10 @@ use ferry_shared::topics::Stream;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::progress::Progress;
+use crate::source::Source;
 use crate::Error;
-
-/// The prefix of the logical message that marks the end of a stopped stream.
-pub const STOP_PREFIX: &str = "ferry.stop";
 
 /// The watched contents of `_state` (`None` until read up to its end).
 pub type State = watch::Receiver<Option<StateView>>;
@@ -135,11 +127,10 @@ pub async fn follow_end(mut state: State, mut outer: Shutdown, inner: ShutdownTr
     inner.trigger();
 }
 
-/// Waits until the stream's directive is `Stop`, then writes the stop message and
-/// publishes its LSN on `stop`. Pends forever when no stop comes.
-pub async fn request_stop(
-    client: &Client,
-    slot: &str,
+/// Waits until the stream's directive is `Stop`, then writes the stop marker and
+/// publishes its position on `stop`. Pends forever when no stop comes.
+pub(crate) async fn request_stop<S: Source>(
+    source: &S,
     stream: Stream,
     mut state: State,
     progress: &Progress,
@@ -160,69 +151,10 @@ pub async fn request_stop(
         "cutover: stop requested; exporting every change committed up to now"
     );
     progress.set_phase("stopping");
-    // The message is not transactional, but it is written inside a transaction that
-    // takes an xid and commits synchronously: that commit flushes the WAL past the
-    // message. A message alone is not flushed (before PostgreSQL 17's `flush`
-    // argument), and logical decoding reads only flushed WAL, so on an idle database
-    // the message could wait indefinitely.
-    let messages = client
-        .simple_query(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = on; \
-             SELECT pg_logical_emit_message(false, {}, {})::text; \
-             SELECT txid_current(); COMMIT",
-            quote_literal(STOP_PREFIX),
-            quote_literal(slot)
-        ))
-        .await
-        .map_err(|e| Error::sql("writing the stop message to the WAL", e))?;
-    let text = messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let lsn: Lsn = text
-        .parse()
-        .map_err(|e| Error::Internal(format!("pg_logical_emit_message returned {text:?}: {e}")))?;
+    let lsn = source.write_stop().await?;
     tracing::info!(stream = %stream, lsn = %lsn, "cutover: waiting for the change stream to reach the stop message");
     stop.send_replace(Some(lsn));
     Ok(())
-}
-
-/// Every sequence in `schemas` with its exact state, read from the sequence itself.
-pub async fn sequences(client: &Client, schemas: &[String]) -> Result<Vec<SequenceValue>, Error> {
-    let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'S' AND n.nspname = ANY($1) ORDER BY 1, 2",
-            &[&schemas],
-        )
-        .await
-        .map_err(|e| Error::sql("listing sequences", e))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let (schema, name): (String, String) = (row.get(0), row.get(1));
-        let value = client
-            .query_one(
-                &format!(
-                    "SELECT last_value, is_called FROM {}.{}",
-                    quote_ident(&schema),
-                    quote_ident(&name)
-                ),
-                &[],
-            )
-            .await
-            .map_err(|e| Error::sql(format!("reading sequence {schema}.{name}"), e))?;
-        out.push(SequenceValue {
-            schema,
-            name,
-            last_value: value.get(0),
-            is_called: value.get(1),
-        });
-    }
-    Ok(out)
 }
 
 /// The end offset (high watermark) of every partition of every topic.

@@ -263,11 +263,6 @@ impl Pipeline {
         let last = written.borrow().clone();
         Ok(last)
     }
-
-    /// True when the stamper or checkpointer ended (with an error: see [`Pipeline::finish`]).
-    pub fn failed(&self) -> bool {
-        self.stamper.is_finished() || self.checkpointer.is_finished()
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -21,6 +21,8 @@ pub fn pg_time_to_unix_ms(micros: i64) -> i64 {
 }
 
 /// One decoded message.
+// Variants are named after the protocol's message types ("Logical Decoding Message").
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Start of a transaction.
@@ -141,15 +143,6 @@ pub enum OldTuple {
     Key(Tuple),
     /// The whole old row (REPLICA IDENTITY FULL).
     Full(Tuple),
-}
-
-impl OldTuple {
-    /// The tuple, whichever kind.
-    pub fn tuple(&self) -> &Tuple {
-        match self {
-            OldTuple::Key(t) | OldTuple::Full(t) => t,
-        }
-    }
 }
 
 /// Column values of one row, in relation column order.

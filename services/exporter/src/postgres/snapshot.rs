@@ -8,7 +8,6 @@
 //! the slot (which starts at the first snapshot) carries them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -21,9 +20,10 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
-use crate::event::{SourceTemplate, TableEncoder};
-use crate::progress::Progress;
+use crate::event::SourceTemplate;
+use crate::lead::{wait_for_importers, Lead};
 use crate::sequencer::Item;
+use crate::source::Work;
 use crate::Error;
 
 /// Events per batch sent to the stamper.
@@ -31,7 +31,7 @@ const BATCH: usize = 2000;
 
 /// Splits a table into chunks of about `chunk_rows` rows, from its size on disk and
 /// its row estimate.
-pub async fn plan(
+pub(crate) async fn plan(
     client: &Client,
     table: &TableSchema,
     chunk_rows: u64,
@@ -71,83 +71,11 @@ pub async fn plan(
     Ok(chunks)
 }
 
-/// One unit of snapshot work.
-#[derive(Clone, Debug)]
-pub struct Work {
-    /// The table.
-    pub table: Arc<TableEncoder>,
-    /// Chunk index in the table's plan.
-    pub index: usize,
-    /// The chunk.
-    pub chunk: Chunk,
-}
-
-/// What the snapshot readers need to know how far the slowest importer is behind.
-#[derive(Clone, Debug)]
-pub struct Lead {
-    /// `exporter.snapshot_max_lead`.
-    pub max: u64,
-    /// False until the first measurement (readers wait for it).
-    pub measured: bool,
-    /// Records in the stream's topics when the snapshot started...
-    pub ends: u64,
-    /// ... when this exporter had stamped this many events (`Progress::events`): the
-    /// topics now hold `ends + events - events_before`.
-    pub events_before: u64,
-    /// The importer group that committed least, and the sum of its committed offsets
-    /// (`None`: no importer group has committed on the stream's topics).
-    pub slowest: Option<(String, u64)>,
-    /// The exporter's counters (events stamped so far).
-    pub progress: Arc<Progress>,
-}
-
-impl Lead {
-    /// How many records the slowest importer is behind, counting what this exporter
-    /// stamped up to now (the commits are at most one measurement old).
-    fn behind(&self) -> Option<(&str, u64)> {
-        let (group, committed) = self.slowest.as_ref()?;
-        let events = self.progress.events.load(Ordering::Relaxed);
-        let end = self.ends + events.saturating_sub(self.events_before);
-        Some((group.as_str(), end.saturating_sub(*committed)))
-    }
-
-    fn too_far(&self) -> bool {
-        !self.measured || self.behind().is_some_and(|(_, n)| n > self.max)
-    }
-}
-
-/// Waits while an importer is more than `max` records behind (the first wait is
-/// logged, naming the group).
-async fn wait_for_importers(lead: &mut watch::Receiver<Lead>, shutdown: &mut Shutdown) {
-    let mut logged = false;
-    loop {
-        let l = lead.borrow_and_update().clone();
-        if !l.too_far() {
-            if logged {
-                tracing::debug!("the importers caught up; the snapshot goes on");
-                l.progress.set_phase("snapshot");
-            }
-            return;
-        }
-        if !logged && l.measured {
-            l.progress.set_phase("snapshot (waiting for an importer)");
-            if let Some((group, n)) = l.behind() {
-                tracing::debug!(group = %group, behind = n, max = l.max, "the snapshot waits: an importer is more than exporter.snapshot_max_lead records behind");
-            }
-            logged = true;
-        }
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            changed = lead.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
 /// Reads every work item inside snapshot `snapshot_name`, with `workers` parallel
 /// readers, and sends `r` events and a [`Item::ChunkDone`] after each chunk. With
 /// `lead`, a reader waits before each chunk while an importer is too far behind.
 #[allow(clippy::too_many_arguments)]
-pub async fn read(
+pub(crate) async fn read(
     source: &DatabaseConfig,
     snapshot_name: &str,
     snapshot_lsn: &str,

@@ -13,8 +13,9 @@
 //! - TRUNCATE and a Relation message that no longer matches the table stop the stream
 //!   with an error naming the table: Ferry never skips data silently.
 //! - A stop for a cutover ends the stream at the `ferry.stop` logical message whose LSN
-//!   is at least the one requested ([`crate::cutover`]): that message is decoded after
-//!   every transaction committed before the request, and never inside a transaction.
+//!   is at least the one requested ([`super::write_stop`], [`crate::cutover`]): that
+//!   message is decoded after every transaction committed before the request, and
+//!   never inside a transaction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,19 +27,81 @@ use ferry_shared::value::{parse_text, Datum};
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
+use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use crate::event::{SourceTemplate, TableEncoder};
-use crate::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use crate::sequencer::Item;
+use crate::source::Changes;
 use crate::Error;
 
 /// Events per batch inside a large transaction.
 const BATCH: usize = 2000;
 
+/// The change stream of a replication slot: a replication session opened at a position
+/// and gated (nothing streams, and a snapshot exported on the session stays usable,
+/// until [`Changes::start`]).
+pub(crate) struct PgChanges {
+    client: ReplicationClient,
+    slot: String,
+    publication: String,
+}
+
+impl PgChanges {
+    pub(crate) fn new(client: ReplicationClient, slot: &str, publication: &str) -> Self {
+        PgChanges {
+            client,
+            slot: slot.to_owned(),
+            publication: publication.to_owned(),
+        }
+    }
+}
+
+impl Changes for PgChanges {
+    async fn start(&mut self) -> Result<(), Error> {
+        self.client
+            .start()
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Replication {
+                what: "starting replication".into(),
+                source,
+            })
+    }
+
+    async fn started(&mut self) -> Result<(), Error> {
+        self.client
+            .wait_started()
+            .await
+            .map(|_| ())
+            .map_err(|e| replication_error(e, &self.slot, &self.publication))
+    }
+
+    async fn run(
+        self,
+        tables: &HashMap<(String, String), Arc<TableEncoder>>,
+        items: mpsc::Sender<Vec<Item>>,
+        durable: watch::Receiver<Lsn>,
+        stop: watch::Receiver<Option<Lsn>>,
+        shutdown: Shutdown,
+    ) -> Result<Option<Lsn>, Error> {
+        run(
+            self.client,
+            tables,
+            &self.slot,
+            &self.publication,
+            items,
+            durable,
+            stop,
+            shutdown,
+        )
+        .await
+    }
+}
+
 /// Streams changes until shutdown, an error, or the stop message at or after the LSN
 /// published on `stop` (then returns `Some(lsn)`: every change up to `lsn` was sent to
 /// the stamper, followed by a commit at `lsn`).
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+async fn run(
     mut client: ReplicationClient,
     tables: &HashMap<(String, String), Arc<TableEncoder>>,
     slot: &str,
@@ -147,7 +210,7 @@ pub async fn run(
                 lsn,
                 prefix,
                 content,
-            } if prefix == crate::cutover::STOP_PREFIX && content.as_ref() == slot.as_bytes() => {
+            } if prefix == super::STOP_PREFIX && content.as_ref() == slot.as_bytes() => {
                 let lsn = Lsn(lsn.0);
                 tracing::debug!(lsn = %lsn, "stop message received");
                 stop_seen = Some(stop_seen.map_or(lsn, |s| s.max(lsn)));
@@ -161,7 +224,7 @@ pub async fn run(
     Ok(stopped)
 }
 
-pub(crate) fn replication_error(e: PgWireError, slot: &str, publication: &str) -> Error {
+fn replication_error(e: PgWireError, slot: &str, publication: &str) -> Error {
     let text = e.to_string();
     if text.contains("replication slot") && text.contains("does not exist") {
         Error::SlotDropped {

@@ -1,0 +1,172 @@
+//! What stops the exporter ([`Error`]), and which failures a retry may cure
+//! ([`Error::is_transient`]).
+
+use ferry_shared::catalog::CatalogError;
+use ferry_shared::config::{ConfigError, ConnectError};
+use ferry_shared::kafka;
+use ferry_shared::registry::RegistryError;
+use ferry_shared::value::ValueError;
+use pgwire_replication::PgWireError;
+
+use crate::sequencer::SequencerError;
+
+/// What stops the exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration lacks something.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The source could not be reached.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// The source is not ready.
+    #[error(transparent)]
+    Check(#[from] crate::postgres::check::CheckError),
+    /// A catalog read failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A statement failed.
+    #[error("{what}")]
+    Sql {
+        /// What was being done.
+        what: String,
+        /// The database error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Kafka.
+    #[error(transparent)]
+    Kafka(#[from] kafka::Error),
+    /// Schema registry.
+    #[error("registering the schemas of table {table}")]
+    Registry {
+        /// `schema.table`.
+        table: String,
+        /// The error.
+        #[source]
+        source: RegistryError,
+    },
+    /// The stamper or checkpoint writer.
+    #[error(transparent)]
+    Sequencer(#[from] SequencerError),
+    /// The replication session.
+    #[error("{what}")]
+    Replication {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: PgWireError,
+    },
+    /// The slot disappeared.
+    #[error("replication slot \"{slot}\" does not exist (was it dropped?); changes since the last checkpoint cannot be recovered: end the migration (ferry end migration) and start it again, which takes a new snapshot")]
+    SlotDropped {
+        /// Slot name.
+        slot: String,
+    },
+    /// The publication disappeared.
+    #[error("publication \"{publication}\" does not exist (was it dropped?); the slot cannot decode changes without it: end the migration (ferry end migration) and start it again, which takes a new snapshot")]
+    PublicationDropped {
+        /// Publication name.
+        publication: String,
+    },
+    /// TRUNCATE on a selected table.
+    #[error("table {table} was truncated on the source; Ferry does not replicate TRUNCATE and stopped this stream: truncate the table on every destination, then end the migration and start it again, or exclude the table")]
+    Truncate {
+        /// `schema.table` (several, comma-separated).
+        table: String,
+    },
+    /// DDL on a selected table.
+    #[error("table {table} changed on the source (DDL): {detail}; Ferry does not replicate schema changes and stopped this stream: apply the same change on every destination, then end the migration and start it again")]
+    SchemaChanged {
+        /// `schema.table`.
+        table: String,
+        /// What differs.
+        detail: String,
+    },
+    /// An unchanged TOAST value without the old row.
+    #[error("table {table} column {column}: an update did not carry this unchanged large value and the old row is not available; run {fix} and start the migration of this table again")]
+    UnchangedToast {
+        /// `schema.table`.
+        table: String,
+        /// Column.
+        column: String,
+        /// The statement that fixes it.
+        fix: String,
+    },
+    /// A malformed pgoutput message.
+    #[error("decoding the change stream")]
+    Decode(#[source] crate::postgres::pgoutput::DecodeError),
+    /// A value that does not parse.
+    #[error("table {table} column {column}")]
+    Value {
+        /// `schema.table`.
+        table: String,
+        /// Column.
+        column: String,
+        /// The error.
+        #[source]
+        source: ValueError,
+    },
+    /// Avro encoding failed.
+    #[error("encoding an event of table {table}")]
+    Encode {
+        /// `schema.table`.
+        table: String,
+        /// The error.
+        #[source]
+        source: ferry_shared::avro::AvroError,
+    },
+    /// The selected tables are not the ones the migration started with.
+    #[error("publication \"{publication}\" does not include table {tables}: the table selection changed after the migration started; restore migration.include_tables / exclude_tables, or migrate the new tables in a new migration")]
+    TablesChanged {
+        /// Publication name.
+        publication: String,
+        /// `schema.table`, comma-separated.
+        tables: String,
+    },
+    /// The replication connection cannot use TLS yet.
+    #[error("source.sslmode is {0}, but the replication connection of this build cannot use TLS; set source.sslmode = \"disable\" or \"prefer\" on a trusted network, or use a build with TLS for replication")]
+    ReplicationTls(&'static str),
+    /// The broker refused this client (SASL login or TLS handshake).
+    #[error(transparent)]
+    KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
+    /// A bug or an unexpected state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when retrying later may succeed (a server or the network was unavailable);
+    /// false for definite errors that need the operator (a fact about the source, a
+    /// table or the configuration), whose message says what to do.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::Kafka(_) | Error::Sequencer(_) => true,
+            Error::Replication { source, .. } => {
+                matches!(source, PgWireError::Io(_) | PgWireError::Task(_))
+            }
+            Error::Sql { source, .. } => source.code().is_none(),
+            Error::Registry { source, .. } => match source {
+                RegistryError::Registry {
+                    retriable: true, ..
+                } => true,
+                // The registry (often the coordinator) not answering for a while.
+                RegistryError::Registry { message, .. } => {
+                    message.contains("error sending request")
+                        || message.contains("onnect")
+                        || message.contains("timed out")
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    pub(crate) fn sql(what: impl Into<String>, source: tokio_postgres::Error) -> Self {
+        Error::Sql {
+            what: what.into(),
+            source,
+        }
+    }
+}
