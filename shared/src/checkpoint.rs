@@ -39,7 +39,7 @@ pub struct ExporterCheckpoint {
     pub written_at_ms: i64,
 }
 
-pub use crate::envelope::OpCounts;
+use crate::envelope::OpCounts;
 
 /// Per-table snapshot progress.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,9 +132,3 @@ mod tests {
         assert_eq!(checkpoint_key(Stream::Source), "exporter.source");
     }
 }
-
-// TEMPORARY (restructuring in progress): the heartbeat types moved to `crate::heartbeat`.
-pub use crate::heartbeat::{
-    heartbeat_key, importer_heartbeat_key, ExporterHeartbeat, ImporterHeartbeat, PartitionPosition,
-    ServiceError,
-};

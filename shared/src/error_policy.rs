@@ -387,7 +387,9 @@ mod tests {
             ErrorClass::Transient
         );
         assert_eq!(
-            classify_kafka(&KafkaError::Rebalance(RDKafkaErrorCode::RebalanceInProgress)),
+            classify_kafka(&KafkaError::Rebalance(
+                RDKafkaErrorCode::RebalanceInProgress
+            )),
             ErrorClass::Transient
         );
     }

@@ -45,10 +45,11 @@ impl Error {
     }
 
     /// Its class under the one error policy ([`crate::error_policy::classify_kafka`]);
-    /// an error without a client error (a topic with an unexpected layout) is definite.
+    /// an error without a client error (a topic not in the metadata yet, a read that
+    /// took too long, a task that failed) is transient.
     pub fn class(&self) -> crate::error_policy::ErrorClass {
         self.source.as_ref().map_or(
-            crate::error_policy::ErrorClass::Definite,
+            crate::error_policy::ErrorClass::Transient,
             crate::error_policy::classify_kafka,
         )
     }

@@ -190,10 +190,7 @@ pub async fn load_positions(
 }
 
 /// Events applied by `group` over every table (0 when no importer ran here).
-pub async fn total_applied(
-    client: &impl GenericClient,
-    group: &str,
-) -> Result<u64, MetadataError> {
+pub async fn total_applied(client: &impl GenericClient, group: &str) -> Result<u64, MetadataError> {
     if !exists(client).await? {
         return Ok(0);
     }

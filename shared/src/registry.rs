@@ -20,10 +20,6 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSche
 use tokio::sync::RwLock;
 
 use crate::avro::{self, AvroError, AvroType};
-use crate::catalog::TableSchema;
-use crate::envelope::ChangeEvent;
-use crate::topics;
-use crate::value::Datum;
 
 /// Why the registry or a framed record failed.
 #[derive(Debug, thiserror::Error)]
@@ -175,70 +171,6 @@ fn http_status(error: &str) -> Option<u16> {
         .next()?
         .parse()
         .ok()
-}
-
-// TEMPORARY (restructuring in progress): the wire format and the decoder moved to
-// `crate::codec`.
-pub use crate::codec::{framed_vsn, split_header, write_header, DecodedChange, EventDecoder};
-
-/// The registered key and value schemas of one table's topic, ready to encode events.
-#[derive(Clone, Debug)]
-pub struct TableCodec {
-    /// The table's topic.
-    pub topic: String,
-    key_id: u32,
-    value_id: u32,
-    key_type: Arc<AvroType>,
-    value_type: Arc<AvroType>,
-}
-
-impl TableCodec {
-    /// Generates the table's schemas and registers them under `<topic>-key` and
-    /// `<topic>-value`.
-    pub async fn register(
-        registry: &RegistryClient,
-        topic: &str,
-        table: &TableSchema,
-    ) -> Result<TableCodec, RegistryError> {
-        let key_schema = avro::key_schema(table).to_string();
-        let value_schema = avro::value_schema(table).to_string();
-        let key_id = registry
-            .register(&topics::key_subject(topic), &key_schema)
-            .await?;
-        let value_id = registry
-            .register(&topics::value_subject(topic), &value_schema)
-            .await?;
-        Ok(TableCodec {
-            topic: topic.to_owned(),
-            key_id,
-            value_id,
-            key_type: registry.schema(key_id).await?,
-            value_type: registry.schema(value_id).await?,
-        })
-    }
-
-    /// The registry ids of the key and value schemas.
-    pub fn ids(&self) -> (u32, u32) {
-        (self.key_id, self.value_id)
-    }
-
-    /// The framed key record of an event.
-    pub fn encode_key(&self, key: &[Datum], out: &mut Vec<u8>) -> Result<(), RegistryError> {
-        write_header(self.key_id, out);
-        avro::encode(&self.key_type, &Datum::Record(key.to_vec()), out)?;
-        Ok(())
-    }
-
-    /// The framed value record of an event.
-    pub fn encode_value(
-        &self,
-        event: &ChangeEvent,
-        out: &mut Vec<u8>,
-    ) -> Result<(), RegistryError> {
-        write_header(self.value_id, out);
-        avro::encode(&self.value_type, &event.to_datum(), out)?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! What stops the exporter ([`Error`]), and which failures a retry may cure
-//! ([`Error::is_transient`]).
+//! ([`Error::class`], under the one error policy of every Ferry process).
 
 use ferry_shared::catalog::CatalogError;
 use ferry_shared::config::{ConfigError, ConnectError};
+use ferry_shared::error_policy::{classify_kafka, classify_pg, classify_registry, ErrorClass};
 use ferry_shared::kafka;
 use ferry_shared::registry::RegistryError;
 use ferry_shared::value::ValueError;
@@ -137,30 +138,34 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when retrying later may succeed (a server or the network was unavailable);
-    /// false for definite errors that need the operator (a fact about the source, a
-    /// table or the configuration), whose message says what to do.
-    pub fn is_transient(&self) -> bool {
+    /// Its class under the one error policy ([`ferry_shared::error_policy`]): a server,
+    /// the broker or the registry unreachable for a while is transient (the run
+    /// restarts from the stored checkpoint); a fact about the source, a table or the
+    /// configuration is definite (the message says what to do).
+    pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Connect(_) | Error::Kafka(_) | Error::Sequencer(_) => true,
+            Error::Connect(e) => e.class(),
+            Error::Kafka(e) => e.class(),
+            Error::Sequencer(SequencerError::Produce(e)) => classify_kafka(e),
+            Error::Sequencer(_) => ErrorClass::Transient,
+            // The replication protocol's own errors: a connection lost (I/O) or its
+            // task ended is transient; a server refusal is a fact.
             Error::Replication { source, .. } => {
-                matches!(source, PgWireError::Io(_) | PgWireError::Task(_))
-            }
-            Error::Sql { source, .. } => source.code().is_none(),
-            Error::Registry { source, .. } => match source {
-                RegistryError::Registry {
-                    retriable: true, ..
-                } => true,
-                // The registry (often the coordinator) not answering for a while.
-                RegistryError::Registry { message, .. } => {
-                    message.contains("error sending request")
-                        || message.contains("onnect")
-                        || message.contains("timed out")
+                if matches!(source, PgWireError::Io(_) | PgWireError::Task(_)) {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Definite
                 }
-                _ => false,
-            },
-            _ => false,
+            }
+            Error::Sql { source, .. } => classify_pg(source),
+            Error::Registry { source, .. } => classify_registry(source),
+            _ => ErrorClass::Definite,
         }
+    }
+
+    /// True when retrying later may succeed ([`Error::class`]).
+    pub fn is_transient(&self) -> bool {
+        self.class().is_transient()
     }
 
     pub(crate) fn sql(what: impl Into<String>, source: tokio_postgres::Error) -> Self {

@@ -22,10 +22,11 @@ use ferry_shared::state::StreamPhase;
 use ferry_shared::topics::Stream;
 use tokio::sync::watch;
 
-use crate::event::{now_ms, TableEncoder};
 use crate::sequencer::{Item, Pipeline, PipelineConfig};
 use crate::source::{Changes, Opened, Readers, SnapshotView, Source, Work};
 use crate::{cutover, lead, progress, Error};
+use ferry_shared::clock::now_ms;
+use ferry_shared::codec::TableEncoder;
 
 /// One export of one stream from `source`.
 pub(crate) struct Ctx<'a, S> {

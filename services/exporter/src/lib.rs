@@ -29,14 +29,11 @@
 //! Ferry exports from; `postgres` is PostgreSQL's implementation (preflight, snapshot
 //! reading, publication and slot, replication stream, pgoutput). The stamper, producer
 //! and checkpoint writer (`sequencer`), the snapshot's lead over the importers
-//! (`lead`), the encoder (`event`) and the reporter (`progress`) know no engine.
+//! (`lead`), the encoder (`ferry_shared::codec`) and the reporter (`progress`) know no
+//! engine.
 
 mod cutover;
 mod error;
-// The Avro encoder moves into `ferry-shared`; until then some of its public items
-// (`Encoders`, `TableEncoder::topic`) have no user in this crate.
-#[allow(dead_code)]
-mod event;
 mod export;
 mod lead;
 mod postgres;
@@ -60,6 +57,7 @@ use std::time::Duration;
 use ferry_shared::catalog::TableSchema;
 use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
 use ferry_shared::config::{Config, DatabaseConfig, ExportType};
+use ferry_shared::error_policy::Backoff;
 use ferry_shared::kafka::{self, TopicSpec};
 use ferry_shared::registry::RegistryClient;
 use ferry_shared::replay::{record_vsn, VSN_HEADER};
@@ -67,9 +65,9 @@ use ferry_shared::shutdown::Shutdown;
 use ferry_shared::state::StreamDirective;
 use ferry_shared::topics::{Stream, Topics};
 
-use crate::event::TableEncoder;
 use crate::postgres::PgSource;
 use crate::source::Source;
+use ferry_shared::codec::TableEncoder;
 
 /// Checks the source exactly as `run` does before it creates anything (`ferry
 /// analyze-schema`): returns the selected tables with how each column travels, or every
@@ -125,16 +123,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 /// 30 s, reset after 5 minutes without failure); definite errors return.
 pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     ferry_shared::kafka_access::check(&config.kafka).await?;
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::starting_at(Duration::from_secs(1));
     // One for the process: heartbeats carry its start and its last error across retries.
     let progress = Arc::new(progress::Progress::default());
     loop {
         let started = std::time::Instant::now();
         match run_once(stream, config.clone(), shutdown.clone(), progress.clone()).await {
             Err(e) if e.is_transient() && !shutdown.is_triggered() => {
-                if started.elapsed() > Duration::from_secs(300) {
-                    delay = Duration::from_secs(1);
-                }
+                backoff.reset_if_quiet(started.elapsed(), Duration::from_secs(300));
+                let delay = backoff.delay();
                 tracing::warn!(error = %ferry_shared::process::error_chain(&e), ?delay, "exporter run failed; restarting from the stored checkpoint");
                 let mut stop = shutdown.clone();
                 tokio::select! {
@@ -142,7 +139,6 @@ pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Resu
                     _ = stop.wait() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
             other => return other,
         }
@@ -221,9 +217,9 @@ async fn run_once(
     if let Err(e) = &result {
         let message = ferry_shared::process::error_chain(e);
         progress.record_error(if e.is_transient() && !inner.is_triggered() {
-            ferry_shared::checkpoint::ServiceError::transient(message)
+            ferry_shared::heartbeat::ServiceError::transient(message)
         } else {
-            ferry_shared::checkpoint::ServiceError::definite(message)
+            ferry_shared::heartbeat::ServiceError::definite(message)
         });
     }
     report_stop.trigger();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_shared::checkpoint::{heartbeat_key, ExporterHeartbeat, ServiceError};
+use ferry_shared::heartbeat::{heartbeat_key, ExporterHeartbeat, ServiceError};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::rate::RateWindow;
 use ferry_shared::shutdown::Shutdown;
@@ -14,7 +14,7 @@ use ferry_shared::topics::Stream;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::event::now_ms;
+use ferry_shared::clock::now_ms;
 
 /// Counters shared by the stamper, the checkpoint writer and the reporter.
 #[derive(Debug)]

@@ -19,8 +19,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint, OpCounts};
-use ferry_shared::envelope::Op;
+use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
+use ferry_shared::envelope::OpCounts;
 use ferry_shared::kafka::idempotent_producer_config;
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::topics::Stream;
@@ -33,8 +33,9 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::event::{now_ms, stamp, Pending};
 use crate::progress::Progress;
+use ferry_shared::clock::now_ms;
+use ferry_shared::codec::{stamp, Pending};
 use std::sync::atomic::Ordering;
 
 /// What the stamper receives, in stream order.
@@ -332,12 +333,7 @@ async fn stamp_loop(
                         }
                     }
                     if let Some(c) = counts.get_mut(p.topic_index) {
-                        match p.op {
-                            Op::Read => c.snapshot_rows += 1,
-                            Op::Create => c.inserts += 1,
-                            Op::Update => c.updates += 1,
-                            Op::Delete => c.deletes += 1,
-                        }
+                        c.add(p.op);
                     }
                     progress.events.fetch_add(1, Ordering::Relaxed);
                     progress.last_vsn.store(next, Ordering::Relaxed);

@@ -17,10 +17,10 @@ use ferry_shared::shutdown::Shutdown;
 use ferry_shared::state::SequenceValue;
 use tokio::sync::{mpsc, watch};
 
-use crate::event::TableEncoder;
 use crate::lead::Lead;
 use crate::sequencer::Item;
 use crate::Error;
+use ferry_shared::codec::TableEncoder;
 
 /// A database Ferry exports from: a consistent snapshot of the selected tables, then
 /// every change committed after it.

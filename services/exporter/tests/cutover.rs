@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::*;
-use ferry_shared::checkpoint::{checkpoint_key, heartbeat_key, ExporterCheckpoint, OpCounts};
+use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
 use ferry_shared::config::Config;
 use ferry_shared::envelope::Op;
+use ferry_shared::envelope::OpCounts;
+use ferry_shared::heartbeat::heartbeat_key;
 use ferry_shared::kafka::{self, TopicSpec};
 use ferry_shared::position::Vsn;
 use ferry_shared::shutdown;
@@ -319,7 +321,7 @@ async fn target_stream_waits_on_standby_then_exports_above_its_first_vsn() -> Re
     ));
     // It reports standby, and for a few seconds creates nothing on the target.
     wait_until("a standby heartbeat", Duration::from_secs(60), || async {
-        let beat: Option<ferry_shared::checkpoint::ExporterHeartbeat> =
+        let beat: Option<ferry_shared::heartbeat::ExporterHeartbeat> =
             kafka::read_compacted(&m.kafka(), &m.topics().status())
                 .await?
                 .get(heartbeat_key(Stream::Target).as_bytes())

@@ -222,7 +222,7 @@ async fn slot_advances_past_unrelated_wal_and_heartbeats_are_sent() -> Result<()
     let beat = status
         .get("exporter.source".as_bytes())
         .expect("a heartbeat");
-    let beat: ferry_shared::checkpoint::ExporterHeartbeat = serde_json::from_slice(beat)?;
+    let beat: ferry_shared::heartbeat::ExporterHeartbeat = serde_json::from_slice(beat)?;
     assert_eq!(beat.phase, "stopped");
     assert_eq!(beat.last_vsn.0, 1);
     assert!(beat.lsn >= after);

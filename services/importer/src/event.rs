@@ -116,12 +116,7 @@ fn no_key_type() -> Arc<RecordType> {
 pub(crate) fn count(events: &[Event]) -> Counts {
     let mut c = Counts::default();
     for e in events {
-        match e.op {
-            Op::Read => c.snapshot_rows += 1,
-            Op::Create => c.inserts += 1,
-            Op::Update => c.updates += 1,
-            Op::Delete => c.deletes += 1,
-        }
+        c.add(e.op);
     }
     c
 }

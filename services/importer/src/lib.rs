@@ -545,12 +545,8 @@ impl Importer {
         self.progress.binary_copy_rows += c.applied.binary_copy_rows as u64;
         self.progress.text_copy_rows += c.applied.text_copy_rows as u64;
         for (name, n) in c.counts {
-            self.progress.this_run += n.total() as u64;
-            let t = self.totals.entry(name).or_default();
-            t.snapshot_rows += n.snapshot_rows;
-            t.inserts += n.inserts;
-            t.updates += n.updates;
-            t.deletes += n.deletes;
+            self.progress.this_run += n.total();
+            self.totals.entry(name).or_default().merge(&n);
         }
     }
 

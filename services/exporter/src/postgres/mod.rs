@@ -49,9 +49,9 @@ use ferry_shared::topics::Stream;
 use ferry_shared::value::session_settings_sql;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::event::TableEncoder;
 use crate::source::{Opened, Readers, SnapshotView, Source, SourceTable, Work};
 use crate::{AbortOnDrop, Error};
+use ferry_shared::codec::TableEncoder;
 
 pub(crate) use slot::PgSnapshot;
 pub(crate) use stream::PgChanges;

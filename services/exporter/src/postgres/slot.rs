@@ -32,9 +32,9 @@ use tokio_postgres::Client;
 
 use super::stream::PgChanges;
 use super::PgSource;
-use crate::event::TableEncoder;
 use crate::source::{Opened, SnapshotView};
 use crate::{AbortOnDrop, Error};
+use ferry_shared::codec::TableEncoder;
 
 /// A snapshot exported by PostgreSQL (`pg_export_snapshot()` or
 /// `CREATE_REPLICATION_SLOT .. EXPORT_SNAPSHOT`): readers import it by name.

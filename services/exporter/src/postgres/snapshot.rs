@@ -20,11 +20,11 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
-use crate::event::SourceTemplate;
 use crate::lead::{wait_for_importers, Lead};
 use crate::sequencer::Item;
 use crate::source::Work;
 use crate::Error;
+use ferry_shared::codec::SourceTemplate;
 
 /// Events per batch sent to the stamper.
 const BATCH: usize = 2000;
@@ -86,7 +86,7 @@ pub(crate) async fn read(
     lead: Option<watch::Receiver<Lead>>,
 ) -> Result<(), Error> {
     let queue = Arc::new(Mutex::new(VecDeque::from(work)));
-    let started = crate::event::now_ms();
+    let started = ferry_shared::clock::now_ms();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
         let queue = queue.clone();

@@ -28,10 +28,10 @@ use pgwire_replication::{PgWireError, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
 use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
-use crate::event::{SourceTemplate, TableEncoder};
 use crate::sequencer::Item;
 use crate::source::Changes;
 use crate::Error;
+use ferry_shared::codec::{SourceTemplate, TableEncoder};
 
 /// Events per batch inside a large transaction.
 const BATCH: usize = 2000;

@@ -4,37 +4,21 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferry_coordinator::registry::{self, Registry};
 use ferry_shared::catalog::{load_table, TableName, TableSchema, TypeCatalog};
 use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
+use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::Config;
 use ferry_shared::envelope::Op;
 use ferry_shared::kafka;
 use ferry_shared::position::{Lsn, Vsn};
-use ferry_shared::registry::{EventDecoder, RegistryClient};
+use ferry_shared::registry::RegistryClient;
 use ferry_shared::topics::{Stream, Topics};
 use ferry_shared::value::{parse_text, session_settings_sql, Datum};
-use ferry_testkit::{free_port, unique_name, Stack};
+use ferry_testkit::{unique_name, Stack};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// Serves the built-in registry on a free port; returns `host:port`.
-pub async fn serve_registry() -> Result<String> {
-    let stack = Stack::get();
-    let mut kafka = rdkafka::ClientConfig::new();
-    kafka.set("bootstrap.servers", &stack.kafka_bootstrap);
-    let registry = Arc::new(Registry::open(kafka, unique_name("schemas")).await?);
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, registry::router(registry)).await;
-    });
-    Ok(addr.to_string())
-}
 
 /// One test's migration: its source database, ferry.toml text and parsed config.
 pub struct Migration {
@@ -54,7 +38,12 @@ impl Migration {
             .to_lowercase()
             .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
         let id: String = id.chars().take(40).collect();
-        let registry = serve_registry().await?;
+        // The coordinator's address as the configuration gives it (`host:port`): a
+        // registry of the test's own.
+        let registry = ferry_testkit::serve_registry(None)
+            .await?
+            .trim_start_matches("http://")
+            .to_owned();
         let mut toml = stack.config_toml(&id, &db, "unused_t", "unused_r", &registry);
         toml = toml.replacen(
             "[migration]\n",
@@ -161,7 +150,7 @@ pub async fn read_topic(m: &Migration, topic: &str) -> Result<Vec<Read>> {
         let value = r.value.as_deref().context("no value")?;
         let e = decoder.decode_event(value).await?;
         // The VSN is readable without the schema, and no header is written per record.
-        assert_eq!(ferry_shared::registry::framed_vsn(value), Some(e.vsn));
+        assert_eq!(ferry_shared::codec::framed_vsn(value), Some(e.vsn));
         assert!(r.headers.is_empty(), "record headers: {:?}", r.headers);
         out.push(Read {
             partition: r.partition,
