@@ -54,18 +54,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use tokio_postgres::Client;
-
-    async fn database(prefix: &str) -> Client {
-        let stack = ferry_testkit::Stack::get();
-        let db = stack.target.create_database(prefix).await.unwrap();
-        let client = stack.target.connect(&db).await.unwrap();
-        client
-            .batch_execute(&ferry_shared::value::session_settings_sql())
-            .await
-            .unwrap();
-        client
-    }
+    use crate::sink::postgres::tests::database;
 
     #[tokio::test]
     async fn a_connection_prepares_each_statement_once_and_starts_over_past_the_bound() {

@@ -524,7 +524,8 @@ async fn differing(client: &Client, a: &str, b: &str, columns: &[(&str, bool)]) 
         .collect()
 }
 
-async fn database(prefix: &str) -> Client {
+/// A fresh target database with Ferry's session settings (shared by the sink's tests).
+pub(crate) async fn database(prefix: &str) -> Client {
     let stack = ferry_testkit::Stack::get();
     let db = stack.target.create_database(prefix).await.unwrap();
     let client = stack.target.connect(&db).await.unwrap();
