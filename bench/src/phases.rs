@@ -128,16 +128,16 @@ pub(crate) async fn with_phase<T>(body: impl AsyncFnOnce(&mut Phase) -> Result<T
 
 /// `(snapshot rows, change events)` the target's importer has committed.
 async fn applied(target: &Client, group: &str) -> (i64, i64) {
-    target
-        .query_one(
-            "SELECT coalesce(sum(snapshot_rows), 0)::bigint, \
-                    coalesce(sum(inserts + updates + deletes), 0)::bigint \
-             FROM ferry_metadata.table_counts WHERE consumer_group = $1",
-            &[&group],
-        )
+    let counts = ferry_shared::metadata::table_counts(target, group)
         .await
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap_or((0, 0))
+        .unwrap_or_default();
+    let (mut snapshot, mut changes) = (0u64, 0u64);
+    for c in counts.values() {
+        snapshot += c.snapshot_rows;
+        changes += c.inserts + c.updates + c.deletes;
+    }
+    let bigint = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    (bigint(snapshot), bigint(changes))
 }
 
 /// Polls the target's counts every 100 ms until `done` says so; fails when a service

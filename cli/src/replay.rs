@@ -334,9 +334,7 @@ pub async fn replay_to_database(
 
 /// The default file name of a replay to file: `replay-<stream>-<unix ms>.jsonl`.
 pub fn default_file_name(stream: Stream) -> PathBuf {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let ms = ferry_shared::clock::now_ms();
     PathBuf::from(format!("replay-{stream}-{ms}.jsonl"))
 }
 

@@ -79,16 +79,6 @@ impl OpCounts {
         self.deletes += other.deletes;
     }
 
-    /// The count of kind `op`.
-    pub fn of(&self, op: Op) -> u64 {
-        match op {
-            Op::Read => self.snapshot_rows,
-            Op::Create => self.inserts,
-            Op::Update => self.updates,
-            Op::Delete => self.deletes,
-        }
-    }
-
     fn of_mut(&mut self, op: Op) -> &mut u64 {
         match op {
             Op::Read => &mut self.snapshot_rows,

@@ -108,6 +108,20 @@ pub fn is_missing_topic(error: &KafkaError) -> bool {
     )
 }
 
+/// The specs of a migration's `_state` and `_status` topics: one partition each,
+/// compacted (created by the coordinator and by every exporter, whichever starts first).
+pub fn state_topic_specs(topics: &crate::topics::Topics, replication: i32) -> Vec<TopicSpec> {
+    [topics.state(), topics.status()]
+        .into_iter()
+        .map(|name| TopicSpec {
+            name,
+            partitions: 1,
+            replication,
+            compacted: true,
+        })
+        .collect()
+}
+
 /// Kafka's murmur2 hash, exactly as the Java client's `Utils.murmur2`.
 pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_shared::config::Config;
-use ferry_shared::kafka::{self, TopicSpec};
+use ferry_shared::kafka;
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::state::{
     self, now_ms, CutoverStatus, ExporterFinal, MigrationStatus, StateView, Workflow, MSR_KEY,
@@ -123,20 +123,9 @@ impl Migration {
         let topics = Topics::new(config.migration.topic_prefix());
         let kafka = config.kafka.client_config();
         let replication = i32::from(config.migration.replication_factor);
-        kafka::ensure_topics(
-            &kafka,
-            &[topics.state(), topics.status()]
-                .into_iter()
-                .map(|name| TopicSpec {
-                    name,
-                    partitions: 1,
-                    replication,
-                    compacted: true,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .map_err(StateError::Topics)?;
+        kafka::ensure_topics(&kafka, &kafka::state_topic_specs(&topics, replication))
+            .await
+            .map_err(StateError::Topics)?;
         let producer: FutureProducer = kafka::idempotent_producer_config(&kafka)
             .create()
             .map_err(StateError::Producer)?;

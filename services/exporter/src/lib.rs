@@ -164,15 +164,7 @@ async fn run_once(
     let topics = Topics::new(config.migration.topic_prefix());
     let kafka_config = config.kafka.client_config();
     let replication = i32::from(config.migration.replication_factor);
-    let state_specs: Vec<TopicSpec> = [topics.state(), topics.status()]
-        .into_iter()
-        .map(|name| TopicSpec {
-            name,
-            partitions: 1,
-            replication,
-            compacted: true,
-        })
-        .collect();
+    let state_specs = kafka::state_topic_specs(&topics, replication);
     kafka::ensure_topics(&kafka_config, &state_specs).await?;
 
     // The MSR: an ended migration stops everything below like a shutdown.

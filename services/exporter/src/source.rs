@@ -45,6 +45,12 @@ use ferry_shared::codec::TableEncoder;
 ///   every transaction committed after it, again, in the same order; the caller
 ///   restamps them with the checkpoint's VSNs, so each change keeps its VSN. An
 ///   existing position is never dropped or recreated by the exporter.
+/// - **Delivery.** At least once: a restarted stream replays what followed the last
+///   confirmed position, and a snapshot chunk not recorded done is read again.
+///   Exactly once is made downstream (the checkpoint's VSNs, idempotent apply).
+/// - **Idempotency.** [`Source::open_changes`] finds an existing publication and slot
+///   and changes nothing; [`Source::write_stop`] may be called again (each call writes
+///   a new marker; the stream ends at the first one at or after the published stop).
 /// - **Stop.** [`Source::write_stop`] puts a marker into the change stream after every
 ///   transaction committed before the call, and returns its position; the stream ends
 ///   at the first marker at or after the position published on `stop`.

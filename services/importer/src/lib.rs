@@ -37,8 +37,6 @@ use ferry_shared::position::Vsn;
 use ferry_shared::registry::{RegistryClient, RegistryError};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::{Destination, Stream, Topics};
-use ferry_shared::value::session_settings_sql;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 pub use error::Error;
@@ -242,44 +240,28 @@ enum Connected {
     Later(Failure),
 }
 
-/// Opens an apply connection: Ferry's session settings, then
-/// `session_replication_role = replica` so triggers and foreign keys don't fire.
+/// Opens an apply connection ([`pg::open_session`]); a role that may not switch off
+/// triggers stops the importer at start.
 async fn connect_destination(
     db: &DatabaseConfig,
     destination: Destination,
 ) -> Result<(Client, ConnectionTask), Connected> {
-    let (client, conn) = db.connect().await.map_err(|e| {
-        Connected::Later(Failure::Transient(format!(
+    pg::open_session(db).await.map_err(|e| match e {
+        pg::SessionError::Connect(e) => Connected::Later(Failure::Transient(format!(
             "{e}: {}",
             std::error::Error::source(&e)
                 .map(ToString::to_string)
                 .unwrap_or_default()
-        )))
-    })?;
-    let setup = async {
-        client.batch_execute(&session_settings_sql()).await?;
-        client
-            .batch_execute("SET session_replication_role = replica")
-            .await
-    };
-    match setup.await {
-        Ok(()) => Ok((client, conn)),
-        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-            conn.abort();
-            Err(Connected::Start(Error::ReplicationRole {
-                role: db.user.clone(),
-                destination: destination.as_str().to_owned(),
-                source: e,
-            }))
+        ))),
+        pg::SessionError::ReplicationRole(source) => Connected::Start(Error::ReplicationRole {
+            role: db.user.clone(),
+            destination: destination.as_str().to_owned(),
+            source,
+        }),
+        pg::SessionError::Setup(e) => {
+            Connected::Later(pg::db_failure("setting up the destination session", &e))
         }
-        Err(e) => {
-            conn.abort();
-            Err(Connected::Later(pg::db_failure(
-                "setting up the destination session",
-                &e,
-            )))
-        }
-    }
+    })
 }
 
 /// A partition's position as last committed (for heartbeats).

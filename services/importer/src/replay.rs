@@ -27,8 +27,6 @@ use ferry_shared::replay::{
 };
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Topics;
-use ferry_shared::value::session_settings_sql;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::Failure;
@@ -153,34 +151,22 @@ pub async fn apply(
 }
 
 async fn connect(db: &DatabaseConfig, label: &str) -> Result<(Client, ConnectionTask), Failure> {
-    let (client, conn) = db
-        .connect()
-        .await
-        .map_err(|e| Failure::Transient(format!("connecting to the {label}: {e}")))?;
-    let setup = async {
-        client.batch_execute(&session_settings_sql()).await?;
-        client
-            .batch_execute("SET session_replication_role = replica")
-            .await
-    };
-    match setup.await {
-        Ok(()) => Ok((client, conn)),
-        Err(e) => {
-            conn.abort();
-            if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-                Err(Failure::Definite(
-                    Error::ReplicationRole {
-                        role: db.user.clone(),
-                        destination: label.to_owned(),
-                        source: e,
-                    }
-                    .to_string(),
-                ))
-            } else {
-                Err(postgres::db_failure("setting up the replay session", &e))
-            }
+    postgres::open_session(db).await.map_err(|e| match e {
+        postgres::SessionError::Connect(e) => {
+            Failure::Transient(format!("connecting to the {label}: {e}"))
         }
-    }
+        postgres::SessionError::ReplicationRole(source) => Failure::Definite(
+            Error::ReplicationRole {
+                role: db.user.clone(),
+                destination: label.to_owned(),
+                source,
+            }
+            .to_string(),
+        ),
+        postgres::SessionError::Setup(e) => {
+            postgres::db_failure("setting up the replay session", &e)
+        }
+    })
 }
 
 fn read_failure(e: ReadError) -> Failure {

@@ -49,6 +49,46 @@ pub(crate) use positions::{db_failure, SETUP_SQL};
 /// The task driving a destination connection.
 pub(crate) type ConnectionTask = JoinHandle<Result<(), tokio_postgres::Error>>;
 
+/// Why an apply session could not be opened.
+#[derive(Debug)]
+pub(crate) enum SessionError {
+    /// The database could not be reached (or refused the login).
+    Connect(ferry_shared::config::ConnectError),
+    /// The role may not set `session_replication_role`.
+    ReplicationRole(tokio_postgres::Error),
+    /// Another failure setting the session up.
+    Setup(tokio_postgres::Error),
+}
+
+/// Opens an apply session: Ferry's session settings (exact text forms), then
+/// `session_replication_role = replica` so that triggers and foreign keys don't fire
+/// for replicated rows. Every session that writes rows (the importer's workers, replay
+/// into a database) is opened here.
+pub(crate) async fn open_session(
+    db: &ferry_shared::config::DatabaseConfig,
+) -> Result<(Client, ConnectionTask), SessionError> {
+    let (client, conn) = db.connect().await.map_err(SessionError::Connect)?;
+    let setup = async {
+        client
+            .batch_execute(&ferry_shared::value::session_settings_sql())
+            .await?;
+        client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+    };
+    match setup.await {
+        Ok(()) => Ok((client, conn)),
+        Err(e) => {
+            conn.abort();
+            if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                Err(SessionError::ReplicationRole(e))
+            } else {
+                Err(SessionError::Setup(e))
+            }
+        }
+    }
+}
+
 /// One destination connection (session) writing for one consumer group.
 ///
 /// Owns the destination's name in messages (`target`, `source-replica`, a replay's
