@@ -276,8 +276,9 @@ pub struct Facts {
     pub final_record: Option<FinalFacts>,
     /// Records of the stopped stream each destination still has to apply.
     pub left_to_apply: Vec<(Destination, i64)>,
-    /// Sequences set on the destination.
-    pub sequences_set: Option<usize>,
+    /// Sequences set on the destination, and how many of them were raised above the
+    /// old primary's value to the largest value in their columns.
+    pub sequences_set: Option<(usize, usize)>,
     /// Whether the stopped stream's slot and publication are gone.
     pub slot_dropped: Option<bool>,
     /// Whether the target exporter's slot exists.
@@ -485,8 +486,12 @@ pub fn next(msr: &MigrationStatus, to: Destination, migration_id: &str, facts: &
             },
             Step::SequencesSet => match facts.sequences_set {
                 None => Action::Perform(Effect::SetSequences { on: to }),
-                Some(n) => mark(
+                Some((n, 0)) => mark(
                     format!("{n} sequence(s) set on the {to} from the {stream}'s last values"),
+                    Also::Nothing,
+                ),
+                Some((n, raised)) => mark(
+                    format!("{n} sequence(s) set on the {to} from the {stream}'s last values; {raised} of them raised to the largest value in their columns (the last value was behind the rows)"),
                     Also::Nothing,
                 ),
             },

@@ -135,14 +135,21 @@ pub fn remaining(positions: &HashMap<(String, i32), (i64, i64)>, fin: &ExporterF
     left
 }
 
-/// Sets every sequence of `sequences` on `db` to the recorded value. A sequence missing
-/// on the destination is an error naming it.
+/// Sets every sequence of `sequences` on `db` (the new primary, drained): to the larger
+/// of the value recorded on the old primary and the largest value any column it feeds
+/// (serial, identity or `DEFAULT nextval`) holds on `db`. Gaps are fine, a collision is
+/// not: `last_value` can lag behind the rows (values inserted explicitly, or written by
+/// a session whose cached block was never reported), and every value the stream brought
+/// that still exists is in those columns. A sequence missing on the destination is an
+/// error naming it. Returns how many were set and how many were raised above the
+/// recorded value.
 pub async fn set_sequences(
     db: &Db,
     destination: Destination,
     sequences: &[SequenceValue],
-) -> Result<usize, DbError> {
+) -> Result<SequencesSet, DbError> {
     let mut missing = Vec::new();
+    let mut set = SequencesSet::default();
     for s in sequences {
         let name = format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name));
         let exists: bool = db
@@ -161,16 +168,25 @@ pub async fn set_sequences(
             missing.push(format!("{}.{}", s.schema, s.name));
             continue;
         }
+        let seen = largest_value_fed(db, &name, s).await?;
+        let (value, is_called) = match seen {
+            Some(seen) if seen > s.last_value || (seen == s.last_value && !s.is_called) => {
+                set.raised += 1;
+                (seen, true)
+            }
+            _ => (s.last_value, s.is_called),
+        };
         db.client
             .execute(
                 &format!("SELECT setval({}, $1, $2)", quote_literal(&name)),
-                &[&s.last_value, &s.is_called],
+                &[&value, &is_called],
             )
             .await
             .map_err(DbError::sql(format!(
-                "setting sequence {}.{} on the {destination} to {}",
-                s.schema, s.name, s.last_value
+                "setting sequence {}.{} on the {destination} to {value}",
+                s.schema, s.name
             )))?;
+        set.set += 1;
     }
     if !missing.is_empty() {
         return Err(DbError::MissingSequences {
@@ -178,7 +194,71 @@ pub async fn set_sequences(
             destination,
         });
     }
-    Ok(sequences.len())
+    Ok(set)
+}
+
+/// What [`set_sequences`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SequencesSet {
+    /// Sequences set.
+    pub set: usize,
+    /// Of those, set above the old primary's value (a column held a larger one).
+    pub raised: usize,
+}
+
+/// The largest value in the columns the sequence `name` (quoted, qualified) feeds:
+/// owned columns (serial and identity, `pg_depend`) and columns whose default calls
+/// `nextval` on it. `None` when no column holds a value.
+async fn largest_value_fed(db: &Db, name: &str, s: &SequenceValue) -> Result<Option<i64>, DbError> {
+    let columns = db
+        .client
+        .query(
+            "SELECT DISTINCT n.nspname::text, c.relname::text, a.attname::text \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
+               AND NOT c.relispartition \
+               AND (EXISTS (SELECT 1 FROM pg_depend d \
+                            WHERE d.classid = 'pg_class'::regclass AND d.objid = to_regclass($1) \
+                              AND d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid \
+                              AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i')) \
+                    OR EXISTS (SELECT 1 FROM pg_depend d \
+                            WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid \
+                              AND d.refclassid = 'pg_class'::regclass \
+                              AND d.refobjid = to_regclass($1)))",
+            &[&name],
+        )
+        .await
+        .map_err(DbError::sql(format!(
+            "looking up the columns sequence {}.{} feeds",
+            s.schema, s.name
+        )))?;
+    let mut largest: Option<i64> = None;
+    for row in columns {
+        let (schema, table, column): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let max: Option<i64> = db
+            .client
+            .query_one(
+                &format!(
+                    "SELECT max({})::bigint FROM {}.{}",
+                    quote_ident(&column),
+                    quote_ident(&schema),
+                    quote_ident(&table)
+                ),
+                &[],
+            )
+            .await
+            .map_err(DbError::sql(format!(
+                "reading the largest {schema}.{table}.{column} (fed by sequence {}.{})",
+                s.schema, s.name
+            )))?
+            .get(0);
+        largest = largest.max(max);
+    }
+    Ok(largest)
 }
 
 /// Drops replication slot `slot` and publication `slot` on `db` if they exist. A slot

@@ -397,8 +397,8 @@ impl Migration {
                 }
                 Action::Perform(Effect::SetSequences { on }) => {
                     let db = connect(&self.config, on).await?;
-                    facts.sequences_set =
-                        Some(databases::set_sequences(&db, on, &fin.sequences).await?);
+                    let set = databases::set_sequences(&db, on, &fin.sequences).await?;
+                    facts.sequences_set = Some((set.set, set.raised));
                 }
                 Action::Perform(Effect::DropSlot {
                     on,

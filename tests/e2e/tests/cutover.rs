@@ -8,7 +8,9 @@
 //! - fall-forward: the source-replica follows the source, then the target; cutover to
 //!   source-replica;
 //! - the coordinator killed and restarted over and over during a cutover: it completes;
-//! - cutover to source before cutover to target: refused with the reason.
+//! - cutover to source before cutover to target: refused with the reason;
+//! - a sequence whose last value is behind its column's values: set above them on the
+//!   new primary, whose next value does not collide.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
@@ -427,5 +429,60 @@ async fn an_importer_stopped_by_a_definite_error_shows_failed_with_its_error_unt
         },
     )
     .await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sequence_behind_its_rows_is_set_above_them_on_the_new_primary() -> Result<()> {
+    let mut h = Harness::new("seqbehind").await?;
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    writes(&h.source, "live", 10).await?;
+    // Rows inserted with explicit ids far above the sequence: its last value stays
+    // behind the rows.
+    h.source
+        .batch_execute(
+            "INSERT INTO orders (id, customer, amount) VALUES (100000, 1, 1), (100001, 2, 2)",
+        )
+        .await?;
+    let behind = last_value(&h.source, "orders_id_seq").await?;
+    assert!(behind < 100_000, "{behind}");
+    h.wait_equal(Side::Source, Side::Target, "before cutover")
+        .await?;
+    h.wait_snapshot_done().await?;
+    let (code, body) = h.cutover("target", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    h.wait_completed("target", None).await?;
+    // On the new primary the next value does not collide with a row.
+    let next: i64 = h
+        .target
+        .query_one(
+            "INSERT INTO orders (customer, amount) VALUES (3, 3) RETURNING id",
+            &[],
+        )
+        .await
+        .context("an insert on the new primary")?
+        .get(0);
+    assert!(next > 100_001, "{next}");
+    // A sequence that feeds no column keeps the old primary's value.
+    assert_eq!(
+        last_value(&h.target, "invoice_no").await?,
+        last_value(&h.source, "invoice_no").await?
+    );
+    let (_, status) = h.api("GET", "/api/status", None).await?;
+    let step = status["migration"]["cutover_to_target"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "sequences-set-on-target")
+        .cloned()
+        .unwrap();
+    assert!(
+        step["description"]
+            .as_str()
+            .unwrap()
+            .contains("1 of them raised to the largest value in their columns"),
+        "{step}"
+    );
     h.stop().await
 }

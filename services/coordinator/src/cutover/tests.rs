@@ -84,7 +84,7 @@ fn pass(
                 facts.target_slot_exists = Some(world.target_slot);
             }
             Action::Perform(Effect::SetSequences { .. }) => {
-                facts.sequences_set = Some(world.sequences);
+                facts.sequences_set = Some((world.sequences, 0));
             }
             Action::Perform(Effect::DropSlot { .. }) => {
                 facts.slot_dropped = Some(world.slot_drop_ok);
@@ -448,7 +448,7 @@ fn a_restart_between_any_two_steps_resumes_at_the_first_step_not_done() {
                 now_ms: NOW,
                 final_record: World::default().final_record,
                 left_to_apply: vec![(Destination::Target, 0), (Destination::SourceReplica, 0)],
-                sequences_set: Some(2),
+                sequences_set: Some((2, 0)),
                 slot_dropped: Some(true),
                 target_slot_exists: Some(true),
             };
@@ -549,7 +549,7 @@ fn an_effect_repeated_after_a_crash_is_asked_for_again_and_the_step_marked_once(
             on: Destination::Target
         })
     );
-    facts.sequences_set = Some(3);
+    facts.sequences_set = Some((3, 0));
     match next(&msr, Destination::Target, ID, &facts) {
         Action::Mark {
             name, description, ..
@@ -644,4 +644,25 @@ fn a_flag_that_contradicts_the_configured_workflow_is_refused_with_the_reason() 
         "{e}"
     );
     assert!(workflow_for(Workflow::FallForward, PrepareFor::FallBack).is_err());
+}
+
+#[test]
+fn sequences_raised_above_the_old_primarys_values_are_said_in_the_step() {
+    let mut msr = requested(Workflow::Live);
+    for name in ["source-exporter-stopped", "target-importer-drained"] {
+        mark_done(&mut msr, Destination::Target, name, "", Also::Nothing, NOW);
+    }
+    let facts = Facts {
+        now_ms: NOW,
+        final_record: World::default().final_record,
+        sequences_set: Some((4, 1)),
+        ..Facts::default()
+    };
+    match next(&msr, Destination::Target, ID, &facts) {
+        Action::Mark { description, .. } => assert_eq!(
+            description,
+            "4 sequence(s) set on the target from the source's last values; 1 of them raised to the largest value in their columns (the last value was behind the rows)"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
 }

@@ -60,6 +60,46 @@ pub(crate) enum SessionError {
     Setup(tokio_postgres::Error),
 }
 
+/// What an apply session on YugabyteDB sets, besides what every session sets: a
+/// batch's `COPY` in its one transaction (not committed every 20,000 rows by itself),
+/// `INSERT .. ON CONFLICT` reading conflicts in batches instead of row by row, and
+/// REPEATABLE READ stated rather than assumed (READ COMMITTED is snapshot isolation
+/// there unless a server flag says otherwise).
+pub(crate) const YUGABYTEDB_SESSION: &[(&str, &str)] = &[
+    ("yb_default_copy_from_rows_per_transaction", "0"),
+    ("yb_insert_on_conflict_read_batch_size", "1024"),
+    ("default_transaction_isolation", "repeatable read"),
+];
+
+/// Sets [`YUGABYTEDB_SESSION`]: each setting the server has (older YugabyteDB versions
+/// lack some; a PostgreSQL server standing in for one lacks the `yb_` ones, and is told
+/// so at debug level).
+async fn yugabytedb_settings(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<&str> = YUGABYTEDB_SESSION.iter().map(|(n, _)| *n).collect();
+    let present: Vec<String> = client
+        .query(
+            "SELECT name FROM pg_settings WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (name, value) in YUGABYTEDB_SESSION {
+        if present.iter().any(|p| p == name) {
+            client
+                .execute("SELECT set_config($1, $2, false)", &[name, value])
+                .await?;
+        } else {
+            tracing::debug!(
+                setting = name,
+                "the destination has no such setting; not set"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Opens an apply session: Ferry's session settings (exact text forms), then
 /// `session_replication_role = replica` so that triggers and foreign keys don't fire
 /// for replicated rows. Every session that writes rows (the importer's workers, replay
@@ -74,7 +114,11 @@ pub(crate) async fn open_session(
             .await?;
         client
             .batch_execute("SET session_replication_role = replica")
-            .await
+            .await?;
+        if db.engine == ferry_shared::config::Engine::Yugabytedb {
+            yugabytedb_settings(&client).await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
     };
     match setup.await {
         Ok(()) => Ok((client, conn)),

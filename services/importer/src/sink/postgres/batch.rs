@@ -46,20 +46,64 @@ pub(super) async fn commit_batch(
         let first = evs.first().map(|e| e.vsn).unwrap_or_default();
         dest.insert(name.clone(), tables.get(client, name, first).await?);
     }
+    positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
+    // At most twice: a batch that found snapshot rows present already (first seen in
+    // this session) rolls back, and goes again through the staging table created now,
+    // outside the transaction.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        ensure_stages(client, &dest).await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db_failure("starting a transaction", &e))?;
+        match write_batch(&tx, tables, group, events, &dest, positions).await {
+            Err(_) if attempt == 1 && dest.values().any(|t| t.needs_stage()) => {
+                // Dropping `tx` rolls it back.
+                continue;
+            }
+            Err(e) => return Err(e),
+            Ok(written) => {
+                tx.commit()
+                    .await
+                    .map_err(|e| db_failure("committing a batch", &e))?;
+                return Ok(written);
+            }
+        }
+    }
+}
+
+/// Creates the staging tables the batch's tables need, outside any transaction.
+async fn ensure_stages(
+    client: &Client,
+    dest: &BTreeMap<TableName, Arc<DestTable>>,
+) -> Result<(), Failure> {
+    for t in dest.values() {
+        if t.staged.load(Ordering::Relaxed) {
+            t.ensure_stage(client).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The batch's statements inside `tx`: positions, every table's events, counts.
+async fn write_batch(
+    tx: &Transaction<'_>,
+    tables: &mut Tables,
+    group: &str,
+    events: &BTreeMap<TableName, Vec<Event>>,
+    dest: &BTreeMap<TableName, Arc<DestTable>>,
+    positions: &[Move<'_>],
+) -> Result<Written, Failure> {
     let mut counts = BTreeMap::new();
     let mut applied = Applied::default();
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| db_failure("starting a transaction", &e))?;
-    positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
     for (expected, new) in positions.iter() {
-        positions::advance(&tx, &mut tables.statements, group, *expected, new).await?;
+        positions::advance(tx, &mut tables.statements, group, *expected, new).await?;
     }
-    let mut stage = 0u32;
     for (name, evs) in events.iter() {
         if let Some(t) = dest.get(name) {
-            let a = apply_table(&tx, &mut tables.statements, t, evs, &mut stage).await?;
+            let a = apply_table(tx, &mut tables.statements, t, evs).await?;
             applied.binary_copy_rows += a.binary_copy_rows;
             applied.text_copy_rows += a.text_copy_rows;
             applied.direct_copy_rows += a.direct_copy_rows;
@@ -68,7 +112,7 @@ pub(super) async fn commit_batch(
     }
     for (name, c) in &counts {
         positions::add_counts(
-            &tx,
+            tx,
             &mut tables.statements,
             group,
             &name.schema,
@@ -77,10 +121,40 @@ pub(super) async fn commit_batch(
         )
         .await?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| db_failure("committing a batch", &e))?;
     Ok((counts, applied))
+}
+
+/// Applies one table's `events` in a transaction of their own, as a batch does
+/// (staging table created outside it when needed), binary `COPY` allowed or not; for
+/// tests that compare both.
+#[cfg(test)]
+pub(super) async fn apply_alone(
+    client: &mut Client,
+    table: &Arc<DestTable>,
+    statements: &mut Statements,
+    events: &[Event],
+    binary_copy: bool,
+) -> Result<Applied, Failure> {
+    for attempt in 1..=2 {
+        if table.staged.load(Ordering::Relaxed) {
+            table.ensure_stage(client).await?;
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db_failure("starting a transaction", &e))?;
+        match apply_table_with(&tx, statements, table, events, binary_copy).await {
+            Err(_) if attempt == 1 && table.needs_stage() => continue,
+            Err(e) => return Err(e),
+            Ok(applied) => {
+                tx.commit()
+                    .await
+                    .map_err(|e| db_failure("committing a batch", &e))?;
+                return Ok(applied);
+            }
+        }
+    }
+    Err(Failure::Transient("a staged batch did not apply".into()))
 }
 
 /// Applies `events` (all of `table`, in VSN order) inside `tx`.
@@ -89,9 +163,8 @@ pub(super) async fn apply_table(
     statements: &mut Statements,
     table: &DestTable,
     events: &[Event],
-    stage_counter: &mut u32,
 ) -> Result<Applied, Failure> {
-    apply_table_with(tx, statements, table, events, stage_counter, true).await
+    apply_table_with(tx, statements, table, events, true).await
 }
 
 /// [`apply_table`], with binary `COPY` allowed or not (tests compare both).
@@ -100,7 +173,6 @@ pub(super) async fn apply_table_with(
     statements: &mut Statements,
     table: &DestTable,
     events: &[Event],
-    stage_counter: &mut u32,
     binary_copy: bool,
 ) -> Result<Applied, Failure> {
     if let Some(applied) = copy_snapshot_batch(tx, statements, table, events, binary_copy).await? {
@@ -116,16 +188,7 @@ pub(super) async fn apply_table_with(
     }
     let mut applied = Applied::default();
     for run in runs(ops) {
-        execute_run(
-            tx,
-            statements,
-            table,
-            &run,
-            stage_counter,
-            binary_copy,
-            &mut applied,
-        )
-        .await?;
+        execute_run(tx, statements, table, &run, binary_copy, &mut applied).await?;
     }
     Ok(applied)
 }

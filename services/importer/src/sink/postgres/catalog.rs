@@ -6,7 +6,7 @@
 //! definite failure naming the table, the destination and the event's VSN.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ferry_shared::catalog::{self, CatalogError, TableName, TypeCatalog};
@@ -38,6 +38,11 @@ pub(crate) struct DestTable {
     /// Snapshot rows of this table were found present already: upsert them through a
     /// staging table instead of copying them straight in.
     pub(super) staged: AtomicBool,
+    /// The session's staging table for this table (a temporary table, created outside
+    /// any batch transaction: the apply transaction holds no DDL).
+    pub(super) stage: String,
+    /// Whether [`DestTable::stage`] exists in this session.
+    pub(super) stage_ready: AtomicBool,
 }
 
 /// Destination tables, read from the destination's catalog once per session.
@@ -47,6 +52,8 @@ pub(crate) struct Tables {
     destination: Arc<str>,
     types: Option<TypeCatalog>,
     tables: HashMap<TableName, Arc<DestTable>>,
+    /// Staging tables named so far in this session (names are never reused).
+    stages: u32,
     /// The connection's prepared statements.
     pub statements: Statements,
 }
@@ -63,6 +70,33 @@ fn definite(table: &TableName, destination: &str, what: &str, vsn: Vsn, fix: &st
 }
 
 impl DestTable {
+    /// Creates this table's staging table if the session has none yet: a temporary
+    /// table with the destination table's columns, emptied at every commit. Runs
+    /// outside any transaction (DDL never enters a batch's transaction).
+    pub(super) async fn ensure_stage(&self, client: &Client) -> Result<(), Failure> {
+        if self.stage_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{stage}; \
+                 CREATE TEMP TABLE {stage} ON COMMIT DELETE ROWS AS SELECT * FROM {} WITH NO DATA",
+                self.qualified,
+                stage = self.stage
+            ))
+            .await
+            .map_err(|e| db_failure(&format!("creating the staging table of {}", self.name), &e))?;
+        self.stage_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A staging table is needed (snapshot rows are there already) but this session
+    /// has not created it yet: the batch is rolled back and applied again after
+    /// [`DestTable::ensure_stage`].
+    pub(super) fn needs_stage(&self) -> bool {
+        self.staged.load(Ordering::Relaxed) && !self.stage_ready.load(Ordering::Relaxed)
+    }
+
     /// A definite failure of this table on its destination.
     pub(super) fn definite(&self, what: &str, vsn: Vsn, fix: &str) -> Failure {
         definite(&self.name, &self.destination, what, vsn, fix)
@@ -76,6 +110,7 @@ impl Tables {
             destination: Arc::from(destination),
             types: None,
             tables: HashMap::new(),
+            stages: 0,
             statements: Statements::default(),
         }
     }
@@ -164,6 +199,11 @@ impl Tables {
             exact_order: other_unique > 0,
             identity_always,
             staged: AtomicBool::new(false),
+            stage: {
+                self.stages += 1;
+                format!("ferry_stage_{}", self.stages)
+            },
+            stage_ready: AtomicBool::new(false),
         });
         tracing::debug!(table = %name, exact_order = table.exact_order, "destination table loaded");
         self.tables.insert(name.clone(), table.clone());

@@ -8,6 +8,8 @@
 //! moves (see the type round-trip test). Upserts are `INSERT .. ON CONFLICT (pk) DO
 //! UPDATE SET` every column the event carries ([`conflict_clause`]).
 
+use std::sync::atomic::Ordering;
+
 use ferry_shared::catalog::quote_ident;
 use ferry_shared::position::Vsn;
 use ferry_shared::value::format_text;
@@ -75,7 +77,6 @@ pub(super) async fn execute_run(
     statements: &mut Statements,
     table: &DestTable,
     run: &[(Vsn, RowOp<'_>)],
-    stage_counter: &mut u32,
     binary_copy: bool,
     applied: &mut Applied,
 ) -> Result<(), Failure> {
@@ -204,15 +205,16 @@ pub(super) async fn execute_run(
                 applied.direct_copy_rows += run.len();
                 return Ok(());
             }
+            if !table.stage_ready.load(Ordering::Relaxed) {
+                // No DDL inside the batch's transaction: the caller rolls back, creates
+                // the staging table and applies the batch again.
+                return Err(Failure::Transient(format!(
+                    "snapshot rows of table {} are on the {} already; the batch is applied again through a staging table",
+                    table.name, table.destination
+                )));
+            }
             let (format, payload) = (payload.format, payload.data);
-            *stage_counter += 1;
-            let stage = format!("ferry_stage_{}", stage_counter);
-            tx.batch_execute(&format!(
-                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {list} FROM {} WITH NO DATA",
-                table.qualified
-            ))
-            .await
-            .map_err(fail)?;
+            let stage = &table.stage;
             copy_in(
                 tx,
                 format!("COPY {stage} ({list}) FROM STDIN{format}").as_str(),
@@ -242,7 +244,7 @@ pub(super) async fn execute_run(
             }
             let conflict = conflict_clause(table, cols);
             tx.batch_execute(&format!(
-                "INSERT INTO {} ({list}) {}SELECT {list} FROM {stage} {}",
+                "INSERT INTO {} ({list}) {}SELECT {list} FROM {stage} {}; DELETE FROM {stage}",
                 table.qualified,
                 table.overriding(cols),
                 conflict

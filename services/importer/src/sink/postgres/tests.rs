@@ -12,7 +12,7 @@ use ferry_shared::position::Vsn;
 use ferry_shared::value::Datum;
 use tokio_postgres::Client;
 
-use super::batch::apply_table_with;
+use super::batch::apply_alone;
 use super::catalog::Tables;
 use crate::event::Event;
 use crate::sink::Applied;
@@ -478,20 +478,9 @@ async fn apply_snapshot(
         name: table.into(),
     };
     let dest = tables.get(client, &name, Vsn(1)).await.unwrap();
-    let tx = client.transaction().await.unwrap();
-    let mut stage = 0;
-    let applied = apply_table_with(
-        &tx,
-        &mut tables.statements,
-        &dest,
-        events,
-        &mut stage,
-        binary,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    applied
+    apply_alone(client, &dest, &mut tables.statements, events, binary)
+        .await
+        .unwrap()
 }
 
 /// Rows of `a` and `b` whose columns differ in value or in text form.
@@ -716,4 +705,110 @@ async fn a_snapshot_batch_with_a_key_twice_keeps_the_row_read_last() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(rows, vec![(1, "new".to_owned()), (2, "b".to_owned())]);
+}
+
+#[tokio::test]
+async fn an_apply_session_on_yugabytedb_sets_what_the_server_has() {
+    let stack = ferry_testkit::Stack::get();
+    let db = stack
+        .target
+        .create_database("imp_yb_session")
+        .await
+        .unwrap();
+    let toml = stack.config_toml("ybsession", &db, &db, &db, "127.0.0.1:1");
+    let mut config = ferry_shared::config::Config::from_toml_str(&toml).unwrap();
+    let mut target = config.target.take().unwrap();
+    target.engine = ferry_shared::config::Engine::Yugabytedb;
+    let (client, conn) = super::open_session(&target).await.unwrap();
+    let show = |name: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(
+        show("default_transaction_isolation").await,
+        "repeatable read"
+    );
+    assert_eq!(show("session_replication_role").await, "replica");
+    // PostgreSQL has no `yb_` settings: they are left out, not an error.
+    let yb: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_settings WHERE name LIKE 'yb\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(yb, 0);
+    conn.abort();
+}
+
+/// An event trigger that refuses DDL inside a transaction block (the transaction began
+/// before the statement's message): what YugabyteDB wants of the apply transaction.
+const NO_DDL_IN_TRANSACTIONS: &str = "
+CREATE FUNCTION no_ddl_in_transactions() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF transaction_timestamp() < statement_timestamp() THEN
+    RAISE EXCEPTION 'DDL (%) inside a transaction block', tg_tag;
+  END IF;
+END $$;
+CREATE EVENT TRIGGER no_ddl_in_transactions ON ddl_command_start
+  EXECUTE FUNCTION no_ddl_in_transactions();
+";
+
+#[tokio::test]
+async fn snapshot_rows_present_already_go_through_a_staging_table_made_outside_the_transaction() {
+    let mut client = database("imp_stage_no_ddl").await;
+    client
+        .batch_execute(
+            "CREATE TABLE src (id bigint PRIMARY KEY, v text);\
+             CREATE TABLE dst (LIKE src INCLUDING ALL);\
+             INSERT INTO src VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(NO_DDL_IN_TRANSACTIONS).await.unwrap();
+    // The guard works: DDL in a transaction block is refused.
+    client.batch_execute("BEGIN").await.unwrap();
+    let refused = client
+        .batch_execute("CREATE TEMP TABLE t1 (i int)")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{:?}", refused).contains("inside a transaction block"),
+        "{refused:?}"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let events = snapshot_events(&client, "dst").await;
+    let mut tables = Tables::new("target");
+    let name = TableName {
+        schema: "public".into(),
+        name: "dst".into(),
+    };
+    let dest = tables.get(&client, &name, Vsn(1)).await.unwrap();
+    // A first snapshot: straight in. The same rows again (a redone snapshot): through
+    // the staging table, twice in one session (the table is reused, emptied).
+    for round in 0..3 {
+        let applied = apply_alone(&mut client, &dest, &mut tables.statements, &events, true)
+            .await
+            .unwrap();
+        let direct = if round == 0 { 3 } else { 0 };
+        assert_eq!(applied.direct_copy_rows, direct, "round {round}");
+    }
+    let rows: Vec<(i64, String)> = client
+        .query("SELECT id, v FROM dst ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
+    );
 }
