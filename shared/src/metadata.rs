@@ -54,6 +54,30 @@ CREATE TABLE IF NOT EXISTS ferry_metadata.table_counts (
 COMMIT;
 ";
 
+/// The table whose rows mark where a cutover stops a stream: each stop writes one row
+/// with a unique token on the database the stream is read from, and the stream ends
+/// when that row arrives (every transaction committed before it has arrived then). The
+/// table is part of the stream's publication and has REPLICA IDENTITY FULL, both set
+/// before the slot exists (YugabyteDB freezes replica identity at slot creation).
+pub const STOP_MARKERS: (&str, &str) = ("ferry_metadata", "stop_markers");
+
+/// Creates [`STOP_MARKERS`] if it does not exist (run by an exporter before it creates
+/// its publication).
+pub const STOP_MARKERS_SETUP_SQL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS ferry_metadata;
+CREATE TABLE IF NOT EXISTS ferry_metadata.stop_markers (
+    token text PRIMARY KEY,
+    stream text NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
+/// Whether [`STOP_MARKERS`] has REPLICA IDENTITY FULL (`f`).
+pub const STOP_MARKERS_IDENTITY_SQL: &str = "SELECT c.relreplident = 'f' FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = 'ferry_metadata' AND c.relname = 'stop_markers'";
+
 /// Removes the schema and everything in it (`ferry end migration`).
 pub const DROP_SQL: &str =
     "SET client_min_messages = warning; DROP SCHEMA IF EXISTS ferry_metadata CASCADE";

@@ -13,17 +13,17 @@
 //!   waits until the snapshot is read.
 //!
 //! How the end is found: the exporter asks its source to write a stop marker into the
-//! change stream ([`crate::source::Source::write_stop`]; for PostgreSQL a logical
-//! message, see [`crate::postgres`]) after every transaction committed before the
-//! request, and the change stream ends at the first marker at or after the returned
-//! position. So when it ends, everything committed before the request has been sent to
+//! change stream ([`crate::source::Source::write_stop`]: a row with a unique token in
+//! `ferry_metadata.stop_markers`, see [`crate::postgres`]) after every transaction
+//! committed before the request, and the change stream ends with the transaction that
+//! carries that token. So when it ends, everything committed before the request has been sent to
 //! the stamper. The exporter then records a checkpoint at the marker, ends the
 //! replication session, waits until Kafka acknowledged everything and the checkpoint is
 //! stored, and only then writes the final record: end offsets of every partition, the
 //! last VSN, the LSN and the sequences.
 //!
 //! Every step can be repeated: a restart while the directive is still `Stop` resumes
-//! from the checkpoint, emits a new message and stops again; the final record is
+//! from the checkpoint, writes a new marker and stops again; the final record is
 //! written last, so once it exists the stop is complete. The slot and publication are
 //! left in place: the coordinator drops them once the replication session is gone.
 
@@ -134,7 +134,7 @@ pub(crate) async fn request_stop<S: Source>(
     stream: Stream,
     mut state: State,
     progress: &Progress,
-    stop: watch::Sender<Option<Lsn>>,
+    stop: watch::Sender<Option<String>>,
 ) -> Result<(), Error> {
     let requested = state
         .wait_for(|v| {
@@ -151,9 +151,9 @@ pub(crate) async fn request_stop<S: Source>(
         "cutover: stop requested; exporting every change committed up to now"
     );
     progress.set_phase("stopping");
-    let lsn = source.write_stop().await?;
-    tracing::info!(stream = %stream, lsn = %lsn, "cutover: waiting for the change stream to reach the stop message");
-    stop.send_replace(Some(lsn));
+    let token = source.write_stop().await?;
+    tracing::info!(stream = %stream, token = %token, "cutover: waiting for the change stream to reach the stop marker");
+    stop.send_replace(Some(token));
     Ok(())
 }
 

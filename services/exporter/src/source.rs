@@ -50,10 +50,11 @@ use ferry_shared::codec::TableEncoder;
 ///   Exactly once is made downstream (the checkpoint's VSNs, idempotent apply).
 /// - **Idempotency.** [`Source::open_changes`] finds an existing publication and slot
 ///   and changes nothing; [`Source::write_stop`] may be called again (each call writes
-///   a new marker; the stream ends at the first one at or after the published stop).
+///   a new marker with a new token; the stream ends at the one published on `stop`).
 /// - **Stop.** [`Source::write_stop`] puts a marker into the change stream after every
-///   transaction committed before the call, and returns its position; the stream ends
-///   at the first marker at or after the position published on `stop`.
+///   transaction committed before the call, and returns its token; the stream ends
+///   with the marker whose token is published on `stop`. Markers are matched by token:
+///   positions are compared only within one slot.
 /// - **Concurrency.** All methods take `&self` and may run concurrently with each
 ///   other and with a running [`Changes`] stream (the stop marker is written while the
 ///   stream runs). A [`Changes`] stream is owned by one caller. `read_snapshot` runs its
@@ -98,9 +99,9 @@ pub(crate) trait Source: Sync {
     /// Opens the change stream of an existing position, to resume after `from`.
     async fn resume_changes(&self, from: Lsn) -> Result<Self::Changes, Error>;
 
-    /// Writes the stop marker into the change stream (see the contract); returns its
-    /// position.
-    async fn write_stop(&self) -> Result<Lsn, Error>;
+    /// Writes a stop marker into the change stream (see the contract); returns its
+    /// token.
+    async fn write_stop(&self) -> Result<String, Error>;
 
     /// Every sequence of the exported schemas with its exact state.
     async fn sequences(&self) -> Result<Vec<SequenceValue>, Error>;
@@ -123,8 +124,9 @@ pub(crate) trait Changes {
     async fn started(&mut self) -> Result<(), Error>;
 
     /// Streams changes of `tables` to `items` until shutdown, an error, or the stop
-    /// marker at or after the position published on `stop` (then returns `Some(pos)`:
-    /// every change up to `pos` was sent, followed by a commit at `pos`). Confirms to
+    /// marker whose token is published on `stop` (then returns `Some(pos)`: every
+    /// change committed before the marker was sent, followed by a commit at `pos`, the
+    /// end of the marker's transaction). Confirms to
     /// the server only positions published on `durable`. Events of an unfinished
     /// transaction are dropped: the stream resumes at its start.
     async fn run(
@@ -132,7 +134,7 @@ pub(crate) trait Changes {
         tables: &HashMap<(String, String), Arc<TableEncoder>>,
         items: mpsc::Sender<Vec<Item>>,
         durable: watch::Receiver<Lsn>,
-        stop: watch::Receiver<Option<Lsn>>,
+        stop: watch::Receiver<Option<String>>,
         shutdown: Shutdown,
     ) -> Result<Option<Lsn>, Error>;
 }

@@ -10,7 +10,9 @@
 //! - the coordinator killed and restarted over and over during a cutover: it completes;
 //! - cutover to source before cutover to target: refused with the reason;
 //! - a sequence whose last value is behind its column's values: set above them on the
-//!   new primary, whose next value does not collide.
+//!   new primary, whose next value does not collide;
+//! - writes that go on during the cutover: the target holds exactly those committed
+//!   before the stop marker, with no gap.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
@@ -485,4 +487,75 @@ async fn a_sequence_behind_its_rows_is_set_above_them_on_the_new_primary() -> Re
         "{step}"
     );
     h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_going_on_during_the_cutover_reach_the_target_exactly_up_to_the_stop_marker(
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut h = Harness::new("unquiesced").await?;
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    h.wait_snapshot_done().await?;
+    // One session inserts customers one at a time, each in a transaction of its own:
+    // commit order is id order. It goes on through the cutover and after it.
+    let (writer, connection) = h.config.source.as_ref().unwrap().connect().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut id = 10_000i32;
+        while !stopping.load(Ordering::Relaxed) {
+            writer
+                .execute("INSERT INTO customers (id, name) VALUES ($1, 'w')", &[&id])
+                .await?;
+            id += 1;
+        }
+        anyhow::Ok(id - 10_000)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, body) = h.cutover("target", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    h.wait_completed("target", None).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = task.await??;
+    connection.abort();
+    let on_source = written_ids(&h.source).await?;
+    let on_target = written_ids(&h.target).await?;
+    assert_eq!(on_source.len(), written as usize);
+    // A prefix of the writes, without a gap: every write committed before the marker,
+    // none after it (those stay on the old primary).
+    let k = on_target.len();
+    assert!(
+        k > 0 && k < on_source.len(),
+        "writes before and after the marker: {k} of {} on the target",
+        on_source.len()
+    );
+    assert_eq!(on_target[..], on_source[..k]);
+    // The marker is a row on the source, not a logical message.
+    let markers: i64 = h
+        .source
+        .query_one(
+            "SELECT count(*) FROM ferry_metadata.stop_markers WHERE stream = 'source'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(markers >= 1, "{markers}");
+    h.stop().await
+}
+
+/// The ids of the customers the writer of the test above inserted, in order.
+async fn written_ids(client: &tokio_postgres::Client) -> Result<Vec<i32>> {
+    Ok(client
+        .query(
+            "SELECT id FROM customers WHERE id >= 10000 ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect())
 }

@@ -19,17 +19,17 @@
 //!   transaction committed after it again, whole and in commit order; the stamper gives
 //!   them the checkpoint's VSNs again. Events of a transaction the previous run did not
 //!   finish are dropped and come again.
-//! - **How a stop finds its end.** On an ordinary session [`write_stop`] writes a
-//!   non-transactional logical message (`pg_logical_emit_message(false, 'ferry.stop',
-//!   <slot>)`), whose LSN the call returns, in a small transaction whose synchronous
-//!   commit flushes the WAL past it (decoding reads only flushed WAL). Logical decoding
-//!   sends it when it reaches that point of the WAL, after every transaction that
-//!   committed before it and before any that commits after; it never falls inside a
-//!   decoded transaction. So when the change stream delivers the message (prefix
-//!   `ferry.stop`, content the slot name, LSN at least the returned one — older messages
-//!   of an interrupted stop are ignored), everything committed before the request has
-//!   been sent to the stamper. The message may arrive before the call returns, so the
-//!   highest one seen is kept.
+//! - **How a stop finds its end.** On an ordinary session [`write_stop`] inserts a row
+//!   with a unique token into `ferry_metadata.stop_markers`, a table of the stream's
+//!   publication (created, with REPLICA IDENTITY FULL, before the slot), in a small
+//!   transaction committed synchronously (decoding reads only flushed WAL). Logical
+//!   decoding sends transactions in commit order, so when the stream delivers the
+//!   marker's transaction, every transaction committed before the marker has been sent
+//!   to the stamper; the stream ends after that transaction's commit. Markers are
+//!   matched by token, never by comparing positions (on YugabyteDB positions are
+//!   per-slot sequence numbers), and no logical message is used (YugabyteDB never
+//!   streams one). The marker may arrive before the call returns its token, so every
+//!   token seen is kept.
 
 pub(crate) mod check;
 pub(crate) mod pgoutput;
@@ -47,7 +47,7 @@ use ferry_shared::position::Lsn;
 use ferry_shared::state::SequenceValue;
 use ferry_shared::topics::Stream;
 use ferry_shared::value::session_settings_sql;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::source::{Opened, Readers, SnapshotView, Source, SourceTable, Work};
 use crate::{AbortOnDrop, Error};
@@ -55,9 +55,6 @@ use ferry_shared::codec::TableEncoder;
 
 pub(crate) use slot::PgSnapshot;
 pub(crate) use stream::PgChanges;
-
-/// The prefix of the logical message that marks the end of a stopped stream.
-pub(crate) const STOP_PREFIX: &str = "ferry.stop";
 
 /// A PostgreSQL database exported by one stream, over one ordinary session (catalog
 /// reads, the publication, the stop message, sequences) that lives as long as this.
@@ -140,32 +137,32 @@ async fn totally_ordered_tables(client: &Client) -> Result<HashSet<(String, Stri
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Writes the stop message (see the module doc) and returns its LSN.
-async fn write_stop(client: &Client, slot: &str) -> Result<Lsn, Error> {
-    // The message is not transactional, but it is written inside a transaction that
-    // takes an xid and commits synchronously: that commit flushes the WAL past the
-    // message. A message alone is not flushed (before PostgreSQL 17's `flush`
-    // argument), and logical decoding reads only flushed WAL, so on an idle database
-    // the message could wait indefinitely.
-    let messages = client
-        .simple_query(&format!(
+/// Writes a stop marker (see the module doc) and returns its token.
+async fn write_stop(client: &Client, slot: &str, stream: Stream) -> Result<String, Error> {
+    // Unique per stop: a restarted stop writes a new one, and an older marker of an
+    // interrupted stop is not mistaken for it.
+    let token = format!(
+        "{slot}.{}.{}",
+        ferry_shared::clock::now_ms(),
+        std::process::id()
+    );
+    // Committed synchronously, so that logical decoding (which reads flushed WAL only)
+    // reaches it even on an otherwise idle database.
+    client
+        .batch_execute(&format!(
             "BEGIN; SET LOCAL synchronous_commit = on; \
-             SELECT pg_logical_emit_message(false, {}, {})::text; \
-             SELECT txid_current(); COMMIT",
-            quote_literal(STOP_PREFIX),
-            quote_literal(slot)
+             INSERT INTO ferry_metadata.stop_markers (token, stream) VALUES ({}, {}); COMMIT",
+            quote_literal(&token),
+            quote_literal(stream.as_str())
         ))
         .await
-        .map_err(|e| Error::sql("writing the stop message to the WAL", e))?;
-    let text = messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_default();
-    text.parse()
-        .map_err(|e| Error::Internal(format!("pg_logical_emit_message returned {text:?}: {e}")))
+        .map_err(|e| {
+            Error::sql(
+                "writing the stop marker into ferry_metadata.stop_markers",
+                e,
+            )
+        })?;
+    Ok(token)
 }
 
 /// Every sequence in `schemas` with its exact state, read from the sequence itself.
@@ -269,8 +266,8 @@ impl Source for PgSource<'_> {
         slot::connect(self.db, self.slot, self.publication, from).await
     }
 
-    async fn write_stop(&self) -> Result<Lsn, Error> {
-        write_stop(&self.client, self.slot).await
+    async fn write_stop(&self) -> Result<String, Error> {
+        write_stop(&self.client, self.slot, self.stream).await
     }
 
     async fn sequences(&self) -> Result<Vec<SequenceValue>, Error> {

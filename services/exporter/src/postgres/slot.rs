@@ -25,6 +25,7 @@ use std::time::Duration;
 use ferry_shared::catalog::quote_ident;
 use ferry_shared::checkpoint::ExporterCheckpoint;
 use ferry_shared::config::{DatabaseConfig, SslMode};
+use ferry_shared::metadata;
 use ferry_shared::position::Lsn;
 use ferry_shared::value::session_settings_options;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
@@ -101,7 +102,9 @@ pub(crate) async fn open(
     ) {
         return Err(Error::ReplicationTls(db.sslmode.as_str()));
     }
-    let tables: Vec<String> = encoders.iter().map(|e| e.table.qualified()).collect();
+    ensure_stop_markers(client).await?;
+    let mut tables: Vec<String> = encoders.iter().map(|e| e.table.qualified()).collect();
+    tables.push(stop_markers_qualified());
     let pub_exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -173,6 +176,24 @@ pub(crate) async fn open(
                 tables: missing.join(", "),
             });
         }
+        let (schema, table) = metadata::STOP_MARKERS;
+        if !published.contains(&(schema.to_owned(), table.to_owned())) {
+            // A publication made before stop markers were rows (a logical message
+            // then): add the table, whose inserts are decoded from now on.
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(publication),
+                    stop_markers_qualified()
+                ))
+                .await
+                .map_err(|e| {
+                    Error::sql(
+                        format!("adding the stop markers to publication {publication}"),
+                        e,
+                    )
+                })?;
+        }
     }
 
     let Some(row) = slot_row else {
@@ -181,6 +202,37 @@ pub(crate) async fn open(
     let slot_lsn: Option<String> = row.get(0);
     let confirmed: Lsn = slot_lsn.and_then(|t| t.parse().ok()).unwrap_or(Lsn::ZERO);
     Ok(Opened::Existing { confirmed })
+}
+
+/// `"ferry_metadata"."stop_markers"`.
+fn stop_markers_qualified() -> String {
+    let (schema, table) = metadata::STOP_MARKERS;
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Creates the stop-marker table ([`metadata::STOP_MARKERS`]) with REPLICA IDENTITY
+/// FULL if needed: before the publication and the slot exist.
+async fn ensure_stop_markers(client: &Client) -> Result<(), Error> {
+    let what = "creating the table ferry_metadata.stop_markers, whose rows mark where a cutover stops the stream (grant the exporter's role CREATE on the database, or create the table as its owner)";
+    client
+        .batch_execute(metadata::STOP_MARKERS_SETUP_SQL)
+        .await
+        .map_err(|e| Error::sql(what, e))?;
+    let full: bool = client
+        .query_one(metadata::STOP_MARKERS_IDENTITY_SQL, &[])
+        .await
+        .map_err(|e| Error::sql(what, e))?
+        .get(0);
+    if !full {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL",
+                stop_markers_qualified()
+            ))
+            .await
+            .map_err(|e| Error::sql(what, e))?;
+    }
+    Ok(())
 }
 
 /// A new slot, created on the session that will stream from it: its exported snapshot

@@ -12,10 +12,10 @@
 //!   in that key's partition.
 //! - TRUNCATE and a Relation message that no longer matches the table stop the stream
 //!   with an error naming the table: Ferry never skips data silently.
-//! - A stop for a cutover ends the stream at the `ferry.stop` logical message whose LSN
-//!   is at least the one requested ([`super::write_stop`], [`crate::cutover`]): that
-//!   message is decoded after every transaction committed before the request, and
-//!   never inside a transaction.
+//! - A stop for a cutover ends the stream after the transaction that inserted the
+//!   requested stop marker into `ferry_metadata.stop_markers` ([`super::write_stop`],
+//!   [`crate::cutover`]): transactions arrive in commit order, so every transaction
+//!   committed before the marker has been sent then. Marker rows are never exported.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ impl Changes for PgChanges {
         tables: &HashMap<(String, String), Arc<TableEncoder>>,
         items: mpsc::Sender<Vec<Item>>,
         durable: watch::Receiver<Lsn>,
-        stop: watch::Receiver<Option<Lsn>>,
+        stop: watch::Receiver<Option<String>>,
         shutdown: Shutdown,
     ) -> Result<Option<Lsn>, Error> {
         run(
@@ -97,9 +97,10 @@ impl Changes for PgChanges {
     }
 }
 
-/// Streams changes until shutdown, an error, or the stop message at or after the LSN
-/// published on `stop` (then returns `Some(lsn)`: every change up to `lsn` was sent to
-/// the stamper, followed by a commit at `lsn`).
+/// Streams changes until shutdown, an error, or the stop marker whose token is
+/// published on `stop` (then returns `Some(lsn)`: every change committed before the
+/// marker was sent to the stamper, followed by a commit at `lsn`, the end of the
+/// marker's transaction).
 #[allow(clippy::too_many_arguments)]
 async fn run(
     mut client: ReplicationClient,
@@ -108,22 +109,22 @@ async fn run(
     publication: &str,
     items: mpsc::Sender<Vec<Item>>,
     mut durable: watch::Receiver<Lsn>,
-    mut stop: watch::Receiver<Option<Lsn>>,
+    mut stop: watch::Receiver<Option<String>>,
     mut shutdown: Shutdown,
 ) -> Result<Option<Lsn>, Error> {
     let mut relations: HashMap<u32, Option<Arc<TableEncoder>>> = HashMap::new();
     let mut batch: Vec<Item> = Vec::new();
     let mut tx: Option<Tx> = None;
     let mut last_end = *durable.borrow();
-    // The requested stop LSN, and the highest stop message of this slot seen so far
-    // (it may arrive before the request's LSN is known).
-    let mut stop_at: Option<Lsn> = *stop.borrow_and_update();
+    // The requested stop marker's token, and every marker seen so far with the end of
+    // its transaction (a marker may arrive before its token is published).
+    let mut stop_at: Option<String> = stop.borrow_and_update().clone();
     let mut stop_open = true;
-    let mut stop_seen: Option<Lsn> = None;
+    let mut markers = Markers::default();
     let mut stopped = None;
     loop {
-        if let (Some(at), Some(seen)) = (stop_at, stop_seen) {
-            if seen >= at && tx.is_none() && batch.is_empty() {
+        if let Some(seen) = stop_at.as_ref().and_then(|t| markers.seen.get(t)).copied() {
+            if tx.is_none() && batch.is_empty() {
                 let end = last_end.max(seen);
                 if items
                     .send(vec![Item::Commit { end_lsn: end }])
@@ -141,7 +142,7 @@ async fn run(
             _ = shutdown.wait() => break,
             changed = stop.changed(), if stop_open && stop_at.is_none() => {
                 match changed {
-                    Ok(()) => stop_at = *stop.borrow_and_update(),
+                    Ok(()) => stop_at = stop.borrow_and_update().clone(),
                     Err(_) => stop_open = false,
                 }
                 continue;
@@ -177,13 +178,16 @@ async fn run(
                 last_end = Lsn(end_lsn.0);
                 batch.push(Item::Commit { end_lsn: last_end });
                 tx = None;
+                markers.committed(last_end);
                 if items.send(std::mem::take(&mut batch)).await.is_err() {
                     return Err(Error::Internal("the stamper stopped".into()));
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
                 let message = pgoutput::decode(data).map_err(Error::Decode)?;
-                handle(message, tables, &mut relations, tx.as_mut(), &mut batch)?;
+                if !markers.take(&message)? {
+                    handle(message, tables, &mut relations, tx.as_mut(), &mut batch)?;
+                }
                 if batch.len() >= BATCH && items.send(std::mem::take(&mut batch)).await.is_err() {
                     return Err(Error::Internal("the stamper stopped".into()));
                 }
@@ -205,16 +209,6 @@ async fn run(
                     }
                 }
             }
-            ReplicationEvent::Message {
-                transactional: false,
-                lsn,
-                prefix,
-                content,
-            } if prefix == super::STOP_PREFIX && content.as_ref() == slot.as_bytes() => {
-                let lsn = Lsn(lsn.0);
-                tracing::debug!(lsn = %lsn, "stop message received");
-                stop_seen = Some(stop_seen.map_or(lsn, |s| s.max(lsn)));
-            }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
     }
@@ -222,6 +216,60 @@ async fn run(
     client.stop();
     let _ = client.shutdown().await;
     Ok(stopped)
+}
+
+/// The stop markers of the stream (`ferry_metadata.stop_markers`, see the module doc).
+#[derive(Default)]
+struct Markers {
+    /// The marker table's relation id, once its Relation message arrived.
+    relid: Option<u32>,
+    /// Tokens inserted by the open transaction.
+    in_tx: Vec<String>,
+    /// Every token seen, with the end of its transaction.
+    seen: HashMap<String, Lsn>,
+}
+
+impl Markers {
+    /// Takes `message` if it concerns the marker table (its Relation, a marker row);
+    /// true when taken (it is not exported).
+    fn take(&mut self, message: &Message) -> Result<bool, Error> {
+        let (schema, table) = ferry_shared::metadata::STOP_MARKERS;
+        match message {
+            Message::Relation(rel) if rel.namespace == schema && rel.name == table => {
+                self.relid = Some(rel.relid);
+                Ok(true)
+            }
+            Message::Insert { relid, new } if Some(*relid) == self.relid => {
+                match new.0.first() {
+                    Some(TupleValue::Text(token)) => {
+                        let token = String::from_utf8_lossy(token).into_owned();
+                        tracing::debug!(token = %token, "stop marker received");
+                        self.in_tx.push(token);
+                    }
+                    _ => {
+                        return Err(Error::Internal(
+                            "a stop marker without a token arrived".into(),
+                        ))
+                    }
+                }
+                Ok(true)
+            }
+            // Nothing else is done to markers; if something is, it is not data.
+            Message::Update { relid, .. } | Message::Delete { relid, .. }
+                if Some(*relid) == self.relid =>
+            {
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The open transaction committed, ending at `end`.
+    fn committed(&mut self, end: Lsn) {
+        for token in self.in_tx.drain(..) {
+            self.seen.insert(token, end);
+        }
+    }
 }
 
 fn replication_error(e: PgWireError, slot: &str, publication: &str) -> Error {
