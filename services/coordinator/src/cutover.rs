@@ -33,6 +33,8 @@ use ferry_shared::state::{CutoverStatus, CutoverStep, MigrationStatus, StreamPha
 use ferry_shared::topics::{slot_name, Destination, Stream};
 use serde::{Deserialize, Serialize};
 
+pub use crate::databases::SlotDrop;
+
 /// What the operator asked to prepare for at cutover to target.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -279,8 +281,8 @@ pub struct Facts {
     /// Sequences set on the destination, and how many of them were raised above the
     /// old primary's value to the largest value in their columns.
     pub sequences_set: Option<(usize, usize)>,
-    /// Whether the stopped stream's slot and publication are gone.
-    pub slot_dropped: Option<bool>,
+    /// What dropping the stopped stream's slot and publication came to.
+    pub slot_dropped: Option<SlotDrop>,
     /// Whether the target exporter's slot exists.
     pub target_slot_exists: Option<bool>,
 }
@@ -318,6 +320,16 @@ pub enum Wait {
         /// Its slot.
         slot: String,
     },
+    /// The database to allow dropping the slot: it refused, saying why (a pending
+    /// step, tried again every pass, not a failure).
+    SlotDropRefused {
+        /// The database the slot is on.
+        on: Destination,
+        /// Its slot.
+        slot: String,
+        /// The database's reason.
+        reason: String,
+    },
     /// The target exporter to create its slot.
     TargetSlot,
 }
@@ -339,6 +351,9 @@ impl Wait {
             ),
             Wait::SlotSession { stream, slot } => format!(
                 "the {stream} exporter to close its replication session on slot {slot}"
+            ),
+            Wait::SlotDropRefused { on, slot, reason } => format!(
+                "the {on} to allow dropping replication slot {slot} (pending, tried again every second: it refused with \"{reason}\"; YugabyteDB allows it about 5 minutes after the slot's consumer stopped)"
             ),
             Wait::TargetSlot => "the target exporter to create its replication slot (is \"ferry export data from target\" running?)".into(),
         }
@@ -372,7 +387,7 @@ pub enum Effect {
         on: Destination,
     },
     /// Drop the slot and publication `slot` in `on` (ending a session still attached
-    /// when `terminate`); observed as [`Facts::slot_dropped`].
+    /// when `terminate`, where the engine allows); observed as [`Facts::slot_dropped`].
     DropSlot {
         /// The database.
         on: Destination,
@@ -498,7 +513,7 @@ pub fn next(msr: &MigrationStatus, to: Destination, migration_id: &str, facts: &
             Step::SlotDropped => {
                 let slot = slot_name(migration_id, stream);
                 let on = database_of(stream);
-                match facts.slot_dropped {
+                match &facts.slot_dropped {
                     None => Action::Perform(Effect::DropSlot {
                         on,
                         slot,
@@ -506,8 +521,11 @@ pub fn next(msr: &MigrationStatus, to: Destination, migration_id: &str, facts: &
                         // final record; one still attached a while later is ended.
                         terminate: facts.now_ms - fin.written_at_ms > SLOT_SESSION_GRACE_MS,
                     }),
-                    Some(false) => Action::Wait(Wait::SlotSession { stream, slot }),
-                    Some(true) => mark(
+                    Some(SlotDrop::InUse) => Action::Wait(Wait::SlotSession { stream, slot }),
+                    Some(SlotDrop::Refused(reason)) => {
+                        Action::Wait(Wait::SlotDropRefused { on, slot, reason: reason.clone() })
+                    }
+                    Some(SlotDrop::Dropped) => mark(
                         format!("replication slot and publication {slot} dropped on the {on}"),
                         Also::Nothing,
                     ),

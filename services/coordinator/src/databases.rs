@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ferry_shared::catalog::{quote_ident, quote_literal};
-use ferry_shared::config::Config;
+use ferry_shared::config::{Config, Engine};
 use ferry_shared::envelope::OpCounts;
 use ferry_shared::error_policy::{classify_pg, describe_pg, ErrorClass};
 use ferry_shared::metadata::{self, MetadataError};
@@ -261,46 +261,90 @@ async fn largest_value_fed(db: &Db, name: &str, s: &SequenceValue) -> Result<Opt
     Ok(largest)
 }
 
-/// Drops replication slot `slot` and publication `slot` on `db` if they exist. A slot
-/// still in use by a session is dropped only when `terminate` (the session is ended
-/// first); otherwise the answer is `Ok(false)`.
-pub async fn drop_slot(db: &Db, slot: &str, terminate: bool) -> Result<bool, DbError> {
-    let row = db
-        .client
-        .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(DbError::sql(format!("looking up replication slot {slot}")))?;
-    if let Some(row) = row {
-        let pid: Option<i32> = row.get(0);
-        if let Some(pid) = pid {
-            if !terminate {
-                return Ok(false);
-            }
-            let _ = db
-                .client
-                .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                .await;
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
-        db.client
+/// What dropping a slot came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotDrop {
+    /// The slot and the publication are gone (or never existed).
+    Dropped,
+    /// A session still streams from the slot (PostgreSQL: `active_pid`).
+    InUse,
+    /// The database refused to drop it, with its reason (YugabyteDB refuses until the
+    /// slot's consumer has been gone for about 5 minutes): try again later.
+    Refused(String),
+}
+
+/// Drops replication slot `slot` and publication `slot` on `db` if they exist.
+///
+/// PostgreSQL: a slot still in use by a session is dropped only when `terminate` (the
+/// session is ended first); otherwise [`SlotDrop::InUse`]. YugabyteDB: `active_pid` is
+/// not reliable there and sessions are not ended; the drop is simply tried, and a
+/// refusal is [`SlotDrop::Refused`] with the database's reason, to try again.
+pub async fn drop_slot(
+    db: &Db,
+    engine: Engine,
+    slot: &str,
+    terminate: bool,
+) -> Result<SlotDrop, DbError> {
+    if engine == Engine::Yugabytedb {
+        let dropped = db
+            .client
             .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NULL",
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        if let Err(e) = dropped {
+            if classify_pg(&e) == ErrorClass::Transient {
+                return Err(DbError::Sql {
+                    what: format!("dropping replication slot {slot}"),
+                    source: e,
+                });
+            }
+            return Ok(SlotDrop::Refused(describe_pg(&e)));
+        }
+        if slot_exists(db, slot).await? {
+            return Ok(SlotDrop::Refused(
+                "the slot is still there after the drop".into(),
+            ));
+        }
+    } else {
+        let row = db
+            .client
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
-            .map_err(DbError::sql(format!("dropping replication slot {slot}")))?;
-        if slot_exists(db, slot).await? {
-            return Ok(false);
+            .map_err(DbError::sql(format!("looking up replication slot {slot}")))?;
+        if let Some(row) = row {
+            let pid: Option<i32> = row.get(0);
+            if let Some(pid) = pid {
+                if !terminate {
+                    return Ok(SlotDrop::InUse);
+                }
+                let _ = db
+                    .client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            db.client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NULL",
+                    &[&slot],
+                )
+                .await
+                .map_err(DbError::sql(format!("dropping replication slot {slot}")))?;
+            if slot_exists(db, slot).await? {
+                return Ok(SlotDrop::InUse);
+            }
         }
     }
     db.client
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(slot)))
         .await
         .map_err(DbError::sql(format!("dropping publication {slot}")))?;
-    Ok(true)
+    Ok(SlotDrop::Dropped)
 }
 
 /// True when replication slot `slot` exists in `db`'s cluster.

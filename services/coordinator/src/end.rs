@@ -62,12 +62,20 @@ pub async fn end(m: &Migration, req: &EndRequest) -> EndReport {
         };
         if let Some(stream) = stream {
             let slot = slot_name(&m.config.migration.id, stream);
-            match databases::drop_slot(&db, &slot, true).await {
-                Ok(true) => report.done.push(format!(
+            let engine = m
+                .config
+                .database(destination)
+                .map(|d| d.engine)
+                .unwrap_or_default();
+            match databases::drop_slot(&db, engine, &slot, true).await {
+                Ok(databases::SlotDrop::Dropped) => report.done.push(format!(
                     "replication slot and publication {slot} dropped on the {destination} (if they existed)"
                 )),
-                Ok(false) => report.failed.push(format!(
+                Ok(databases::SlotDrop::InUse) => report.failed.push(format!(
                     "replication slot {slot} on the {destination} is still in use: stop \"ferry export data from {stream}\" and run \"ferry end migration\" again"
+                )),
+                Ok(databases::SlotDrop::Refused(reason)) => report.failed.push(format!(
+                    "the {destination} refused to drop replication slot {slot} ({reason}); YugabyteDB allows it about 5 minutes after the slot's consumer stopped: run \"ferry end migration\" again then"
                 )),
                 Err(e) => report.failed.push(e.describe()),
             }

@@ -406,7 +406,13 @@ impl Migration {
                     terminate,
                 }) => {
                     let db = connect(&self.config, on).await?;
-                    facts.slot_dropped = Some(databases::drop_slot(&db, &slot, terminate).await?);
+                    let engine = self
+                        .config
+                        .database(on)
+                        .map(|d| d.engine)
+                        .unwrap_or_default();
+                    facts.slot_dropped =
+                        Some(databases::drop_slot(&db, engine, &slot, terminate).await?);
                 }
                 Action::Perform(Effect::StartTargetStream { first }) => {
                     self.update(|msr| {

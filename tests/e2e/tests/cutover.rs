@@ -12,7 +12,9 @@
 //! - a sequence whose last value is behind its column's values: set above them on the
 //!   new primary, whose next value does not collide;
 //! - writes that go on during the cutover: the target holds exactly those committed
-//!   before the stop marker, with no gap.
+//!   before the stop marker, with no gap;
+//! - a target with `engine = "yugabytedb"` whose slot drop is refused for a while: the
+//!   cutover back shows the step pending with the reason, and completes once allowed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
@@ -558,4 +560,94 @@ async fn written_ids(client: &tokio_postgres::Client) -> Result<Vec<i32>> {
         .iter()
         .map(|r| r.get::<_, i32>(0))
         .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_slot_drop_is_pending_with_its_reason_until_the_database_allows_it() -> Result<()>
+{
+    let mut h = Harness::new("ybslot").await?;
+    // The target as YugabyteDB: its slot is dropped without looking at `active_pid`
+    // and without ending sessions; a refusal waits.
+    h.kill_coordinator().await;
+    h.config.target.as_mut().unwrap().engine = ferry_shared::config::Engine::Yugabytedb;
+    h.start_coordinator().await?;
+    h.exporter(Stream::Source);
+    h.importer(Destination::Target);
+    h.exporter(Stream::Target);
+    h.importer(Destination::Source);
+    writes(&h.source, "before", 10).await?;
+    h.wait_equal(Side::Source, Side::Target, "before cutover")
+        .await?;
+    h.wait_snapshot_done().await?;
+    let (code, body) = h.cutover("target", "fall-back").await?;
+    assert_eq!(code, 200, "{body}");
+    h.wait_completed("target", None).await?;
+    writes(&h.target, "on target", 10).await?;
+    h.wait_equal(Side::Target, Side::Source, "fall-back stream")
+        .await?;
+    // The source importer is down while the cutover back starts: the drain waits, and
+    // meanwhile a consumer holds the target slot (as a YugabyteDB slot stays
+    // undroppable for a while after its consumer stopped).
+    h.kill("importer source").await;
+    writes(&h.target, "while the importer is down", 3).await?;
+    let (code, body) = h.cutover("source", "none").await?;
+    assert_eq!(code, 200, "{body}");
+    h.wait_waiting_for("source", "source importer").await?;
+    let target = h.config.target.clone().unwrap();
+    let slot = ferry_shared::topics::slot_name(&h.config.migration.id, Stream::Target);
+    let mut holder = tokio::process::Command::new("pg_recvlogical")
+        .args(["-h", &target.host, "-p", &target.port().to_string()])
+        .args(["-U", &target.user, "-d", &target.database])
+        .args(["--slot", &slot, "--start", "-f", "/dev/null"])
+        .args(["-o", "proto_version=1"])
+        .args(["-o", &format!("publication_names={slot}")])
+        .env("PGPASSWORD", target.password.expose())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running pg_recvlogical (PostgreSQL client tools)")?;
+    wait_until(
+        "pg_recvlogical to hold the target slot",
+        Duration::from_secs(30),
+        || {
+            let (client, slot) = (&h.target, slot.clone());
+            async move {
+                let active: bool = client
+                    .query_one(
+                        "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await?
+                    .get(0);
+                Ok(active.then_some(()))
+            }
+        },
+    )
+    .await?;
+    h.importer(Destination::Source);
+    let waiting = h.wait_waiting_for("source", "to allow dropping").await?;
+    assert!(
+        waiting.contains("pending") && waiting.contains(&slot) && waiting.contains("refused"),
+        "{waiting}"
+    );
+    assert_eq!(h.cutover_status("source").await?, "INITIATED");
+    // The database allows it again: the cutover completes.
+    holder.kill().await?;
+    h.wait_completed("source", None).await?;
+    for table in TABLES {
+        assert_eq!(
+            fingerprint(&h.target, table).await?,
+            fingerprint(&h.source, table).await?,
+            "{table} at COMPLETED of cutover to source"
+        );
+    }
+    let gone: i64 = h
+        .target
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .get(0);
+    assert_eq!(gone, 0, "the target slot is dropped");
+    h.stop().await
 }

@@ -24,7 +24,7 @@ struct World {
     final_record: Option<FinalFacts>,
     left: Vec<(Destination, i64)>,
     sequences: usize,
-    slot_drop_ok: bool,
+    slot_drop: SlotDrop,
     target_slot: bool,
 }
 
@@ -38,7 +38,7 @@ impl Default for World {
             }),
             left: vec![],
             sequences: 2,
-            slot_drop_ok: true,
+            slot_drop: SlotDrop::Dropped,
             target_slot: true,
         }
     }
@@ -87,7 +87,7 @@ fn pass(
                 facts.sequences_set = Some((world.sequences, 0));
             }
             Action::Perform(Effect::DropSlot { .. }) => {
-                facts.slot_dropped = Some(world.slot_drop_ok);
+                facts.slot_dropped = Some(world.slot_drop.clone());
             }
             Action::Perform(Effect::StartTargetStream { first }) => {
                 start_target_stream(msr, first);
@@ -378,12 +378,24 @@ fn every_wait_names_what_it_waits_for_and_the_pass_goes_on_once_it_is_there() {
         ),
         (
             World {
-                slot_drop_ok: false,
+                slot_drop: SlotDrop::InUse,
                 ..World::default()
             },
             Wait::SlotSession {
                 stream: Stream::Source,
                 slot: slot_name(ID, Stream::Source),
+            },
+            "sequences-set-on-target",
+        ),
+        (
+            World {
+                slot_drop: SlotDrop::Refused("replication slot is active".into()),
+                ..World::default()
+            },
+            Wait::SlotDropRefused {
+                on: Destination::Source,
+                slot: slot_name(ID, Stream::Source),
+                reason: "replication slot is active".into(),
             },
             "sequences-set-on-target",
         ),
@@ -418,6 +430,12 @@ fn every_wait_names_what_it_waits_for_and_the_pass_goes_on_once_it_is_there() {
         );
         let text = wait.describe(" (1 instance(s) running)");
         assert!(!text.is_empty());
+        if let Wait::SlotDropRefused { .. } = wait {
+            assert!(
+                text.contains("pending") && text.contains("\"replication slot is active\""),
+                "{text}"
+            );
+        }
         if let Wait::Importer { left, .. } = wait {
             assert!(
                 text.contains(&format!("the last {left} event(s)")),
@@ -449,7 +467,7 @@ fn a_restart_between_any_two_steps_resumes_at_the_first_step_not_done() {
                 final_record: World::default().final_record,
                 left_to_apply: vec![(Destination::Target, 0), (Destination::SourceReplica, 0)],
                 sequences_set: Some((2, 0)),
-                slot_dropped: Some(true),
+                slot_dropped: Some(SlotDrop::Dropped),
                 target_slot_exists: Some(true),
             };
             let mut marks = 0;
