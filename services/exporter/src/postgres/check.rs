@@ -174,12 +174,16 @@ pub async fn preflight(
                         ),
                     });
                 }
-                // Partitions of a partitioned table carry their own replica identity.
+                // Partitions of a partitioned table carry their own replica identity (found through
+                // pg_inherits: YugabyteDB 2024.2 has no pg_partition_tree).
                 let leaves = client
                     .query(
-                        "SELECT n.nspname::text, c.relname::text FROM pg_partition_tree($1::text::regclass) t \
+                        "WITH RECURSIVE tree(relid) AS ( \
+                           SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::text::regclass \
+                           UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid) \
+                         SELECT n.nspname::text, c.relname::text FROM tree t \
                          JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE t.isleaf AND t.level > 0 AND c.relreplident <> 'f' ORDER BY 1, 2",
+                         WHERE c.relispartition AND c.relkind <> 'p' AND c.relreplident <> 'f' ORDER BY 1, 2",
                         &[&table.qualified()],
                     )
                     .await
@@ -247,14 +251,17 @@ pub async fn replica_identity_statements(
             catalog::quote_ident(&name.schema),
             catalog::quote_ident(&name.name)
         );
-        // The table itself and its partitions (pg_partition_tree lists nothing for a
-        // table that is not partitioned).
+        // The table itself and its partitions, at every level (through pg_inherits, not
+        // pg_partition_tree, which YugabyteDB 2024.2 lacks).
         let rows = client
             .query(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                "WITH RECURSIVE tree(relid) AS ( \
+                   SELECT $1::text::regclass::oid \
+                   UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid) \
+                 SELECT n.nspname::text, c.relname::text FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE (c.oid = $1::text::regclass \
-                        OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass))) \
+                 WHERE c.oid IN (SELECT relid FROM tree) \
+                   AND (c.oid = $1::text::regclass OR c.relispartition) \
                    AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' \
                  ORDER BY c.relispartition, 1, 2",
                 &[&qualified],
