@@ -116,29 +116,23 @@ async fn fall_back_to_a_yugabytedb_target_uses_only_what_yugabytedb_has() -> Res
     h.wait_equal(Side::Source, Side::Target, "before cutover")
         .await?;
     h.wait_snapshot_done().await?;
-    let (code, body) = h.cutover("target", "fall-back").await?;
-    assert_eq!(code, 200, "{body}");
-    h.wait_completed("target", None).await?;
-    for table in TABLES {
-        assert_eq!(
-            fingerprint(&h.source, table).await?,
-            fingerprint(&h.target, table).await?,
-            "{table} at COMPLETED of cutover to target"
-        );
-    }
+    h.cutover_completed("target", "fall-back").await?;
+    h.assert_equal_now(
+        Side::Source,
+        Side::Target,
+        "at COMPLETED of cutover to target",
+    )
+    .await?;
     writes(&h.target, "on target", 20).await?;
     h.wait_equal(Side::Target, Side::Source, "fall-back stream")
         .await?;
-    let (code, body) = h.cutover("source", "none").await?;
-    assert_eq!(code, 200, "{body}");
-    h.wait_completed("source", None).await?;
-    for table in TABLES {
-        assert_eq!(
-            fingerprint(&h.target, table).await?,
-            fingerprint(&h.source, table).await?,
-            "{table} at COMPLETED of cutover to source"
-        );
-    }
+    h.cutover_completed("source", "none").await?;
+    h.assert_equal_now(
+        Side::Target,
+        Side::Source,
+        "at COMPLETED of cutover to source",
+    )
+    .await?;
     assert_surface(&h, &role).await?;
     h.stop().await
 }
@@ -157,22 +151,17 @@ async fn fall_forward_from_a_yugabytedb_target_uses_only_what_yugabytedb_has() -
     h.wait_equal(Side::Source, Side::Replica, "replica before cutover")
         .await?;
     h.wait_snapshot_done().await?;
-    let (code, body) = h.cutover("target", "fall-forward").await?;
-    assert_eq!(code, 200, "{body}");
-    h.wait_completed("target", None).await?;
+    h.cutover_completed("target", "fall-forward").await?;
     writes(&h.target, "on target", 20).await?;
     h.wait_equal(Side::Target, Side::Replica, "fall-forward stream")
         .await?;
-    let (code, body) = h.cutover("source-replica", "none").await?;
-    assert_eq!(code, 200, "{body}");
-    h.wait_completed("source-replica", None).await?;
-    for table in TABLES {
-        assert_eq!(
-            fingerprint(&h.target, table).await?,
-            fingerprint(&h.replica, table).await?,
-            "{table} at COMPLETED of cutover to source-replica"
-        );
-    }
+    h.cutover_completed("source-replica", "none").await?;
+    h.assert_equal_now(
+        Side::Target,
+        Side::Replica,
+        "at COMPLETED of cutover to source-replica",
+    )
+    .await?;
     assert_surface(&h, &role).await?;
     h.stop().await
 }

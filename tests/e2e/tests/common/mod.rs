@@ -320,6 +320,39 @@ impl Harness {
         }
     }
 
+    /// The client of `side`.
+    pub fn client(&self, side: Side) -> &Client {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+            Side::Replica => &self.replica,
+        }
+    }
+
+    /// Every compared table is equal on `a` and `b` now, without waiting (at COMPLETED).
+    pub async fn assert_equal_now(&self, a: Side, b: Side, what: &str) -> Result<()> {
+        for table in self.tables {
+            let (left, right) = (
+                fingerprint(self.client(a), table).await?,
+                fingerprint(self.client(b), table).await?,
+            );
+            if left != right {
+                bail!("{table} {what}: {left:?} on {a:?}, {right:?} on {b:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests the cutover to `to` (refused: an error) and waits until it is COMPLETED.
+    pub async fn cutover_completed(&mut self, to: &str, prepare_for: &str) -> Result<()> {
+        let (code, body) = self.cutover(to, prepare_for).await?;
+        if code != 200 {
+            bail!("cutover to {to} ({prepare_for}) answered {code}: {body}");
+        }
+        self.wait_completed(to, None).await?;
+        Ok(())
+    }
+
     pub async fn wait_equal(&mut self, a: Side, b: Side, what: &str) -> Result<()> {
         let Harness {
             tasks,
