@@ -320,6 +320,12 @@ pub struct ExporterFinal {
     pub end_offsets: BTreeMap<String, Vec<i64>>,
     /// The sequences of the exported schemas.
     pub sequences: Vec<SequenceValue>,
+    /// Changes committed after the stop marker that the exporter saw before it stopped
+    /// reading (it reads on until it has caught up with the database, a few seconds at
+    /// most): not exported, they stay where they were written. A lower bound when the
+    /// application kept writing.
+    #[serde(default)]
+    pub after_stop_events: u64,
     /// When it was written.
     pub written_at_ms: i64,
 }
@@ -619,6 +625,7 @@ mod tests {
                 last_value: 7,
                 is_called: true,
             }],
+            after_stop_events: 0,
             written_at_ms: 1,
         };
         let mut records = HashMap::new();

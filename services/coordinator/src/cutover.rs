@@ -267,6 +267,8 @@ pub struct FinalFacts {
     pub last_vsn: Vsn,
     /// When it was written.
     pub written_at_ms: i64,
+    /// Changes committed after the stop marker, not exported (a lower bound).
+    pub after_stop_events: u64,
 }
 
 /// What one pass has observed; `None` is "not observed yet".
@@ -475,13 +477,20 @@ pub fn next(msr: &MigrationStatus, to: Destination, migration_id: &str, facts: &
             also,
         };
         return match step {
-            Step::ExporterStopped => mark(
-                format!(
+            Step::ExporterStopped => {
+                let mut description = format!(
                     "{stream} exporter stopped at LSN {}, last VSN {}",
                     fin.lsn, fin.last_vsn
-                ),
-                Also::Nothing,
-            ),
+                );
+                if fin.after_stop_events > 0 {
+                    description.push_str(&format!(
+                        "; {} change(s) committed on the {} after the stop marker were not exported (they stay there)",
+                        fin.after_stop_events,
+                        database_of(stream)
+                    ));
+                }
+                mark(description, Also::Nothing)
+            }
             Step::ImporterDrained => match facts.left(to) {
                 None => Action::Observe(Observe::LeftToApply {
                     destination: to,

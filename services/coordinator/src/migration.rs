@@ -360,6 +360,7 @@ impl Migration {
                 lsn: f.lsn.to_string(),
                 last_vsn: f.last_vsn,
                 written_at_ms: f.written_at_ms,
+                after_stop_events: f.after_stop_events,
             }),
             ..cutover::Facts::default()
         };

@@ -61,6 +61,14 @@ pub async fn build(m: &Migration) -> Report {
     let exported = |stream: Stream| view.checkpoints.get(&stream).map(|c| c.counts.clone());
     let source_out = exported(Stream::Source).unwrap_or_default();
     let target_out = exported(Stream::Target);
+    for stream in [Stream::Source, Stream::Target] {
+        if let Some(fin) = view.finals.get(&stream).filter(|f| f.after_stop_events > 0) {
+            report.notes.push(format!(
+                "{} change(s) committed on the {stream} database after the cutover's stop marker were not exported (at least; the application kept writing there): they stay on the {stream} database",
+                fin.after_stop_events
+            ));
+        }
+    }
 
     let mut dbs = Vec::new();
     for d in [

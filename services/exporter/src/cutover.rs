@@ -209,6 +209,7 @@ pub fn final_record(
     last_vsn: Vsn,
     end_offsets: BTreeMap<String, Vec<i64>>,
     sequences: Vec<SequenceValue>,
+    after_stop_events: u64,
 ) -> ExporterFinal {
     ExporterFinal {
         stream,
@@ -216,6 +217,7 @@ pub fn final_record(
         last_vsn,
         end_offsets,
         sequences,
+        after_stop_events,
         written_at_ms: now_ms(),
     }
 }

@@ -23,7 +23,7 @@ use ferry_shared::topics::Stream;
 use tokio::sync::watch;
 
 use crate::sequencer::{Item, Pipeline, PipelineConfig};
-use crate::source::{Changes, Opened, Readers, SnapshotView, Source, Work};
+use crate::source::{Changes, Opened, Readers, SnapshotView, Source, Stopped, Work};
 use crate::{cutover, lead, progress, Error};
 use ferry_shared::clock::now_ms;
 use ferry_shared::codec::TableEncoder;
@@ -137,8 +137,16 @@ impl<S: Source> Ctx<'_, S> {
             if self.stop_requested() {
                 // A snapshot has no changes to wait for: the final record is all a
                 // cutover needs (its LSN is the checkpoint's, 0/0 without a stream).
-                let lsn = start.lsn;
-                return self.stopped(lsn, Some(start)).await;
+                let at = start.lsn;
+                return self
+                    .stopped(
+                        Stopped {
+                            at,
+                            after_marker: 0,
+                        },
+                        Some(start),
+                    )
+                    .await;
             }
             tracing::info!("the snapshot is complete already; nothing to do");
             return Ok(());
@@ -153,7 +161,11 @@ impl<S: Source> Ctx<'_, S> {
         let complete = read?;
         let last = finished?;
         if complete && self.stop_requested() {
-            return self.stopped(lsn, last).await;
+            let stopped = Stopped {
+                at: lsn,
+                after_marker: 0,
+            };
+            return self.stopped(stopped, last).await;
         }
         Ok(())
     }
@@ -303,19 +315,31 @@ impl<S: Source> Ctx<'_, S> {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(e.into()),
             (Ok(None), Ok(_)) => Ok(()),
-            (Ok(Some(lsn)), Ok(last)) => self.stopped(lsn, last).await,
+            (Ok(Some(stopped)), Ok(last)) => self.stopped(stopped, last).await,
         }
     }
 
     /// The stream was exported up to `lsn` and everything is acknowledged and
     /// checkpointed (`last`): writes the final record.
-    async fn stopped(&self, lsn: Lsn, last: Option<ExporterCheckpoint>) -> Result<(), Error> {
+    async fn stopped(
+        &self,
+        stopped: Stopped,
+        last: Option<ExporterCheckpoint>,
+    ) -> Result<(), Error> {
+        let lsn = stopped.at;
         let kafka_config = self.config.kafka.client_config();
         let stamped = last.map_or(0, |cp| cp.next_vsn.0.saturating_sub(1));
         let last_vsn = Vsn(stamped.max(self.topics_max));
         let end_offsets = cutover::end_offsets(&kafka_config, &self.topic_names).await?;
         let sequences = self.source.sequences().await?;
-        let fin = cutover::final_record(self.stream, lsn, last_vsn, end_offsets, sequences);
+        let fin = cutover::final_record(
+            self.stream,
+            lsn,
+            last_vsn,
+            end_offsets,
+            sequences,
+            stopped.after_marker,
+        );
         cutover::write_final(&kafka_config, &self.state_topic, &fin).await?;
         self.progress.set_phase("stopped");
         tracing::info!(
@@ -324,6 +348,7 @@ impl<S: Source> Ctx<'_, S> {
             last_vsn = %last_vsn,
             events_this_run = self.progress.events.load(std::sync::atomic::Ordering::Relaxed),
             sequences = fin.sequences.len(),
+            after_marker = stopped.after_marker,
             "the {} stream stopped for the cutover: every change up to {lsn} is in kafka (last VSN {last_vsn}); final record written",
             self.stream
         );

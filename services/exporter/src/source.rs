@@ -124,9 +124,10 @@ pub(crate) trait Changes {
     async fn started(&mut self) -> Result<(), Error>;
 
     /// Streams changes of `tables` to `items` until shutdown, an error, or the stop
-    /// marker whose token is published on `stop` (then returns `Some(pos)`: every
-    /// change committed before the marker was sent, followed by a commit at `pos`, the
-    /// end of the marker's transaction). Confirms to
+    /// marker whose token is published on `stop` (then returns [`Stopped`]: every
+    /// change committed before the marker was sent, followed by a commit at its `at`,
+    /// the end of the marker's transaction; changes committed after the marker are
+    /// counted, not sent, until the stream has caught up, a few seconds at most). Confirms to
     /// the server only positions published on `durable`. Events of an unfinished
     /// transaction are dropped: the stream resumes at its start.
     async fn run(
@@ -136,7 +137,17 @@ pub(crate) trait Changes {
         durable: watch::Receiver<Lsn>,
         stop: watch::Receiver<Option<String>>,
         shutdown: Shutdown,
-    ) -> Result<Option<Lsn>, Error>;
+    ) -> Result<Option<Stopped>, Error>;
+}
+
+/// Where a stream stopped for a cutover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stopped {
+    /// The end of the stop marker's transaction.
+    pub at: Lsn,
+    /// Changes committed after the marker, seen before the stream stopped reading (not
+    /// exported).
+    pub after_marker: u64,
 }
 
 /// What [`Source::open_changes`] found.

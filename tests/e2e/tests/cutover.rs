@@ -534,6 +534,34 @@ async fn writes_going_on_during_the_cutover_reach_the_target_exactly_up_to_the_s
         on_source.len()
     );
     assert_eq!(on_target[..], on_source[..k]);
+    // How many were committed after the marker is said: in the step, and in the
+    // report (a lower bound: the exporter counts until it has caught up).
+    let (_, status) = h.api("GET", "/api/status", None).await?;
+    let step = status["migration"]["cutover_to_target"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "source-exporter-stopped")
+        .cloned()
+        .unwrap();
+    let description = step["description"].as_str().unwrap().to_owned();
+    let after: usize = description
+        .split("; ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count after the marker in {description:?}"));
+    assert!(
+        after > 0 && after <= on_source.len() - k,
+        "{after} after the marker, {} written after it: {description}",
+        on_source.len() - k
+    );
+    let (_, report) = h.api("GET", "/api/report", None).await?;
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("after the cutover's stop marker were not exported"),
+        "{notes}"
+    );
     // The marker is a row on the source, not a logical message.
     let markers: i64 = h
         .source

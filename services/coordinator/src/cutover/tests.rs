@@ -35,6 +35,7 @@ impl Default for World {
                 lsn: "0/16B3748".into(),
                 last_vsn: Vsn(41),
                 written_at_ms: NOW - 1_000,
+                after_stop_events: 0,
             }),
             left: vec![],
             sequences: 2,
@@ -599,6 +600,7 @@ fn a_slot_session_still_attached_after_the_grace_period_is_ended() {
             lsn: "0/1".into(),
             last_vsn: Vsn(9),
             written_at_ms: written,
+            after_stop_events: 0,
         }),
         ..Facts::default()
     };
@@ -681,6 +683,33 @@ fn sequences_raised_above_the_old_primarys_values_are_said_in_the_step() {
             description,
             "4 sequence(s) set on the target from the source's last values; 1 of them raised to the largest value in their columns (the last value was behind the rows)"
         ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn changes_committed_after_the_stop_marker_are_counted_in_the_step() {
+    let msr = requested(Workflow::Live);
+    let facts = Facts {
+        now_ms: NOW,
+        final_record: Some(FinalFacts {
+            lsn: "0/5".into(),
+            last_vsn: Vsn(41),
+            written_at_ms: NOW,
+            after_stop_events: 12,
+        }),
+        ..Facts::default()
+    };
+    match next(&msr, Destination::Target, ID, &facts) {
+        Action::Mark {
+            name, description, ..
+        } => {
+            assert_eq!(name, "source-exporter-stopped");
+            assert_eq!(
+                description,
+                "source exporter stopped at LSN 0/5, last VSN 41; 12 change(s) committed on the source after the stop marker were not exported (they stay there)"
+            );
+        }
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -29,12 +29,20 @@ use tokio::sync::{mpsc, watch};
 
 use super::pgoutput::{self, Message, OldTuple, Relation, Tuple, TupleValue};
 use crate::sequencer::Item;
-use crate::source::Changes;
+use crate::source::{Changes, Stopped};
 use crate::Error;
 use ferry_shared::codec::{SourceTemplate, TableEncoder};
 
 /// Events per batch inside a large transaction.
 const BATCH: usize = 2000;
+
+/// How long the stream reads on after its stop marker, counting (not sending) the
+/// changes committed after it, unless it catches up with the database sooner.
+const AFTER_STOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After the stop marker, the stream has caught up once no transaction arrived for
+/// this long.
+const AFTER_STOP_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The change stream of a replication slot: a replication session opened at a position
 /// and gated (nothing streams, and a snapshot exported on the session stays usable,
@@ -82,7 +90,7 @@ impl Changes for PgChanges {
         durable: watch::Receiver<Lsn>,
         stop: watch::Receiver<Option<String>>,
         shutdown: Shutdown,
-    ) -> Result<Option<Lsn>, Error> {
+    ) -> Result<Option<Stopped>, Error> {
         run(
             self.client,
             tables,
@@ -98,9 +106,11 @@ impl Changes for PgChanges {
 }
 
 /// Streams changes until shutdown, an error, or the stop marker whose token is
-/// published on `stop` (then returns `Some(lsn)`: every change committed before the
-/// marker was sent to the stamper, followed by a commit at `lsn`, the end of the
-/// marker's transaction).
+/// published on `stop`. Then it sends a commit at the end of the marker's transaction
+/// (every change committed before the marker was sent before it), reads on until no
+/// transaction came for [`AFTER_STOP_IDLE`] ([`AFTER_STOP_WINDOW`] at most), counting
+/// the changes committed after the marker without sending them, and returns
+/// [`Stopped`].
 #[allow(clippy::too_many_arguments)]
 async fn run(
     mut client: ReplicationClient,
@@ -111,7 +121,7 @@ async fn run(
     mut durable: watch::Receiver<Lsn>,
     mut stop: watch::Receiver<Option<String>>,
     mut shutdown: Shutdown,
-) -> Result<Option<Lsn>, Error> {
+) -> Result<Option<Stopped>, Error> {
     let mut relations: HashMap<u32, Option<Arc<TableEncoder>>> = HashMap::new();
     let mut batch: Vec<Item> = Vec::new();
     let mut tx: Option<Tx> = None;
@@ -121,25 +131,40 @@ async fn run(
     let mut stop_at: Option<String> = stop.borrow_and_update().clone();
     let mut stop_open = true;
     let mut markers = Markers::default();
-    let mut stopped = None;
+    let mut stopped: Option<Stopped> = None;
+    // After the stop: until when the stream reads on, and the events of the open
+    // transaction (counted at its commit, never sent).
+    let mut after_until: Option<tokio::time::Instant> = None;
+    let mut idle_until = tokio::time::Instant::now();
+    let mut after_batch: Vec<Item> = Vec::new();
     loop {
-        if let Some(seen) = stop_at.as_ref().and_then(|t| markers.seen.get(t)).copied() {
-            if tx.is_none() && batch.is_empty() {
-                let end = last_end.max(seen);
-                if items
-                    .send(vec![Item::Commit { end_lsn: end }])
-                    .await
-                    .is_err()
-                {
-                    return Err(Error::Internal("the stamper stopped".into()));
+        if stopped.is_none() {
+            if let Some(seen) = stop_at.as_ref().and_then(|t| markers.seen.get(t)).copied() {
+                if tx.is_none() && batch.is_empty() {
+                    let end = last_end.max(seen);
+                    if items
+                        .send(vec![Item::Commit { end_lsn: end }])
+                        .await
+                        .is_err()
+                    {
+                        return Err(Error::Internal("the stamper stopped".into()));
+                    }
+                    stopped = Some(Stopped {
+                        at: end,
+                        after_marker: 0,
+                    });
+                    after_until = Some(tokio::time::Instant::now() + AFTER_STOP_WINDOW);
+                    idle_until = tokio::time::Instant::now() + AFTER_STOP_IDLE;
                 }
-                stopped = Some(end);
-                break;
             }
         }
+        let reading_after = after_until.is_some();
         let event = tokio::select! {
             biased;
             _ = shutdown.wait() => break,
+            _ = tokio::time::sleep_until(
+                after_until.map_or_else(tokio::time::Instant::now, |u| u.min(idle_until)),
+            ), if reading_after => break,
             changed = stop.changed(), if stop_open && stop_at.is_none() => {
                 match changed {
                     Ok(()) => stop_at = stop.borrow_and_update().clone(),
@@ -174,6 +199,21 @@ async fn run(
                     tails: HashMap::new(),
                 });
             }
+            ReplicationEvent::Commit { end_lsn, .. } if reading_after => {
+                // After the stop: counted, not sent.
+                last_end = Lsn(end_lsn.0);
+                tx = None;
+                markers.committed(last_end);
+                let events = after_batch
+                    .drain(..)
+                    .filter(|i| matches!(i, Item::Event(_)))
+                    .count() as u64;
+                if let Some(s) = stopped.as_mut() {
+                    s.after_marker += events;
+                }
+                idle_until = tokio::time::Instant::now() + AFTER_STOP_IDLE;
+                continue;
+            }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 last_end = Lsn(end_lsn.0);
                 batch.push(Item::Commit { end_lsn: last_end });
@@ -186,12 +226,20 @@ async fn run(
             ReplicationEvent::XLogData { data, .. } => {
                 let message = pgoutput::decode(data).map_err(Error::Decode)?;
                 if !markers.take(&message)? {
-                    handle(message, tables, &mut relations, tx.as_mut(), &mut batch)?;
+                    let into = if reading_after {
+                        &mut after_batch
+                    } else {
+                        &mut batch
+                    };
+                    handle(message, tables, &mut relations, tx.as_mut(), into)?;
                 }
                 if batch.len() >= BATCH && items.send(std::mem::take(&mut batch)).await.is_err() {
                     return Err(Error::Internal("the stamper stopped".into()));
                 }
             }
+            // After the stop, the timer above ends the reading: at the end of the
+            // window, or once no transaction came for a while.
+            ReplicationEvent::KeepAlive { .. } if reading_after => {}
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 // Between transactions, everything the server decoded up to `wal_end`
                 // was sent before this keepalive: the position may advance past WAL of
