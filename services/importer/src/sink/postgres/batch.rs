@@ -47,9 +47,10 @@ pub(super) async fn commit_batch(
         dest.insert(name.clone(), tables.get(client, name, first).await?);
     }
     positions.sort_by(|a, b| (&a.1.topic, a.1.partition).cmp(&(&b.1.topic, b.1.partition)));
-    // At most twice: a batch that found snapshot rows present already (first seen in
-    // this session) rolls back, and goes again through the staging table created now,
-    // outside the transaction.
+    // A batch that finds snapshot rows of a table present already (first seen in this
+    // session) rolls back, and goes again through that table's staging table, created
+    // now, outside the transaction. Each such attempt stages at least one more table of
+    // the batch, so there are at most as many as the batch has tables.
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -59,7 +60,7 @@ pub(super) async fn commit_batch(
             .await
             .map_err(|e| db_failure("starting a transaction", &e))?;
         match write_batch(&tx, tables, group, events, &dest, positions).await {
-            Err(_) if attempt == 1 && dest.values().any(|t| t.needs_stage()) => {
+            Err(_) if attempt <= dest.len() && dest.values().any(|t| t.needs_stage()) => {
                 // Dropping `tx` rolls it back.
                 continue;
             }

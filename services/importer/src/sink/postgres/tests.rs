@@ -812,3 +812,54 @@ async fn snapshot_rows_present_already_go_through_a_staging_table_made_outside_t
         vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
     );
 }
+
+#[tokio::test]
+async fn a_batch_whose_tables_all_hold_its_snapshot_rows_already_stages_each_and_commits() {
+    // Every table of the batch meets rows it has already (a snapshot redone, or a
+    // replay into a restored backup): each needs its staging table, made outside the
+    // transaction, one retry at a time; the batch then commits once, whole.
+    let mut client = database("imp_stage_many").await;
+    client
+        .batch_execute(
+            "CREATE TABLE src (id bigint PRIMARY KEY, v text);\
+             CREATE TABLE dst1 (LIKE src INCLUDING ALL);\
+             CREATE TABLE dst2 (LIKE src INCLUDING ALL);\
+             CREATE TABLE dst3 (LIKE src INCLUDING ALL);\
+             INSERT INTO src VALUES (1, 'a'), (2, 'b'), (3, 'c');\
+             INSERT INTO dst1 SELECT * FROM src; INSERT INTO dst2 SELECT * FROM src;\
+             INSERT INTO dst3 SELECT * FROM src;",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(ferry_shared::metadata::SETUP_SQL)
+        .await
+        .unwrap();
+    client.batch_execute(NO_DDL_IN_TRANSACTIONS).await.unwrap();
+    let mut events = std::collections::BTreeMap::new();
+    for table in ["dst1", "dst2", "dst3"] {
+        let name = TableName {
+            schema: "public".into(),
+            name: table.into(),
+        };
+        events.insert(name, snapshot_events(&client, table).await);
+    }
+    let mut tables = Tables::new("target");
+    let (counts, applied) =
+        super::batch::commit_batch(&mut client, &mut tables, "g", &mut events, &mut [])
+            .await
+            .unwrap();
+    assert_eq!(counts.len(), 3);
+    assert!(counts.values().all(|c| c.snapshot_rows == 3), "{counts:?}");
+    assert_eq!(applied.direct_copy_rows, 0);
+    // Counted once: the rolled-back attempts left nothing.
+    let counted: i64 = client
+        .query_one(
+            "SELECT sum(snapshot_rows)::bigint FROM ferry_metadata.table_counts WHERE consumer_group = 'g'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 9);
+}
