@@ -373,7 +373,8 @@ pub enum Observe {
         /// Which stream.
         stream: Stream,
     },
-    /// Whether the target exporter's slot exists on the target.
+    /// Whether the target exporter's slot exists on the target and is ready (its
+    /// creation reached a consistent point: every later commit is streamed).
     TargetSlotExists {
         /// The slot.
         slot: String,

@@ -347,6 +347,23 @@ pub async fn drop_slot(
     Ok(SlotDrop::Dropped)
 }
 
+/// True when replication slot `slot` exists and is ready: its creation reached a
+/// consistent point (`confirmed_flush_lsn` is set then), so every transaction that
+/// commits from now on is decoded. A slot still being created is already listed in
+/// `pg_replication_slots`, but a transaction committed before its consistent point is
+/// never streamed: an application moved over then could lose a write.
+pub async fn slot_ready(db: &Db, slot: &str) -> Result<bool, DbError> {
+    Ok(db
+        .client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL",
+            &[&slot],
+        )
+        .await
+        .map_err(DbError::sql(format!("looking up replication slot {slot}")))?
+        .get(0))
+}
+
 /// True when replication slot `slot` exists in `db`'s cluster.
 pub async fn slot_exists(db: &Db, slot: &str) -> Result<bool, DbError> {
     Ok(db

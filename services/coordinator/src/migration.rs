@@ -394,7 +394,7 @@ impl Migration {
                 }
                 Action::Observe(cutover::Observe::TargetSlotExists { slot }) => {
                     let db = connect(&self.config, Destination::Target).await?;
-                    facts.target_slot_exists = Some(databases::slot_exists(&db, &slot).await?);
+                    facts.target_slot_exists = Some(databases::slot_ready(&db, &slot).await?);
                 }
                 Action::Perform(Effect::SetSequences { on }) => {
                     let db = connect(&self.config, on).await?;
