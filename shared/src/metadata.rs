@@ -160,18 +160,19 @@ fn failed(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> MetadataE
     move |source| MetadataError { what, source }
 }
 
-/// Whether the schema's tables exist in this database (no importer ran here yet when
-/// not).
-pub async fn exists(client: &impl GenericClient) -> Result<bool, MetadataError> {
-    Ok(client
-        .query_one(
-            "SELECT to_regclass('ferry_metadata.positions') IS NOT NULL \
-             AND to_regclass('ferry_metadata.table_counts') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(failed("looking up"))?
-        .get(0))
+/// `rows` of a read, or none when the table is not there (no importer ran in this
+/// database yet): one round trip, no separate existence check.
+fn rows_or_none(
+    rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    what: &'static str,
+) -> Result<Vec<tokio_postgres::Row>, MetadataError> {
+    match rows {
+        Ok(rows) => Ok(rows),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(Vec::new())
+        }
+        Err(source) => Err(MetadataError { what, source }),
+    }
 }
 
 /// Every stored position of `group` (none when no importer ran here).
@@ -179,17 +180,16 @@ pub async fn positions(
     client: &impl GenericClient,
     group: &str,
 ) -> Result<Vec<StoredPosition>, MetadataError> {
-    if !exists(client).await? {
-        return Ok(Vec::new());
-    }
-    let rows = client
-        .query(
-            "SELECT topic, partition, next_offset, last_vsn FROM ferry_metadata.positions \
-             WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await
-        .map_err(failed("reading positions from"))?;
+    let rows = rows_or_none(
+        client
+            .query(
+                "SELECT topic, partition, next_offset, last_vsn FROM ferry_metadata.positions \
+                 WHERE consumer_group = $1",
+                &[&group],
+            )
+            .await,
+        "reading positions from",
+    )?;
     Ok(rows.iter().map(StoredPosition::from_row).collect())
 }
 
@@ -215,18 +215,17 @@ pub async fn load_positions(
 
 /// Events applied by `group` over every table (0 when no importer ran here).
 pub async fn total_applied(client: &impl GenericClient, group: &str) -> Result<u64, MetadataError> {
-    if !exists(client).await? {
-        return Ok(0);
-    }
-    let total: i64 = client
-        .query_one(
-            "SELECT coalesce(sum(snapshot_rows + inserts + updates + deletes), 0)::bigint \
-             FROM ferry_metadata.table_counts WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await
-        .map_err(failed("reading table counts from"))?
-        .get(0);
+    let rows = rows_or_none(
+        client
+            .query(
+                "SELECT coalesce(sum(snapshot_rows + inserts + updates + deletes), 0)::bigint \
+                 FROM ferry_metadata.table_counts WHERE consumer_group = $1",
+                &[&group],
+            )
+            .await,
+        "reading table counts from",
+    )?;
+    let total: i64 = rows.first().map_or(0, |r| r.get(0));
     Ok(u64::try_from(total).unwrap_or(0))
 }
 
@@ -236,17 +235,16 @@ pub async fn table_counts(
     client: &impl GenericClient,
     group: &str,
 ) -> Result<BTreeMap<(String, String), OpCounts>, MetadataError> {
-    if !exists(client).await? {
-        return Ok(BTreeMap::new());
-    }
-    let rows = client
-        .query(
-            "SELECT schema_name, table_name, snapshot_rows, inserts, updates, deletes \
-             FROM ferry_metadata.table_counts WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await
-        .map_err(failed("reading table counts from"))?;
+    let rows = rows_or_none(
+        client
+            .query(
+                "SELECT schema_name, table_name, snapshot_rows, inserts, updates, deletes \
+                 FROM ferry_metadata.table_counts WHERE consumer_group = $1",
+                &[&group],
+            )
+            .await,
+        "reading table counts from",
+    )?;
     let count = |r: &tokio_postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
     Ok(rows
         .iter()

@@ -214,10 +214,22 @@ fn stop_markers_qualified() -> String {
 /// FULL if needed: before the publication and the slot exist.
 async fn ensure_stop_markers(client: &Client) -> Result<(), Error> {
     let what = "creating the table ferry_metadata.stop_markers, whose rows mark where a cutover stops the stream (grant the exporter's role CREATE on the database, or create the table as its owner)";
-    client
-        .batch_execute(metadata::STOP_MARKERS_SETUP_SQL)
+    // Created only when missing: `CREATE SCHEMA IF NOT EXISTS` needs the CREATE right
+    // even when the schema is there, and DDL is slow on YugabyteDB.
+    let present: bool = client
+        .query_one(
+            "SELECT to_regclass('ferry_metadata.stop_markers') IS NOT NULL",
+            &[],
+        )
         .await
-        .map_err(|e| Error::sql(what, e))?;
+        .map_err(|e| Error::sql(what, e))?
+        .get(0);
+    if !present {
+        client
+            .batch_execute(metadata::STOP_MARKERS_SETUP_SQL)
+            .await
+            .map_err(|e| Error::sql(what, e))?;
+    }
     let full: bool = client
         .query_one(metadata::STOP_MARKERS_IDENTITY_SQL, &[])
         .await
