@@ -26,3 +26,4 @@ pub mod shutdown;
 pub mod state;
 pub mod topics;
 pub mod value;
+pub mod yugabytedb;

@@ -2,7 +2,7 @@
 //! with its fix.
 
 use ferry_exporter::check::{preflight, CheckInput};
-use ferry_shared::config::Config;
+use ferry_shared::config::{Config, Engine};
 use ferry_testkit::{unique_name, Stack};
 
 #[tokio::test]
@@ -41,6 +41,7 @@ async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
         schemas: &schemas,
         slot_name: "ferry_chk_source",
         needs_replication: true,
+        engine: Engine::Postgresql,
     };
 
     // As a role without REPLICATION.
@@ -104,5 +105,54 @@ async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
         err.to_string().contains("no table is selected in schemas public; check source.schemas and migration.include_tables / exclude_tables"),
         "{err}"
     );
+    Ok(())
+}
+
+/// With `engine = "yugabytedb"` (PostgreSQL standing in), YugabyteDB's own preflight
+/// runs: the role's replication right is its finding, with the fix, and nothing that
+/// only means something on PostgreSQL (wal_level, wal senders by name) is asked for.
+#[tokio::test]
+async fn a_yugabytedb_database_gets_its_own_preflight() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let db = stack.source.create_database("check_yb").await?;
+    let admin = stack.source.connect(&db).await?;
+    let role = unique_name("ybnorepl");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE nokey (v text);
+             ALTER TABLE nokey REPLICA IDENTITY FULL;
+             CREATE ROLE {role} LOGIN PASSWORD 'pw';
+             GRANT USAGE ON SCHEMA public TO {role};"
+        ))
+        .await?;
+    let toml = stack.config_toml("chkyb", &db, "t", "r", "127.0.0.1:1");
+    let config = Config::from_toml_str(&toml).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let schemas = vec!["public".to_owned()];
+    let input = CheckInput {
+        migration: &config.migration,
+        schemas: &schemas,
+        slot_name: "ferry_chkyb_target",
+        needs_replication: true,
+        engine: Engine::Yugabytedb,
+    };
+    let conn = format!(
+        "host={} port={} user={role} password=pw dbname={db}",
+        stack.source.host, stack.source.port
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let err = preflight(&client, &input).await.expect_err("must fail");
+    let text = err.to_string();
+    println!("{text}");
+    for e in [
+        format!(
+            "role {role} on the database may not use replication; run ALTER ROLE \"{role}\" WITH REPLICATION"
+        ),
+        "table public.nokey has no primary key".to_owned(),
+    ] {
+        assert!(text.contains(e.as_str()), "missing {e:?} in\n{text}");
+    }
+    assert_eq!(err.problems().len(), 2, "{text}");
+    assert!(!text.contains("wal_level"), "{text}");
     Ok(())
 }

@@ -104,6 +104,9 @@ async fn run_destination(
     ferry_shared::kafka_access::check(&config.kafka).await?;
 
     // Fail at start, with the fix, when the destination can't be written as required.
+    if db.engine == ferry_shared::config::Engine::Yugabytedb {
+        yugabytedb_preflight(&config, &db, destination).await?;
+    }
     let (client, conn) = connect_destination(&db, destination)
         .await
         .map_err(|f| match f {
@@ -242,6 +245,43 @@ enum Connected {
 
 /// Opens an apply connection ([`pg::open_session`]); a role that may not switch off
 /// triggers stops the importer at start.
+/// YugabyteDB's preflight of a destination Ferry writes (version, settings, the role's
+/// right to set `session_replication_role`, selected tables without a primary key):
+/// every problem at once, before anything is created.
+async fn yugabytedb_preflight(
+    config: &Config,
+    db: &DatabaseConfig,
+    destination: Destination,
+) -> Result<(), Error> {
+    use ferry_shared::yugabytedb;
+    let (client, conn) = db.connect().await?;
+    let what = format!("the {destination}");
+    let checked = async {
+        let tables: Vec<TableName> = ferry_shared::catalog::list_tables(&client, &db.schemas)
+            .await
+            .map_err(|e| Error::Definite(format!("listing the tables of {what}: {e}")))?
+            .into_iter()
+            .filter(|t| config.migration.selects(&t.schema, &t.name))
+            .collect();
+        yugabytedb::preflight(&client, &what, &[yugabytedb::Use::Write], &tables)
+            .await
+            .map_err(|e| {
+                Error::Definite(format!(
+                    "checking {what}: {}",
+                    ferry_shared::error_policy::describe_pg(&e)
+                ))
+            })
+    };
+    let problems = checked.await;
+    conn.abort();
+    let problems = problems?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Definite(yugabytedb::not_ready(&what, &problems)))
+    }
+}
+
 async fn connect_destination(
     db: &DatabaseConfig,
     destination: Destination,

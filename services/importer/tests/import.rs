@@ -636,6 +636,44 @@ async fn a_role_that_cannot_disable_triggers_is_refused_at_start_with_the_fix() 
         )),
         "{message}"
     );
+
+    // The same target as a YugabyteDB (PostgreSQL standing in), with a table that has
+    // no primary key besides: its preflight names both problems at once, each with its
+    // fix, before anything is created there.
+    f.target()
+        .await?
+        .batch_execute("CREATE TABLE keyless (v text)")
+        .await?;
+    let config = Config::from_toml_str(&format!("{head}[target]\nengine = \"yugabytedb\"{tail}"))?;
+    let err = ferry_importer::run_for(Destination::Target, config, shutdown::Shutdown::never())
+        .await
+        .expect_err("must refuse");
+    let message = err.to_string();
+    println!("{message}");
+    for expected in [
+        "the target (engine yugabytedb) is not ready (fix every problem below".to_owned(),
+        format!("role {role} on the target may not set session_replication_role"),
+        format!(
+            "run GRANT SET ON PARAMETER session_replication_role TO \"{role}\", or run GRANT yb_superuser TO \"{role}\""
+        ),
+        "table public.keyless on the target has no primary key".to_owned(),
+        "ALTER TABLE \"public\".\"keyless\" ADD PRIMARY KEY".to_owned(),
+    ] {
+        assert!(message.contains(&expected), "{expected:?} missing: {message}");
+    }
+    let metadata: i64 = f
+        .target()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry_metadata'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        metadata, 0,
+        "nothing is created before the preflight passes"
+    );
     Ok(())
 }
 

@@ -89,8 +89,11 @@ async fn assert_surface(h: &Harness, role: &str) -> Result<()> {
         used.is_empty(),
         "statements sent to the YugabyteDB target use what it lacks: {used:#?}"
     );
-    // What was recorded is Ferry's work on the target: applying, positions, markers.
+    // What was recorded is Ferry's work on the target: its YugabyteDB preflight,
+    // applying, positions, markers.
     for needed in [
+        "select version()",
+        "has_parameter_privilege",
         "ferry_metadata.positions",
         "ferry_metadata.stop_markers",
         "copy ",

@@ -5,7 +5,8 @@
 use std::fmt;
 
 use ferry_shared::catalog::{self, CatalogError, TableName, TableSchema, TypeCatalog};
-use ferry_shared::config::MigrationConfig;
+use ferry_shared::config::{Engine, MigrationConfig};
+use ferry_shared::yugabytedb;
 use tokio_postgres::Client;
 
 /// One thing wrong with the source, and the fix.
@@ -58,6 +59,9 @@ pub struct CheckInput<'a> {
     pub slot_name: &'a str,
     /// Whether a replication slot and a wal sender are needed (not for snapshot-only).
     pub needs_replication: bool,
+    /// The database's engine: on `yugabytedb` its own preflight replaces the checks
+    /// that only mean something on PostgreSQL (`wal_level`).
+    pub engine: Engine,
 }
 
 /// Checks the source and returns the selected tables, or every problem at once.
@@ -69,7 +73,25 @@ pub async fn preflight(
 
     // Logical decoding is needed even for snapshot-only: the consistent snapshot comes
     // from the slot. (Snapshot-only could use a plain snapshot; we keep one path.)
-    let wal_level: String = one(client, "SHOW wal_level").await?.get(0);
+    let yugabytedb = input.engine == Engine::Yugabytedb;
+    if yugabytedb {
+        // Version, the yb_ server flags replication slots need, and the role's
+        // replication right (YugabyteDB streams without wal_level).
+        for p in yugabytedb::preflight(client, "the database", &[yugabytedb::Use::ReadChanges], &[])
+            .await
+            .map_err(CheckError::Query)?
+        {
+            problems.push(Problem {
+                message: p.message,
+                fix: p.fix,
+            });
+        }
+    }
+    let wal_level: String = if yugabytedb {
+        "logical".into()
+    } else {
+        one(client, "SHOW wal_level").await?.get(0)
+    };
     if wal_level != "logical" {
         problems.push(Problem {
             message: format!("wal_level is {wal_level}, logical decoding needs logical"),
@@ -84,7 +106,7 @@ pub async fn preflight(
     .await?;
     let (user, superuser, replication): (String, bool, bool) =
         (role.get(0), role.get(1), role.get(2));
-    if !superuser && !replication {
+    if !superuser && !replication && !yugabytedb {
         problems.push(Problem {
             message: format!("role {user} may not use replication"),
             fix: format!("run ALTER ROLE {} REPLICATION", catalog::quote_ident(&user)),

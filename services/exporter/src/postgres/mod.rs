@@ -117,6 +117,7 @@ pub(crate) async fn preflight(
             schemas: &source.schemas,
             slot_name: slot,
             needs_replication: config.exporter.export_type != ExportType::SnapshotOnly,
+            engine: source.engine,
         },
     )
     .await?)
