@@ -22,6 +22,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 ferry \
     && useradd --system --uid 10001 --gid ferry --home-dir /home/ferry --create-home ferry
+# Where the coordinator writes its API token (a compose volume; docker-compose.yml):
+# owned by the user the services run as, so a fresh volume is too.
+RUN install -d -o ferry -g ferry -m 0700 /run/ferry
 COPY --from=builder /out/ /usr/local/bin/
 USER ferry
 WORKDIR /home/ferry

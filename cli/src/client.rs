@@ -8,7 +8,8 @@ use ferry_coordinator::cutover::{CutoverRequest, PrepareFor};
 use ferry_coordinator::end::{EndReport, EndRequest};
 use ferry_coordinator::positions::Status;
 use ferry_coordinator::report::{self, Report};
-use ferry_shared::config::Config;
+use ferry_shared::config::{Config, Secret};
+use ferry_shared::coordinator_access;
 use ferry_shared::error_policy::{classify_http_status, Backoff};
 use ferry_shared::state::{format_ms, Cutover, MigrationStatus};
 use ferry_shared::topics::Destination;
@@ -27,24 +28,55 @@ pub struct ApiError(pub String);
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    /// Sent with every request (`Authorization: Bearer`); `None`: none configured, the
+    /// coordinator's 401 answer says how to pass it.
+    token: Option<Secret>,
 }
 
 impl Api {
-    /// From `coordinator.url` (or `http://<coordinator.listen>`).
+    /// From `coordinator.url` (or `http://<coordinator.listen>`), with the coordinator's
+    /// token and CA file ([`ferry_shared::coordinator_access`]).
     pub fn new(config: &Config) -> Result<Api, ApiError> {
-        let http = reqwest::Client::builder()
+        let access = |e: coordinator_access::AccessError| ApiError(e.to_string());
+        let token = coordinator_access::client_token(&config.coordinator).map_err(access)?;
+        let http = coordinator_access::http_client_builder(&config.coordinator)
+            .map_err(access)?
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| ApiError(format!("creating an HTTP client: {e}")))?;
         Ok(Api {
             base: config.coordinator.url(),
             http,
+            token,
         })
     }
 
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token.expose().trim()),
+            None => request,
+        }
+    }
+
     fn unreachable(&self, e: &reqwest::Error) -> ApiError {
+        // reqwest's own text stops at "error sending request"; the reason (refused,
+        // certificate not trusted) is further down the chain.
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !reason.contains(&text) {
+                let _ = write!(reason, ": {text}");
+            }
+            source = cause.source();
+        }
+        let https = if self.base.starts_with("https://") {
+            "; over HTTPS, coordinator.ca_file must name the CA that signed the coordinator's certificate (coordinator.tls_cert)"
+        } else {
+            ""
+        };
         ApiError(format!(
-            "cannot reach the coordinator at {} ({e}): start it with \"ferry coordinator\" (or ferry-coordinator), or set coordinator.url to where it runs",
+            "cannot reach the coordinator at {} ({reason}): start it with \"ferry coordinator\" (or ferry-coordinator), or set coordinator.url to where it runs{https}",
             self.base
         ))
     }
@@ -77,8 +109,7 @@ impl Api {
         let mut backoff = Backoff::new();
         loop {
             let resp = self
-                .http
-                .get(format!("{}{path}", self.base))
+                .authorized(self.http.get(format!("{}{path}", self.base)))
                 .send()
                 .await
                 .map_err(|e| self.unreachable(&e))?;
@@ -99,8 +130,7 @@ impl Api {
     ) -> Result<T, ApiError> {
         let json = serde_json::to_vec(body).map_err(|e| ApiError(e.to_string()))?;
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .authorized(self.http.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
             .body(json)
             .send()
@@ -241,6 +271,27 @@ pub fn render_status(s: &Status) -> String {
             if let Some(e) = &inst.error {
                 error_line(&mut out, 6, e);
             }
+        }
+    }
+    if !s.errors.is_empty() {
+        let _ = writeln!(
+            out,
+            "errors (shown until an instance of the same stream's exporter or destination's importers runs successfully again):"
+        );
+        for e in &s.errors {
+            let _ = writeln!(
+                out,
+                "  {} {} {} {}",
+                e.role,
+                e.unit,
+                e.instance,
+                if e.state == "failed" {
+                    "FAILED (stopped; fix the cause and start it again: it resumes where it stopped)"
+                } else {
+                    "retrying"
+                }
+            );
+            error_line(&mut out, 4, &e.error);
         }
     }
     out
@@ -417,7 +468,11 @@ pub async fn end_migration(config: &Config, opts: &EndOptions) -> Result<String,
                     .arg("-U")
                     .arg(&db.user)
                     .arg(&db.database)
+                    // The password and TLS settings through the environment, never
+                    // the command line (which `ps` shows to every user).
                     .env("PGPASSWORD", db.password.expose())
+                    .env("PGSSLMODE", db.sslmode.as_str())
+                    .envs(db.sslrootcert.as_deref().map(|ca| ("PGSSLROOTCERT", ca)))
                     .status()
                     .await
                     .map_err(|e| {

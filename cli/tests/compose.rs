@@ -337,3 +337,54 @@ fn ferry_services_run_binaries_the_dockerfile_builds() {
         "the image must also hold the ferry CLI"
     );
 }
+
+#[test]
+fn the_coordinator_is_published_on_localhost_only_and_every_service_has_its_token() {
+    let services = services(&compose());
+    for (name, service) in &services {
+        for entry in service["ports"].as_sequence().into_iter().flatten() {
+            let text = entry.as_str().unwrap_or_default();
+            if text.ends_with(":8472") || text.ends_with(":8472/tcp") {
+                assert!(
+                    text.starts_with("127.0.0.1:"),
+                    "{name} publishes the coordinator's API on every interface: {text}"
+                );
+            }
+        }
+    }
+    let coordinator_volume = |service: &Value, read_only: bool| {
+        service["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|v| {
+                v.starts_with("coordinator-token:/run/ferry") && v.ends_with(":ro") == read_only
+            })
+    };
+    for (name, service) in ferry_services(&services) {
+        let config = ferry_config(&name, &service);
+        let c = &config.coordinator;
+        let file = c
+            .token_file
+            .as_deref()
+            .unwrap_or_else(|| panic!("{name}: no coordinator.token_file"));
+        assert!(file.starts_with("/run/ferry/"), "{name}: {file}");
+        assert!(c.token.is_none(), "{name}: a token in the compose file");
+        // The coordinator writes the token; the others only read it.
+        assert!(
+            coordinator_volume(&service, name != "coordinator"),
+            "{name} must mount the coordinator-token volume at /run/ferry{}",
+            if name == "coordinator" {
+                ""
+            } else {
+                " read-only"
+            }
+        );
+    }
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("install -d -o ferry -g ferry -m 0700 /run/ferry"),
+        "the image must give the services' user /run/ferry, or a fresh volume is root's"
+    );
+}

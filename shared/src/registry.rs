@@ -80,7 +80,37 @@ impl RegistryClient {
         if let Some((user, password)) = basic_auth {
             builder.set_basic_authorization(user, password);
         }
-        let settings = builder.build().map_err(|e| RegistryError::Registry {
+        Self::with_settings(url, builder.build())
+    }
+
+    /// A client for the coordinator's built-in registry at `url`: the coordinator's
+    /// token as a bearer token (when one is known) and its CA file trusted
+    /// ([`crate::coordinator_access`]).
+    pub fn for_coordinator(
+        url: &str,
+        coordinator: &crate::config::CoordinatorConfig,
+    ) -> Result<Self, RegistryError> {
+        use crate::coordinator_access::{client_token, http_client_builder};
+        let refused = |e: crate::coordinator_access::AccessError| RegistryError::Registry {
+            url: url.to_owned(),
+            message: e.to_string(),
+            retriable: false,
+            status: None,
+        };
+        let token = client_token(coordinator).map_err(refused)?;
+        let http = http_client_builder(coordinator).map_err(refused)?;
+        let mut builder = SrSettings::new_builder(url.trim_end_matches('/').to_owned());
+        if let Some(token) = &token {
+            builder.set_token_authorization(token.expose().trim());
+        }
+        Self::with_settings(url, builder.build_with(http))
+    }
+
+    fn with_settings(
+        url: &str,
+        settings: Result<SrSettings, schema_registry_converter::error::SRCError>,
+    ) -> Result<Self, RegistryError> {
+        let settings = settings.map_err(|e| RegistryError::Registry {
             url: url.to_owned(),
             message: e.error.clone(),
             retriable: false,
@@ -95,14 +125,28 @@ impl RegistryClient {
     }
 
     /// A client for the registry `config` names (`schema_registry.url`, or the
-    /// coordinator's built-in one), with its basic-auth credentials.
+    /// coordinator's built-in one), with its basic-auth credentials (or, for the
+    /// built-in one, the coordinator's token and CA file).
     pub fn from_config(config: &crate::config::Config) -> Result<Self, RegistryError> {
         let sr = &config.schema_registry;
-        let auth = sr
-            .username
-            .as_deref()
-            .map(|u| (u, sr.password.as_ref().map(|p| p.expose())));
-        RegistryClient::new(&config.registry_url(), auth)
+        if sr.url.is_none() {
+            return Self::for_coordinator(&config.registry_url(), &config.coordinator);
+        }
+        let url = config.registry_url();
+        let mut builder = SrSettings::new_builder(url.clone());
+        if let Some(user) = &sr.username {
+            builder.set_basic_authorization(user, sr.password.as_ref().map(|p| p.expose()));
+        }
+        let http = match &sr.ca_file {
+            Some(path) => trusting(path).map_err(|message| RegistryError::Registry {
+                url: url.clone(),
+                message,
+                retriable: false,
+                status: None,
+            })?,
+            None => reqwest::Client::builder(),
+        };
+        Self::with_settings(&url, builder.build_with(http))
     }
 
     /// The registry URL.
@@ -111,13 +155,21 @@ impl RegistryClient {
     }
 
     fn error(&self, e: schema_registry_converter::error::SRCError) -> RegistryError {
-        let message = match &e.cause {
+        let mut message = match &e.cause {
             Some(cause) => format!("{}: {cause}", e.error),
             None => e.error.clone(),
         };
+        let status = http_status(&e.error);
+        if status == Some(401) {
+            message.push_str(
+                "; the registry wants credentials: for the coordinator's built-in registry pass \
+                 its token (coordinator.token, FERRY_COORDINATOR__TOKEN or coordinator.token_file), \
+                 for an external one schema_registry.username and schema_registry.password",
+            );
+        }
         RegistryError::Registry {
             url: self.url.clone(),
-            status: http_status(&e.error),
+            status,
             message,
             retriable: e.retriable,
         }
@@ -165,6 +217,25 @@ impl RegistryClient {
 
 /// The status in the client's "HTTP request to schema registry failed with status 409
 /// Conflict" (the only place it reports one).
+/// An HTTP client that trusts the CA certificates in the PEM file `path`
+/// (`schema_registry.ca_file`) besides the system's. Err: why not, naming the setting.
+fn trusting(path: &str) -> Result<reqwest::ClientBuilder, String> {
+    let refused = |why: String| {
+        format!("cannot use schema_registry.ca_file \"{path}\": {why}; give a PEM file with the CA certificate that signed the registry's certificate")
+    };
+    let pem = std::fs::read(path).map_err(|e| refused(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| refused(format!("not a PEM certificate file ({e})")))?;
+    if certs.is_empty() {
+        return Err(refused("it holds no PEM certificate".to_owned()));
+    }
+    Ok(certs
+        .into_iter()
+        .fold(reqwest::Client::builder(), |b, cert| {
+            b.add_root_certificate(cert)
+        }))
+}
+
 fn http_status(error: &str) -> Option<u16> {
     let (_, rest) = error.split_once("with status ")?;
     rest.split(|c: char| !c.is_ascii_digit())

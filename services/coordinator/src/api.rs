@@ -7,13 +7,13 @@
 //! | `GET /api/report` | [`crate::report::Report`] |
 //! | `POST /api/end` | [`EndRequest`] → [`crate::end::EndReport`] |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /status` | a status page for people, refreshed every 5 s (`/` belongs to the registry) |
+//! | `GET /status` | the status page for people ([`crate::page`]; `/` belongs to the registry) |
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -30,7 +30,7 @@ pub fn router(m: Arc<Migration>) -> Router {
         .route("/api/report", get(get_report))
         .route("/api/end", post(end_migration))
         .route("/metrics", get(metrics))
-        .route("/status", get(page))
+        .route("/status", get(crate::page::page))
         .with_state(m)
 }
 
@@ -96,76 +96,4 @@ async fn metrics(State(m): State<Arc<Migration>>) -> Response {
         positions::metrics(&s),
     )
         .into_response()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-async fn page(State(m): State<Arc<Migration>>) -> Html<String> {
-    use std::fmt::Write as _;
-    let s = positions::status(&m).await;
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=5><title>Ferry {id}</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}th{{background:#eee}}</style>\
-         <h1>Ferry migration {id}</h1><p>workflow: {wf}{ended}</p>",
-        id = esc(&s.migration.migration_id),
-        wf = s.migration.workflow.as_str(),
-        ended = if s.migration.ended_at_ms.is_some() { " — ended" } else { "" },
-    );
-    h.push_str("<h2>Cutover</h2><table><tr><th>to</th><th>status</th><th>steps done</th><th>waiting for</th></tr>");
-    for d in [
-        ferry_shared::topics::Destination::Target,
-        ferry_shared::topics::Destination::SourceReplica,
-        ferry_shared::topics::Destination::Source,
-    ] {
-        let c = s.migration.cutover(d);
-        let steps: Vec<String> = c.steps.iter().map(|st| esc(&st.name)).collect();
-        let _ = write!(
-            h,
-            "<tr><td>{d}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            c.status.as_str(),
-            steps.join(", "),
-            esc(c.waiting_for.as_deref().unwrap_or(""))
-        );
-    }
-    h.push_str("</table><h2>Streams</h2><table><tr><th>stream</th><th>directive</th><th>exporter</th><th>snapshot</th><th>last VSN</th><th>records</th><th>events/s (3 min)</th></tr>");
-    for st in &s.streams {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
-            st.stream,
-            st.directive,
-            esc(&st.exporter_phase),
-            if st.snapshot_done { "done" } else { "not done" },
-            st.last_vsn,
-            st.records,
-            st.rate_3m
-        );
-    }
-    h.push_str("</table><h2>Importers</h2><table><tr><th>destination</th><th>stream</th><th>instances</th><th>applied VSN</th><th>remaining</th><th>events/s (3 min)</th><th>ETA</th></tr>");
-    for i in &s.importers {
-        let eta = match i.eta_seconds {
-            Some(0.0) => "caught up".to_owned(),
-            Some(e) => format!("{e:.0} s"),
-            None => "unknown".to_owned(),
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td></tr>",
-            i.destination,
-            i.stream.map_or("(waiting)".to_owned(), |s| s.to_string()),
-            i.instances,
-            i.applied_vsn,
-            i.remaining,
-            i.rate_3m,
-            esc(&i.error.clone().unwrap_or(eta))
-        );
-    }
-    h.push_str("</table>");
-    Html(h)
 }

@@ -307,15 +307,24 @@ impl Migration {
     /// when it was last seen), with the command that starts one.
     fn importer_health(&self, destination: Destination) -> String {
         let beats = self.heartbeats.borrow().clone().unwrap_or_default();
-        let states = beats
-            .importers
-            .get(destination.as_str())
-            .map(|b| crate::positions::instance_states(b, now_ms()))
-            .unwrap_or_default();
+        let now = now_ms();
+        let errors: Vec<crate::positions::InstanceError> = beats
+            .current_errors(now)
+            .into_iter()
+            .filter(|e| e.role == "importer" && e.unit == destination.as_str())
+            .collect();
+        let states = crate::positions::instance_states(
+            beats
+                .importers
+                .get(destination.as_str())
+                .unwrap_or(&std::collections::BTreeMap::new()),
+            &errors,
+            now,
+        );
         let command = format!("ferry import data to {destination}");
         let running = states
             .iter()
-            .filter(|s| s.state == "running" || s.state == "standby")
+            .filter(|s| s.state == "running" || s.state == "standby" || s.state == "retrying")
             .count();
         if running > 0 {
             return format!(" ({running} instance(s) of \"{command}\" running)");

@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_shared::heartbeat::{ExporterHeartbeat, ImporterHeartbeat, ServiceError};
+use ferry_shared::envelope::OpCounts;
+use ferry_shared::heartbeat::{
+    ErrorRecord, ExporterHeartbeat, ImporterHeartbeat, ServiceError, ERROR_KEY_PREFIX,
+};
 use ferry_shared::kafka;
 use ferry_shared::state::{now_ms, MigrationStatus};
 use ferry_shared::topics::{Destination, Stream};
@@ -23,20 +26,28 @@ use crate::migration::Migration;
 /// A heartbeat older than this means the service is not running.
 pub const STALE_MS: i64 = 60_000;
 
-/// The latest heartbeat of every service instance.
+/// The latest heartbeat of every service instance, and the errors instances stopped on.
 #[derive(Clone, Debug, Default)]
 pub struct Heartbeats {
     /// By stream.
     pub exporters: HashMap<Stream, ExporterHeartbeat>,
     /// By destination, then instance.
     pub importers: HashMap<String, BTreeMap<String, ImporterHeartbeat>>,
+    /// Every error record (`error.<role>.<unit>.<instance>`), current or superseded.
+    pub errors: Vec<ErrorRecord>,
 }
 
 impl Heartbeats {
     /// From the latest value of every `_status` key.
     pub fn from_records(records: &HashMap<Vec<u8>, Vec<u8>>) -> Self {
         let mut out = Heartbeats::default();
-        for value in records.values() {
+        for (key, value) in records {
+            if key.starts_with(ERROR_KEY_PREFIX.as_bytes()) {
+                if let Ok(r) = serde_json::from_slice::<ErrorRecord>(value) {
+                    out.errors.push(r);
+                }
+                continue;
+            }
             if let Ok(e) = serde_json::from_slice::<ExporterHeartbeat>(value) {
                 if e.role == "exporter" {
                     out.exporters.insert(e.stream, e);
@@ -54,6 +65,113 @@ impl Heartbeats {
         }
         out
     }
+
+    /// When an instance of `role` for `unit` (a stream's exporter, a destination's
+    /// importers) last reported that it ran successfully; 0: never.
+    pub fn ok_at_ms(&self, role: &str, unit: &str) -> i64 {
+        match role {
+            "exporter" => self
+                .exporters
+                .values()
+                .filter(|b| b.stream.as_str() == unit)
+                .map(|b| b.ok_at_ms)
+                .max()
+                .unwrap_or(0),
+            _ => self
+                .importers
+                .get(unit)
+                .and_then(|b| b.values().map(|h| h.ok_at_ms).max())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Every error that is current now (see [`InstanceError`]), newest first: each error
+    /// an instance stopped on until an instance of its unit ran successfully after it,
+    /// and the transient error of every live instance that retries.
+    pub fn current_errors(&self, now: i64) -> Vec<InstanceError> {
+        let mut out: Vec<InstanceError> = Vec::new();
+        let mut add = |e: InstanceError| {
+            let same = |x: &InstanceError| {
+                x.role == e.role
+                    && x.unit == e.unit
+                    && x.instance == e.instance
+                    && x.error.kind == e.error.kind
+                    && x.error.message == e.error.message
+            };
+            if !out.iter().any(same) {
+                out.push(e);
+            }
+        };
+        let mut stopped = |role: &str, unit: &str, instance: &str, error: &ServiceError| {
+            if !error.is_transient() && error.at_ms > self.ok_at_ms(role, unit) {
+                add(InstanceError {
+                    role: role.to_owned(),
+                    unit: unit.to_owned(),
+                    instance: instance.to_owned(),
+                    state: "failed".to_owned(),
+                    error: error.clone(),
+                });
+            }
+        };
+        for r in &self.errors {
+            stopped(&r.role, &r.unit, &r.instance, &r.error);
+        }
+        for b in self.exporters.values() {
+            if let Some(e) = &b.error {
+                stopped("exporter", b.stream.as_str(), &b.instance, e);
+            }
+        }
+        for beats in self.importers.values() {
+            for h in beats.values() {
+                if let Some(e) = &h.error {
+                    stopped("importer", &h.destination, &h.instance, e);
+                }
+            }
+        }
+        let mut retrying = |role: &str, unit: &str, instance: &str, error: &ServiceError| {
+            if error.is_transient() {
+                add(InstanceError {
+                    role: role.to_owned(),
+                    unit: unit.to_owned(),
+                    instance: instance.to_owned(),
+                    state: "retrying".to_owned(),
+                    error: error.clone(),
+                });
+            }
+        };
+        for b in self.exporters.values() {
+            if let (Some(e), true) = (&b.error, now - b.at_ms < STALE_MS) {
+                retrying("exporter", b.stream.as_str(), &b.instance, e);
+            }
+        }
+        for beats in self.importers.values() {
+            for h in beats.values() {
+                if let (Some(e), true) = (&h.error, now - h.ts_ms < STALE_MS) {
+                    retrying("importer", &h.destination, &h.instance, e);
+                }
+            }
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(e.error.at_ms));
+        out
+    }
+}
+
+/// An error status shows: of an exporter or importer instance, until an instance of the
+/// same unit runs successfully after it (then it is gone), also after the process
+/// exited.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceError {
+    /// `exporter` or `importer`.
+    pub role: String,
+    /// The stream an exporter produces or the destination an importer writes.
+    pub unit: String,
+    /// `host:pid`.
+    pub instance: String,
+    /// `failed` (it stopped on the error: definite or fatal) or `retrying` (transient,
+    /// the instance retries).
+    pub state: String,
+    /// Kind, message (the object and the fix) and time.
+    pub error: ServiceError,
 }
 
 /// One stream.
@@ -109,14 +227,25 @@ pub struct InstanceState {
 /// instance of its group started after it.
 pub const GONE_SHOWN_MS: i64 = 3_600_000;
 
-/// The instances of one importer group worth showing: every live one, and those that
-/// stopped, failed or went silent unless an instance started after them.
+/// The instances of one importer group worth showing: every live one (`retrying` when
+/// it retries a transient error), every one whose error is current (`failed`, however
+/// long ago, until an instance of the group runs successfully after it; also one known
+/// only from its error record), and those that stopped or went silent unless an
+/// instance started after them or it was over an hour ago. `errors` are the current
+/// errors ([`Heartbeats::current_errors`]) of this group.
 pub fn instance_states(
     beats: &BTreeMap<String, ImporterHeartbeat>,
+    errors: &[InstanceError],
     now: i64,
 ) -> Vec<InstanceState> {
     let live = |h: &ImporterHeartbeat| {
         now - h.ts_ms < STALE_MS && h.phase != "failed" && h.phase != "stopped"
+    };
+    let failed_error = |instance: &str| {
+        errors
+            .iter()
+            .find(|e| e.instance == instance && e.state == "failed")
+            .map(|e| e.error.clone())
     };
     let newest_start = beats
         .values()
@@ -127,12 +256,15 @@ pub fn instance_states(
     let mut out: Vec<InstanceState> = beats
         .values()
         .filter_map(|h| {
+            let current = failed_error(&h.instance);
             let state = if live(h) {
-                if h.phase == "standby" {
-                    "standby"
-                } else {
-                    "running"
+                match h.phase.as_str() {
+                    "standby" => "standby",
+                    "retrying" => "retrying",
+                    _ => "running",
                 }
+            } else if current.is_some() {
+                "failed"
             } else if h.ts_ms < newest_start || now - h.ts_ms > GONE_SHOWN_MS {
                 return None;
             } else if h.phase == "failed" {
@@ -147,10 +279,21 @@ pub fn instance_states(
                 state: state.to_owned(),
                 last_seen_ms: h.ts_ms,
                 partitions_held: h.partitions_held,
-                error: h.error.clone(),
+                error: h.error.clone().or(current),
             })
         })
         .collect();
+    for e in errors {
+        if e.state == "failed" && !beats.contains_key(&e.instance) {
+            out.push(InstanceState {
+                instance: e.instance.clone(),
+                state: "failed".to_owned(),
+                last_seen_ms: e.error.at_ms,
+                partitions_held: 0,
+                error: Some(e.error.clone()),
+            });
+        }
+    }
     out.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
     out
 }
@@ -179,8 +322,54 @@ pub struct ImporterStatus {
     pub rate_10m: f64,
     /// Seconds to catch up at `rate_3m` (`None`: unknown; 0: caught up).
     pub eta_seconds: Option<f64>,
-    /// Why the figures are missing, when they are.
+    /// Why the figures are missing, when they are (see `last_error` for the importers'
+    /// own errors).
     pub error: Option<String>,
+    /// The newest current error of an instance of this group (it stopped on it, or
+    /// retries), until an instance of the group runs successfully after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<InstanceError>,
+}
+
+/// One table: what each stream exported of it and what each destination applied.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TableStatus {
+    /// `schema.table`.
+    pub table: String,
+    /// Per stream that has the table.
+    pub streams: Vec<TableStream>,
+    /// Per destination that applied some of it or applies a stream that has it.
+    pub destinations: Vec<TableDestination>,
+}
+
+/// One table in one stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableStream {
+    /// `source` or `target`.
+    pub stream: Stream,
+    /// Snapshot chunks of the table in Kafka, and planned (0 and 0: none planned or no
+    /// snapshot, as on the target stream).
+    pub snapshot_chunks_done: usize,
+    /// See `snapshot_chunks_done`.
+    pub snapshot_chunks: usize,
+    /// Whether the table's snapshot is complete.
+    pub snapshot_done: bool,
+    /// Events exported, by kind, up to the exporter's last checkpoint.
+    pub exported: OpCounts,
+    /// Records in the table's topic (sum of its partitions' high watermarks).
+    pub records: i64,
+}
+
+/// One table in one destination.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableDestination {
+    /// target, source-replica or source.
+    pub destination: Destination,
+    /// Events applied, by kind (from `ferry_metadata.table_counts`).
+    pub applied: OpCounts,
+    /// Records of the table's topic in the stream the destination applies, not applied
+    /// yet.
+    pub remaining: i64,
 }
 
 /// Everything `ferry cutover status` and the dashboard show.
@@ -192,6 +381,12 @@ pub struct Status {
     pub streams: Vec<StreamStatus>,
     /// Importer groups (of the configured databases).
     pub importers: Vec<ImporterStatus>,
+    /// Per table, exported and applied (empty when measured by an older coordinator).
+    #[serde(default)]
+    pub tables: Vec<TableStatus>,
+    /// Every current error of an exporter or importer instance, newest first.
+    #[serde(default)]
+    pub errors: Vec<InstanceError>,
     /// When computed.
     pub at_ms: i64,
 }
@@ -282,16 +477,22 @@ pub async fn measure(m: &Migration) -> Status {
     let view = m.view();
     let beats = m.heartbeats.borrow().clone().unwrap_or_default();
     let now = now_ms();
+    let errors = beats.current_errors(now);
     let mut stream_highs = HashMap::new();
     let mut streams = Vec::new();
     for stream in [Stream::Source, Stream::Target] {
         let h = highs(m, stream).await.unwrap_or_default();
         let beat = beats.exporters.get(&stream);
         let fin = view.finals.get(&stream);
-        let exporter_phase = match (fin, beat) {
-            (Some(_), _) => "stopped".to_owned(),
-            (None, Some(b)) if b.phase == "failed" => "failed".to_owned(),
-            (None, Some(b)) if now - b.at_ms < STALE_MS => b.phase.clone(),
+        let current = errors
+            .iter()
+            .find(|e| e.role == "exporter" && e.unit == stream.as_str());
+        let live = beat
+            .filter(|b| now - b.at_ms < STALE_MS && b.phase != "failed" && b.phase != "stopped");
+        let exporter_phase = match (fin, live, current) {
+            (Some(_), _, _) => "stopped".to_owned(),
+            (None, Some(b), _) => b.phase.clone(),
+            (None, None, Some(e)) if e.state == "failed" => "failed".to_owned(),
             _ => "not running".to_owned(),
         };
         let cp = view.checkpoints.get(&stream);
@@ -318,11 +519,15 @@ pub async fn measure(m: &Migration) -> Status {
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
             records: h.values().sum(),
-            exporter_error: beat.and_then(|b| b.error.clone()),
+            exporter_error: current
+                .map(|e| e.error.clone())
+                .or_else(|| live.and_then(|b| b.error.clone())),
         });
         stream_highs.insert(stream, h);
     }
     let mut importers = Vec::new();
+    let mut applied: HashMap<Destination, BTreeMap<String, OpCounts>> = HashMap::new();
+    let mut group_positions: HashMap<Destination, GroupPositions> = HashMap::new();
     for destination in [
         Destination::Target,
         Destination::SourceReplica,
@@ -343,11 +548,16 @@ pub async fn measure(m: &Migration) -> Status {
                     .collect()
             })
             .unwrap_or_default();
-        let instance_states = group_beats
-            .map(|b| instance_states(b, now))
-            .unwrap_or_default();
-        let rate_3m: f64 = live.iter().map(|h| h.rate_3m).sum();
-        let rate_10m: f64 = live.iter().map(|h| h.rate_10m).sum();
+        let group_errors: Vec<InstanceError> = errors
+            .iter()
+            .filter(|e| e.role == "importer" && e.unit == destination.as_str())
+            .cloned()
+            .collect();
+        let instance_states =
+            instance_states(group_beats.unwrap_or(&BTreeMap::new()), &group_errors, now);
+        // A fold from +0.0: an empty f64 sum is -0.0, shown as "-0 events/s".
+        let rate_3m: f64 = live.iter().fold(0.0, |a, h| a + h.rate_3m);
+        let rate_10m: f64 = live.iter().fold(0.0, |a, h| a + h.rate_10m);
         let mut st = ImporterStatus {
             destination,
             group: group.clone(),
@@ -360,10 +570,14 @@ pub async fn measure(m: &Migration) -> Status {
             rate_10m,
             eta_seconds: None,
             error: None,
+            last_error: group_errors.first().cloned(),
         };
         match databases::connect(&m.config, destination).await {
             Ok(db) => match databases::positions(&db, &group).await {
                 Ok(pos) => {
+                    if let Ok(counts) = databases::table_counts(&db, &group).await {
+                        applied.insert(destination, counts);
+                    }
                     st.applied_vsn = pos.values().map(|(_, v)| *v as u64).max().unwrap_or(0);
                     let streams_read: Vec<Stream> = match stream {
                         Some(s) => vec![s],
@@ -377,6 +591,7 @@ pub async fn measure(m: &Migration) -> Status {
                             }
                         }
                     }
+                    group_positions.insert(destination, pos.clone());
                     st.eta_seconds = if st.remaining == 0 {
                         Some(0.0)
                     } else if rate_3m > 0.0 {
@@ -391,12 +606,130 @@ pub async fn measure(m: &Migration) -> Status {
         }
         importers.push(st);
     }
+    let tables = tables(TableInputs {
+        m,
+        view: &view,
+        msr: &msr,
+        stream_highs: &stream_highs,
+        applied: &applied,
+        positions: &group_positions,
+    });
     Status {
         migration: msr,
         streams,
         importers,
+        tables,
+        errors,
         at_ms: now,
     }
+}
+
+/// A group's stored positions: (topic, partition) -> (next offset, last applied VSN).
+type GroupPositions = HashMap<(String, i32), (i64, i64)>;
+
+/// What [`tables`] reads.
+struct TableInputs<'a> {
+    m: &'a Migration,
+    view: &'a ferry_shared::state::StateView,
+    msr: &'a MigrationStatus,
+    stream_highs: &'a HashMap<Stream, HashMap<(String, i32), i64>>,
+    applied: &'a HashMap<Destination, BTreeMap<String, OpCounts>>,
+    positions: &'a HashMap<Destination, GroupPositions>,
+}
+
+/// Per table: every table a checkpoint or a destination's counts name.
+fn tables(i: TableInputs<'_>) -> Vec<TableStatus> {
+    let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for cp in i.view.checkpoints.values() {
+        names.extend(cp.counts.keys().cloned());
+        names.extend(cp.snapshot.tables.keys().cloned());
+    }
+    for counts in i.applied.values() {
+        names.extend(counts.keys().cloned());
+    }
+    // The sum of a table topic's partitions' high watermarks, and of the records not
+    // applied yet by a group at `positions`.
+    let topic_of = |stream: Stream, name: &str| {
+        let (schema, table) = name.split_once('.').unwrap_or(("", name));
+        i.m.topics.table(stream, schema, table)
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let mut t = TableStatus {
+            table: name.clone(),
+            ..TableStatus::default()
+        };
+        for stream in [Stream::Source, Stream::Target] {
+            let topic = topic_of(stream, &name);
+            let highs: Vec<(i32, i64)> = i
+                .stream_highs
+                .get(&stream)
+                .map(|h| {
+                    h.iter()
+                        .filter(|((t, _), _)| *t == topic)
+                        .map(|((_, p), high)| (*p, *high))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let cp = i.view.checkpoints.get(&stream);
+            let progress = cp.and_then(|c| c.snapshot.tables.get(&name));
+            let exported = cp.and_then(|c| c.counts.get(&name)).cloned();
+            if highs.is_empty() && progress.is_none() && exported.is_none() {
+                continue;
+            }
+            t.streams.push(TableStream {
+                stream,
+                snapshot_chunks_done: progress.map_or(0, |p| p.done.iter().filter(|d| **d).count()),
+                snapshot_chunks: progress.map_or(0, |p| p.chunks.len()),
+                snapshot_done: progress.is_some_and(|p| p.is_done())
+                    || (stream == Stream::Source && cp.is_some_and(|c| c.snapshot.done)),
+                exported: exported.unwrap_or_default(),
+                records: highs.iter().map(|(_, h)| h).sum(),
+            });
+        }
+        for destination in [
+            Destination::Target,
+            Destination::SourceReplica,
+            Destination::Source,
+        ] {
+            let applied = i.applied.get(&destination).and_then(|c| c.get(&name));
+            let stream = i.msr.importers.get(destination);
+            let remaining = match (stream, i.positions.get(&destination)) {
+                (Some(stream), Some(pos)) => {
+                    let topic = topic_of(stream, &name);
+                    i.stream_highs
+                        .get(&stream)
+                        .map(|h| {
+                            h.iter()
+                                .filter(|((t, _), _)| *t == topic)
+                                .map(|(key, high)| {
+                                    (high - pos.get(key).map_or(0, |(o, _)| *o)).max(0)
+                                })
+                                .sum()
+                        })
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if applied.is_none() && (stream.is_none() || !i.positions.contains_key(&destination)) {
+                continue;
+            }
+            t.destinations.push(TableDestination {
+                destination,
+                applied: applied.cloned().unwrap_or_default(),
+                remaining,
+            });
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition of `status`.
@@ -447,25 +780,27 @@ pub fn metrics(s: &Status) -> String {
     );
     section(
         "ferry_importer_instances",
-        "Importer processes by state (running, standby, stopped, failed, not seen).",
+        "Importer processes by state (running, standby, retrying, stopped, failed, not seen).",
         "gauge",
         s.importers
             .iter()
             .flat_map(|i| {
-                ["running", "standby", "stopped", "failed", "not seen"]
-                    .into_iter()
-                    .map(move |state| {
-                        let n = i
-                            .instance_states
-                            .iter()
-                            .filter(|x| x.state == state)
-                            .count();
-                        format!(
-                            "{{destination=\"{}\",state=\"{}\"}} {n}",
-                            i.destination,
-                            state.replace(' ', "_")
-                        )
-                    })
+                [
+                    "running", "standby", "retrying", "stopped", "failed", "not seen",
+                ]
+                .into_iter()
+                .map(move |state| {
+                    let n = i
+                        .instance_states
+                        .iter()
+                        .filter(|x| x.state == state)
+                        .count();
+                    format!(
+                        "{{destination=\"{}\",state=\"{}\"}} {n}",
+                        i.destination,
+                        state.replace(' ', "_")
+                    )
+                })
             })
             .collect(),
     );
@@ -503,12 +838,30 @@ pub fn metrics(s: &Status) -> String {
             .collect(),
     );
     section(
-        "ferry_importer_instances",
-        "Importer processes with a recent heartbeat.",
+        "ferry_importer_running_instances",
+        "Importer processes with a recent heartbeat that apply or wait (running, standby, retrying).",
         "gauge",
         s.importers
             .iter()
             .map(|i| format!("{{destination=\"{}\"}} {}", i.destination, i.instances))
+            .collect(),
+    );
+    section(
+        "ferry_instance_error",
+        "Unix time (seconds) of the current error of an exporter or importer instance, by kind (transient: it retries; definite or fatal: it stopped); gone once an instance of its unit runs successfully again. The message is in ferry cutover status.",
+        "gauge",
+        s.errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "{{role=\"{}\",unit=\"{}\",instance=\"{}\",kind=\"{}\"}} {}",
+                    label(&e.role),
+                    label(&e.unit),
+                    label(&e.instance),
+                    label(&e.error.kind),
+                    e.error.at_ms as f64 / 1000.0
+                )
+            })
             .collect(),
     );
     section(
@@ -532,4 +885,161 @@ pub fn metrics(s: &Status) -> String {
         .collect(),
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_shared::heartbeat::{error_key, importer_heartbeat_key};
+
+    fn beat(instance: &str, phase: &str, ts_ms: i64, ok_at_ms: i64) -> ImporterHeartbeat {
+        ImporterHeartbeat {
+            role: "importer".into(),
+            destination: "target".into(),
+            group: "g".into(),
+            phase: phase.into(),
+            stream: Some("source".into()),
+            instance: instance.into(),
+            total_imported: 0,
+            imported_this_run: 0,
+            rate_3m: 0.0,
+            rate_10m: 0.0,
+            remaining: 0,
+            partitions_held: 1,
+            positions: Vec::new(),
+            ts_ms,
+            started_at_ms: ts_ms,
+            error: None,
+            ok_at_ms,
+        }
+    }
+
+    fn error(instance: &str, kind: &str, at_ms: i64) -> ErrorRecord {
+        ErrorRecord {
+            role: "importer".into(),
+            unit: "target".into(),
+            instance: instance.into(),
+            error: ServiceError {
+                kind: kind.into(),
+                message: "table \"public.t\" on the target has no column \"c\"".into(),
+                at_ms,
+            },
+        }
+    }
+
+    fn records(beats: &[ImporterHeartbeat], errors: &[ErrorRecord]) -> Heartbeats {
+        let mut map = HashMap::new();
+        for b in beats {
+            map.insert(
+                importer_heartbeat_key(&b.destination, &b.instance).into_bytes(),
+                serde_json::to_vec(b).unwrap_or_default(),
+            );
+        }
+        for e in errors {
+            map.insert(
+                error_key(&e.role, &e.unit, &e.instance).into_bytes(),
+                serde_json::to_vec(e).unwrap_or_default(),
+            );
+        }
+        Heartbeats::from_records(&map)
+    }
+
+    const NOW: i64 = 10_000_000_000;
+
+    #[test]
+    fn a_restarted_instance_does_not_hide_the_error_until_it_runs_successfully() {
+        // The same key (a container restarted: same host, pid 1): its first heartbeat
+        // replaced the failed one, but the error record stays.
+        let failed_at = NOW - 5_000;
+        let h = records(
+            &[beat("c:1", "applying", NOW - 1_000, 0)],
+            &[error("c:1", "definite", failed_at)],
+        );
+        let errors = h.current_errors(NOW);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].state, "failed");
+        let states = instance_states(&h.importers["target"], &errors, NOW);
+        assert_eq!(states[0].state, "running");
+        assert_eq!(states[0].error.as_ref().map(|e| e.at_ms), Some(failed_at));
+        // It committed a batch after the error: gone.
+        let h = records(
+            &[beat("c:1", "applying", NOW, NOW - 500)],
+            &[error("c:1", "definite", failed_at)],
+        );
+        assert!(h.current_errors(NOW).is_empty());
+    }
+
+    #[test]
+    fn a_failure_stays_listed_however_old_and_whoever_started_since() {
+        let failed_at = NOW - 5 * 3_600_000;
+        let mut gone = beat("a:7", "failed", failed_at, 0);
+        gone.error = Some(error("a:7", "definite", failed_at).error);
+        // Another instance started later but has not run successfully yet.
+        let h = records(
+            &[gone, beat("b:9", "applying", NOW - 1_000, 0)],
+            &[error("a:7", "definite", failed_at)],
+        );
+        let errors = h.current_errors(NOW);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let states = instance_states(&h.importers["target"], &errors, NOW);
+        let a = states.iter().find(|s| s.instance == "a:7");
+        assert_eq!(a.map(|s| s.state.as_str()), Some("failed"), "{states:?}");
+    }
+
+    #[test]
+    fn an_error_record_without_a_heartbeat_is_an_instance_too() {
+        let h = records(&[], &[error("x:3", "fatal", NOW - 10)]);
+        let errors = h.current_errors(NOW);
+        let states = instance_states(&BTreeMap::new(), &errors, NOW);
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].state, "failed");
+        assert_eq!(
+            states[0].error.as_ref().map(|e| e.kind.as_str()),
+            Some("fatal")
+        );
+    }
+
+    #[test]
+    fn a_transient_error_shows_while_the_instance_retries_and_metrics_carry_it() {
+        let mut retrying = beat("r:2", "retrying", NOW - 2_000, 0);
+        retrying.error = Some(ServiceError {
+            kind: "transient".into(),
+            message: "connection refused".into(),
+            at_ms: NOW - 3_000,
+        });
+        let h = records(&[retrying.clone()], &[]);
+        let errors = h.current_errors(NOW);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].state, "retrying");
+        let states = instance_states(&h.importers["target"], &errors, NOW);
+        assert_eq!(states[0].state, "retrying");
+        // Silent for over a minute: no longer retrying (it is "not seen").
+        let later = NOW + STALE_MS;
+        assert!(h.current_errors(later).is_empty());
+
+        let status = Status {
+            migration: MigrationStatus::default(),
+            streams: Vec::new(),
+            importers: Vec::new(),
+            tables: Vec::new(),
+            errors,
+            at_ms: NOW,
+        };
+        let text = metrics(&status);
+        let line = format!(
+            "ferry_instance_error{{role=\"importer\",unit=\"target\",instance=\"r:2\",kind=\"transient\"}} {}",
+            (NOW - 3_000) as f64 / 1000.0
+        );
+        assert!(text.contains(&line), "{text}");
+        // One HELP and TYPE per metric name (a repeated family fails the whole scrape).
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all, "{text}");
+    }
 }

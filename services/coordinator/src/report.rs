@@ -52,12 +52,24 @@ pub struct Report {
     pub rows: Vec<ReportRow>,
     /// Problems met while building it (a database not reachable, ...).
     pub notes: Vec<String>,
+    /// The current errors of exporter and importer instances (as in status): a count
+    /// short of the source's may be an importer stopped on one of these.
+    #[serde(default)]
+    pub errors: Vec<crate::positions::InstanceError>,
 }
 
 /// Builds the report now.
 pub async fn build(m: &Migration) -> Report {
     let view = m.view();
-    let mut report = Report::default();
+    let mut report = Report {
+        errors: m
+            .heartbeats
+            .borrow()
+            .clone()
+            .unwrap_or_default()
+            .current_errors(ferry_shared::clock::now_ms()),
+        ..Report::default()
+    };
     let exported = |stream: Stream| view.checkpoints.get(&stream).map(|c| c.counts.clone());
     let source_out = exported(Stream::Source).unwrap_or_default();
     let target_out = exported(Stream::Target);
@@ -265,6 +277,23 @@ pub fn render(report: &Report) -> String {
     }
     for n in &report.notes {
         let _ = writeln!(out, "note: {n}");
+    }
+    for e in &report.errors {
+        let _ = writeln!(
+            out,
+            "error: {} {} {} {} ({} error at {}): {}",
+            e.role,
+            e.unit,
+            e.instance,
+            if e.state == "failed" {
+                "FAILED"
+            } else {
+                "retrying"
+            },
+            e.error.kind,
+            ferry_shared::state::format_ms(e.error.at_ms),
+            e.error.message
+        );
     }
     out
 }

@@ -29,25 +29,27 @@ async fn start(config: Config) -> Result<(shutdown::ShutdownTrigger, Running)> {
 async fn schema_ids_survive_a_coordinator_restart() -> Result<()> {
     let migration = unique_name("restart");
     let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
     let schema_a = r#"{"type":"record","name":"A","fields":[{"name":"x","type":"long"}]}"#;
     let schema_b = r#"{"type":"record","name":"B","fields":[{"name":"y","type":"string"}]}"#;
 
-    let (trigger, task) = start(config(&migration, &listen)?).await?;
-    let client = RegistryClient::new(&url, None)?;
+    let first = config(&migration, &listen)?;
+    let (trigger, task) = start(first.clone()).await?;
+    // The built-in registry at the coordinator's address, with the coordinator's token.
+    let client = RegistryClient::from_config(&first)?;
     let id_a = client.register("t-a-value", schema_a).await?;
     let id_b = client.register("t-b-value", schema_b).await?;
     assert_ne!(id_a, id_b);
     trigger.trigger();
     task.await??;
 
-    let (trigger, task) = start(config(&migration, &listen)?).await?;
-    let client = RegistryClient::new(&url, None)?;
+    let second = config(&migration, &listen)?;
+    let (trigger, task) = start(second.clone()).await?;
+    let client = RegistryClient::from_config(&second)?;
     // Registering the same schemas again returns the ids they had before the restart.
     assert_eq!(client.register("t-a-value", schema_a).await?, id_a);
     assert_eq!(client.register("t-b-value", schema_b).await?, id_b);
     // And a fresh client reads them by id.
-    let fresh = RegistryClient::new(&url, None)?;
+    let fresh = RegistryClient::from_config(&second)?;
     assert!(fresh.schema(id_a).await.is_ok());
     trigger.trigger();
     task.await??;

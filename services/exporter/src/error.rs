@@ -126,9 +126,21 @@ pub enum Error {
         /// `schema.table`, comma-separated.
         tables: String,
     },
-    /// The replication connection cannot use TLS yet.
-    #[error("source.sslmode is {0}, but the replication connection of this build cannot use TLS; set source.sslmode = \"disable\" or \"prefer\" on a trusted network, or use a build with TLS for replication")]
-    ReplicationTls(&'static str),
+    /// The replication connection's TLS failed: no TLS on the server, a certificate
+    /// not signed by the CA, a host name the certificate does not name, an unreadable
+    /// CA file. Definite: the settings or the server's certificate must change.
+    #[error("cannot open the replication connection to {database} with TLS (sslmode {sslmode}, sslrootcert \"{sslrootcert}\"): check sslrootcert (the CA that signed the server's certificate), host (verify-full: a name the certificate lists) and the server's ssl settings")]
+    ReplicationTls {
+        /// `user@host:port/db`.
+        database: String,
+        /// The configured sslmode.
+        sslmode: &'static str,
+        /// The configured CA file (empty when none).
+        sslrootcert: String,
+        /// The replication client's error.
+        #[source]
+        source: PgWireError,
+    },
     /// The broker refused this client (SASL login or TLS handshake).
     #[error(transparent)]
     KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
@@ -155,6 +167,24 @@ impl Error {
                     ErrorClass::Transient
                 } else {
                     ErrorClass::Definite
+                }
+            }
+            // A refused certificate, a TLS alert, an unusable CA file or a server
+            // without TLS is a fact about the settings; the connection lost in the
+            // middle of the handshake is not. The crate gives only text.
+            Error::ReplicationTls { source, .. } => {
+                let text = source.to_string();
+                let refusal = [
+                    "certificate",
+                    "alert",
+                    "TLS config error",
+                    "does not support TLS",
+                    "SNI",
+                ];
+                if refusal.iter().any(|r| text.contains(r)) {
+                    ErrorClass::Definite
+                } else {
+                    ErrorClass::Transient
                 }
             }
             Error::Sql { source, .. } => classify_pg(source),

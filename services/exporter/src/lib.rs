@@ -44,6 +44,7 @@ mod source;
 /// The source preflight, as `run` does it (also for `ferry analyze-schema`).
 pub mod check {
     pub use crate::postgres::check::{preflight, CheckError, CheckInput, Problem};
+    pub use crate::postgres::check_replication_connection;
 }
 
 pub use error::Error;
@@ -79,8 +80,9 @@ pub async fn analyze(config: &Config) -> Result<Vec<TableSchema>, Error> {
     postgres::preflight(&client, config, &source, &slot).await
 }
 
-/// What `ferry prepare source` changes on the source: the `ALTER TABLE .. REPLICA
-/// IDENTITY FULL` statements the preflight asks for, as `(schema.table, statement)`,
+/// What `ferry prepare source` changes on the source: the table of cutover stop
+/// markers (`ferry_metadata.stop_markers`) when it is missing, then the `ALTER TABLE ..
+/// REPLICA IDENTITY FULL` statements the preflight asks for, as `(object, statement)`,
 /// each run (in this order) unless `dry_run`. Running it again finds nothing to do.
 pub async fn prepare_source(
     config: &Config,
@@ -89,15 +91,43 @@ pub async fn prepare_source(
     let source = config.require_source()?.clone();
     let (client, connection) = source.connect().await.map_err(Error::Connect)?;
     let _connection = AbortOnDrop(connection);
-    let statements =
+    let mut statements =
         postgres::check::replica_identity_statements(&client, &config.migration, &source.schemas)
             .await?;
+    // The table whose rows mark where a cutover stops the stream: made here by the
+    // operator's role when the exporter's may not create it (it needs CREATE on the
+    // database otherwise).
+    let markers: bool = client
+        .query_one(
+            "SELECT to_regclass('ferry_metadata.stop_markers') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql("looking for ferry_metadata.stop_markers", e))?
+        .get(0);
+    if !markers {
+        let create: Vec<&str> = ferry_shared::metadata::STOP_MARKERS_SETUP_SQL
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("SET "))
+            .collect();
+        statements.insert(
+            0,
+            (
+                "ferry_metadata.stop_markers".to_owned(),
+                format!(
+                    "{} ALTER TABLE ferry_metadata.stop_markers REPLICA IDENTITY FULL",
+                    create.join(" ")
+                ),
+            ),
+        );
+    }
     if !dry_run {
         for (table, statement) in &statements {
             client
                 .batch_execute(statement)
                 .await
-                .map_err(|e| Error::sql(format!("setting REPLICA IDENTITY FULL on {table}"), e))?;
+                .map_err(|e| Error::sql(format!("preparing {table}"), e))?;
         }
     }
     Ok(statements)
@@ -120,9 +150,45 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 ///
 /// Transient failures (a server, the broker or the registry unreachable for a while)
 /// restart the run from the stored checkpoint after a bounded backoff (1 s doubling to
-/// 30 s, reset after 5 minutes without failure); definite errors return.
+/// 30 s, reset after 5 minutes without failure), reported as `retrying` with the error;
+/// definite and fatal errors return, written to `_status` as an error record first (a
+/// restarted exporter's heartbeats do not overwrite it), so that status shows it until
+/// an exporter of this stream runs successfully again.
 pub async fn run_for(stream: Stream, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     ferry_shared::kafka_access::check(&config.kafka).await?;
+    let result = run_retrying(stream, &config, shutdown).await;
+    // A transient error comes back only when a shutdown cut a run short: nothing to
+    // report.
+    if let Some(e) = result.as_ref().err().filter(|e| !e.is_transient()) {
+        let topics = Topics::new(config.migration.topic_prefix());
+        let record = ferry_shared::heartbeat::ErrorRecord {
+            role: "exporter".into(),
+            unit: stream.as_str().to_owned(),
+            instance: ferry_shared::heartbeat::instance_name(),
+            error: ferry_shared::heartbeat::ServiceError::of(
+                e.class(),
+                ferry_shared::process::error_chain(e),
+            ),
+        };
+        let written = ferry_shared::heartbeat::publish_error(
+            &config.kafka.client_config(),
+            &topics.status(),
+            &record,
+            Duration::from_secs(10),
+        )
+        .await;
+        if !written {
+            tracing::warn!(
+                "the error could not be written to {}: ferry cutover status will not show it",
+                topics.status()
+            );
+        }
+    }
+    result
+}
+
+/// [`run_for`]'s runs, restarted after transient failures.
+async fn run_retrying(stream: Stream, config: &Config, shutdown: Shutdown) -> Result<(), Error> {
     let mut backoff = Backoff::starting_at(Duration::from_secs(1));
     // One for the process: heartbeats carry its start and its last error across retries.
     let progress = Arc::new(progress::Progress::default());
@@ -207,12 +273,14 @@ async fn run_once(
         }
     };
     if let Err(e) = &result {
+        use ferry_shared::error_policy::ErrorClass;
         let message = ferry_shared::process::error_chain(e);
-        progress.record_error(if e.is_transient() && !inner.is_triggered() {
-            ferry_shared::heartbeat::ServiceError::transient(message)
-        } else {
-            ferry_shared::heartbeat::ServiceError::definite(message)
-        });
+        let class = match e.class() {
+            ErrorClass::Transient if !inner.is_triggered() => ErrorClass::Transient,
+            ErrorClass::Fatal => ErrorClass::Fatal,
+            _ => ErrorClass::Definite,
+        };
+        progress.record_error(ferry_shared::heartbeat::ServiceError::of(class, message));
     }
     report_stop.trigger();
     let _ = reporter.await;

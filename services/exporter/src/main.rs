@@ -40,7 +40,15 @@ fn main() -> ExitCode {
         StreamArg::Source => ferry_shared::topics::Stream::Source,
         StreamArg::Target => ferry_shared::topics::Stream::Target,
     };
-    ferry_shared::process::run_until_stopped(|shutdown| {
+    ferry_shared::process::run_until_stopped(|shutdown| async move {
+        let _health = ferry_shared::health::serve_if_set(
+            "exporter.health_listen",
+            config.exporter.health_listen.as_deref(),
+            shutdown.clone(),
+        )
+        .await?;
         ferry_exporter::run_for(stream, config, shutdown)
+            .await
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
     })
 }

@@ -2,11 +2,11 @@
 //! terminal (a log line otherwise), and heartbeats with positions to `_status`.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_shared::heartbeat::{heartbeat_key, ExporterHeartbeat, ServiceError};
+use ferry_shared::heartbeat::{heartbeat_key, instance_name, ExporterHeartbeat, ServiceError};
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::rate::RateWindow;
 use ferry_shared::shutdown::Shutdown;
@@ -26,10 +26,12 @@ pub struct Progress {
     /// LSN of the last stored checkpoint.
     pub lsn: AtomicU64,
     phase: Mutex<&'static str>,
-    /// The last error, reported in heartbeats.
+    /// The last error, reported in heartbeats until the exporter runs successfully again.
     error: Mutex<Option<ServiceError>>,
     /// When the process started.
     started_at_ms: i64,
+    /// When it last ran successfully ([`Progress::succeeded`]); 0: not yet.
+    ok_at_ms: AtomicI64,
 }
 
 impl Default for Progress {
@@ -41,29 +43,44 @@ impl Default for Progress {
             phase: Mutex::new("starting"),
             error: Mutex::new(None),
             started_at_ms: now_ms(),
+            ok_at_ms: AtomicI64::new(0),
         }
     }
 }
 
 impl Progress {
-    /// Sets the phase shown and reported.
+    /// Sets the phase shown and reported. Reaching `snapshot`, `streaming` or `standby`
+    /// means the run got through its preflight, topics and slot: it runs successfully
+    /// ([`Progress::succeeded`]).
     pub fn set_phase(&self, phase: &'static str) {
         if let Ok(mut p) = self.phase.lock() {
             *p = phase;
         }
+        if matches!(phase, "snapshot" | "streaming" | "standby") {
+            self.succeeded();
+        }
+    }
+
+    /// The exporter did its work successfully (see [`Progress::set_phase`], and every
+    /// stored checkpoint): its last error is over.
+    pub fn succeeded(&self) {
+        if let Ok(mut e) = self.error.lock() {
+            *e = None;
+        }
+        self.ok_at_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     fn phase(&self) -> &'static str {
         self.phase.lock().map(|p| *p).unwrap_or("unknown")
     }
 
-    /// Records the error the run ended on: `failed` when it is definite (the last
-    /// heartbeat then says so), `retrying` when the run starts again.
+    /// Records the error the run ended on: `failed` when it is definite or fatal (the
+    /// last heartbeat then says so), `retrying` when the run starts again.
     pub fn record_error(&self, error: ServiceError) {
-        self.set_phase(if error.kind == "definite" {
-            "failed"
-        } else {
+        self.set_phase(if error.is_transient() {
             "retrying"
+        } else {
+            "failed"
         });
         if let Ok(mut e) = self.error.lock() {
             *e = Some(error);
@@ -75,8 +92,8 @@ impl Progress {
     }
 }
 
-/// Refreshes the table every second and sends a heartbeat every 10 s (and a last one
-/// when stopping), until `shutdown`.
+/// Refreshes the table every second and sends a heartbeat every 10 s, when the phase
+/// changes, and a last one when stopping, until `shutdown`.
 pub async fn report(
     progress: Arc<Progress>,
     kafka: ClientConfig,
@@ -85,16 +102,13 @@ pub async fn report(
     mut shutdown: Shutdown,
 ) {
     let producer: Option<FutureProducer> = kafka.create().ok();
-    let instance = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
-        std::process::id()
-    );
+    let instance = instance_name();
     let terminal = std::io::stderr().is_terminal();
     let mut rates = RateWindow::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drawn = false;
     let mut n = 0u64;
+    let mut sent_phase = String::new();
     loop {
         let stopping = tokio::select! {
             biased;
@@ -120,6 +134,7 @@ pub async fn report(
             at_ms: now_ms(),
             started_at_ms: progress.started_at_ms,
             error: progress.error(),
+            ok_at_ms: progress.ok_at_ms.load(Ordering::Relaxed),
         };
         let lines = [
             format!("ferry-exporter  stream {}  phase {}", stream, beat.phase),
@@ -155,7 +170,10 @@ pub async fn report(
                 "export progress"
             );
         }
-        if n % 10 == 0 || stopping {
+        // Every 10 s, and at once when the phase changes (status shows `streaming` or
+        // `retrying` as soon as it is true, not up to 10 s later).
+        if n % 10 == 0 || stopping || beat.phase != sent_phase {
+            sent_phase = beat.phase.clone();
             if let (Some(p), Ok(json)) = (&producer, serde_json::to_vec(&beat)) {
                 let key = heartbeat_key(stream);
                 let _ = p
@@ -170,5 +188,26 @@ pub async fn report(
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_lasts_until_the_exporter_runs_successfully_again() {
+        let p = Progress::default();
+        p.record_error(ServiceError::transient("the broker is unreachable"));
+        assert_eq!(p.phase(), "retrying");
+        p.set_phase("starting");
+        assert!(p.error().is_some(), "starting again is not success yet");
+        p.set_phase("streaming");
+        assert_eq!(p.error(), None);
+        assert!(p.ok_at_ms.load(Ordering::Relaxed) > 0);
+        p.record_error(ServiceError::definite(
+            "table \"public.t\" has no primary key",
+        ));
+        assert_eq!(p.phase(), "failed");
     }
 }

@@ -442,6 +442,7 @@ async fn checkpoint_loop(
                 })?;
             tracing::debug!(lsn = %cp.lsn, next_vsn = %cp.next_vsn, "checkpoint stored");
             progress.lsn.store(cp.lsn.0, Ordering::Relaxed);
+            progress.succeeded();
             durable.send_replace(cp.lsn);
             written.send_replace(Some(cp));
         }

@@ -44,6 +44,9 @@ pub enum Error {
     /// A fact about a table or the stream that the operator must fix.
     #[error("{0}")]
     Definite(String),
+    /// A broken invariant or damaged data (the one error policy's fatal class).
+    #[error("{0}")]
+    Fatal(String),
     /// The broker refused this client (SASL login or TLS handshake).
     #[error(transparent)]
     KafkaAccess(#[from] ferry_shared::kafka_access::AccessError),
@@ -61,6 +64,9 @@ pub(crate) enum Failure {
     /// Stop with this message.
     #[error("{0}")]
     Definite(String),
+    /// Stop with this message: an invariant broke or data is damaged.
+    #[error("{0}")]
+    Fatal(String),
     /// Another importer wrote a partition's position since this one read it (a rebalance
     /// moved the partition): drop in-flight work and reload positions.
     #[error("positions of {0} moved under this importer (partition reassigned)")]
@@ -68,21 +74,19 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// A failure of class `class` (a fatal one stops the importer like a definite one).
+    /// A failure of class `class` (a fatal one stops the importer like a definite one,
+    /// and is reported as fatal).
     pub(crate) fn of(class: ErrorClass, text: String) -> Failure {
         match class {
             ErrorClass::Transient => Failure::Transient(text),
-            ErrorClass::Definite | ErrorClass::Fatal => Failure::Definite(text),
+            ErrorClass::Definite => Failure::Definite(text),
+            ErrorClass::Fatal => Failure::Fatal(text),
         }
     }
 
     /// A database error while doing `what`, classified; a definite one says what to do.
     pub(crate) fn pg(what: &str, e: &tokio_postgres::Error) -> Failure {
-        let text = format!("{what}: {}", describe_pg(e));
-        match classify_pg(e) {
-            ErrorClass::Transient => Failure::Transient(text),
-            _ => Failure::Definite(text),
-        }
+        Failure::of(classify_pg(e), format!("{what}: {}", describe_pg(e)))
     }
 
     /// A database error writing rows (`text` names the table and events), classified; a
@@ -90,10 +94,24 @@ impl Failure {
     pub(crate) fn pg_rows(text: String, e: &tokio_postgres::Error) -> Failure {
         match classify_pg(e) {
             ErrorClass::Transient => Failure::Transient(text),
-            _ => Failure::Definite(format!(
+            ErrorClass::Fatal => Failure::Fatal(text),
+            ErrorClass::Definite => Failure::Definite(format!(
                 "{text}: {}, then restart the importer; it resumes where it stopped",
                 pg_hint(e)
             )),
+        }
+    }
+}
+
+impl Error {
+    /// The class of the error the importer stopped on, as its heartbeat and error record
+    /// report it: fatal for a broken invariant or damaged data, definite otherwise (a
+    /// transient condition that outlasted every retry stops it until the operator acts
+    /// too).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Fatal(_) => ErrorClass::Fatal,
+            _ => ErrorClass::Definite,
         }
     }
 }

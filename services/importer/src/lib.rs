@@ -71,20 +71,29 @@ pub fn stream_for(destination: Destination) -> Option<Stream> {
 /// importer to the target stream, only once it applied every event of the source
 /// stream. While it has no stream to apply, it waits (phase `standby`).
 ///
-/// An error it stops on is also its last heartbeat (phase `failed`, with the error), so
-/// that `ferry cutover status` shows it where the operator looks.
+/// An error it stops on is also its last heartbeat (phase `failed`, with the error) and
+/// an error record of its own in `_status`, so that `ferry cutover status`, the status
+/// page and `/metrics` show it where the operator looks, after the process exited too,
+/// until an importer of this destination runs successfully again.
 pub async fn run_for(
     destination: Destination,
     config: Config,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    let started_at_ms = ferry_shared::clock::now_ms();
     let result = run_destination(destination, &config, shutdown).await;
     match &result {
         // The broker refused this client: no heartbeat can reach it either.
         Err(Error::KafkaAccess(_)) | Ok(()) => {}
         Err(e) => {
-            progress::send_failure(&config, destination, &ferry_shared::process::error_chain(e))
-                .await
+            progress::send_failure(
+                &config,
+                destination,
+                e.class(),
+                &ferry_shared::process::error_chain(e),
+                started_at_ms,
+            )
+            .await
         }
     }
     result
@@ -189,11 +198,17 @@ async fn run_destination(
                 imp.conn.abort();
                 return Err(Error::Definite(message));
             }
+            Err(Failure::Fatal(message)) => {
+                imp.conn.abort();
+                return Err(Error::Fatal(message));
+            }
             Err(f) => {
                 let text = f.to_string();
                 imp.progress.error = Some(ferry_shared::heartbeat::ServiceError::transient(&text));
                 let delay = imp.backoff.next_delay(&text)?;
                 tracing::warn!(error = %text, ?delay, "importer session ended; restarting from the positions stored in the destination");
+                // Seen at once: retrying, with the error, until a session succeeds.
+                imp.report_phase("retrying").await;
                 tokio::select! {
                     biased;
                     _ = shutdown.wait() => { imp.conn.abort(); return Ok(()); }
@@ -349,6 +364,8 @@ impl Importer {
     ) -> bool {
         tracing::info!(destination = %self.destination, "no stream to apply yet; waiting for the coordinator (cutover)");
         loop {
+            // Started and waiting as told: nothing left of an earlier failure.
+            self.progress.succeeded();
             self.report_phase("standby").await;
             tokio::select! {
                 biased;
@@ -528,6 +545,9 @@ impl Importer {
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
+                // Ten seconds of a session without a failure (an idle, caught-up
+                // importer commits nothing): it runs successfully.
+                self.progress.succeeded();
                 self.report(&parts).await;
             }
         }
@@ -555,6 +575,7 @@ impl Importer {
         consumer: &ConsumerThread,
     ) {
         self.backoff = Backoff::new();
+        self.progress.succeeded();
         let mut commit = Vec::with_capacity(c.positions.len());
         for new in c.positions {
             if let Some(p) = parts.get_mut(&(new.topic.clone(), new.partition)) {

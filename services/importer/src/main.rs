@@ -43,7 +43,15 @@ fn main() -> ExitCode {
         DestinationArg::SourceReplica => Destination::SourceReplica,
         DestinationArg::Source => Destination::Source,
     };
-    ferry_shared::process::run_until_stopped(|shutdown| {
+    ferry_shared::process::run_until_stopped(|shutdown| async move {
+        let _health = ferry_shared::health::serve_if_set(
+            "importer.health_listen",
+            config.importer.health_listen.as_deref(),
+            shutdown.clone(),
+        )
+        .await?;
         ferry_importer::run_for(destination, config, shutdown)
+            .await
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
     })
 }

@@ -17,7 +17,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 pub use ferry_shared::heartbeat::{
-    importer_heartbeat_key, ImporterHeartbeat, PartitionPosition, ServiceError,
+    importer_heartbeat_key, instance_name, ErrorRecord, ImporterHeartbeat, PartitionPosition,
+    ServiceError,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -36,13 +37,13 @@ pub(crate) struct Progress {
     pub(crate) highs: HashMap<(String, i32), i64>,
     interactive: bool,
     lines_drawn: usize,
-    /// The last transient error retried (sent in heartbeats for a minute).
+    /// The last transient error retried, until the importer runs successfully again.
     pub(crate) error: Option<ServiceError>,
-    started_at_ms: i64,
+    /// When the process started, milliseconds since the epoch.
+    pub(crate) started_at_ms: i64,
+    /// When it last ran successfully (see [`Progress::succeeded`]); 0: not yet.
+    ok_at_ms: i64,
 }
-
-/// How long heartbeats carry a transient error after it happened.
-const TRANSIENT_ERROR_SHOWN_MS: i64 = 60_000;
 
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -62,7 +63,15 @@ impl Progress {
             lines_drawn: 0,
             error: None,
             started_at_ms: now_ms(),
+            ok_at_ms: 0,
         }
+    }
+
+    /// The importer did its work successfully (a batch committed, or a session applied
+    /// for a while without failing): the last error is over.
+    pub(crate) fn succeeded(&mut self) {
+        self.error = None;
+        self.ok_at_ms = now_ms();
     }
 
     /// Takes a sample; keeps 10 minutes of them.
@@ -84,6 +93,12 @@ impl Progress {
         stream: Option<&str>,
     ) -> ImporterHeartbeat {
         self.sample();
+        // A session running again after a transient error has not succeeded yet.
+        let phase = if phase == "applying" && self.error.is_some() {
+            "retrying"
+        } else {
+            phase
+        };
         let rate_3m = self.rates.per_second(Duration::from_secs(180));
         let rate_10m = self.rates.per_second(Duration::from_secs(600));
         let own: i64 = positions
@@ -170,25 +185,39 @@ impl Progress {
             positions,
             ts_ms: now_ms(),
             started_at_ms: self.started_at_ms,
-            error: self
-                .error
-                .clone()
-                .filter(|e| now_ms() - e.at_ms < TRANSIENT_ERROR_SHOWN_MS),
+            error: self.error.clone(),
+            ok_at_ms: self.ok_at_ms,
         }
     }
 }
 
 use ferry_shared::clock::now_ms;
 
-/// Sends this process's last heartbeat for `destination`: phase `failed` with the
-/// definite error `message`, and waits (at most 10 s) until the broker has it.
+/// Reports the error this process stops on where the operator looks: a last heartbeat
+/// (phase `failed`, with the error) and an [`ErrorRecord`] under a key of its own, which
+/// a restarted process's heartbeats do not overwrite (see [`ferry_shared::heartbeat`]).
+/// Waits until the broker has both, at most 10 s.
 pub(crate) async fn send_failure(
     config: &ferry_shared::config::Config,
     destination: ferry_shared::topics::Destination,
+    class: ferry_shared::error_policy::ErrorClass,
     message: &str,
+    started_at_ms: i64,
 ) {
     let topics = ferry_shared::topics::Topics::new(config.migration.topic_prefix());
-    let Ok(producer) = config.kafka.client_config().create::<FutureProducer>() else {
+    let kafka = config.kafka.client_config();
+    let error = ServiceError::of(class, message);
+    let record = ErrorRecord {
+        role: "importer".into(),
+        unit: destination.as_str().to_owned(),
+        instance: instance_name(),
+        error: error.clone(),
+    };
+    let within = Duration::from_secs(10);
+    let status_topic = topics.status();
+    let published = ferry_shared::heartbeat::publish_error(&kafka, &status_topic, &record, within);
+    let Ok(producer) = kafka.create::<FutureProducer>() else {
+        published.await;
         return;
     };
     let beat = ImporterHeartbeat {
@@ -197,7 +226,7 @@ pub(crate) async fn send_failure(
         group: topics.import_group(destination),
         phase: "failed".into(),
         stream: None,
-        instance: instance_name(),
+        instance: record.instance.clone(),
         total_imported: 0,
         imported_this_run: 0,
         rate_3m: 0.0,
@@ -206,30 +235,29 @@ pub(crate) async fn send_failure(
         partitions_held: 0,
         positions: Vec::new(),
         ts_ms: now_ms(),
-        started_at_ms: 0,
-        error: Some(ServiceError::definite(message)),
+        started_at_ms,
+        error: Some(error),
+        ok_at_ms: 0,
     };
-    let Ok(json) = serde_json::to_string(&beat) else {
-        return;
-    };
+    let json = serde_json::to_string(&beat).unwrap_or_default();
     let key = importer_heartbeat_key(&beat.destination, &beat.instance);
-    // Bounded: an unreachable broker must not hold the exit for message.timeout.ms.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(10),
-        producer.send(
-            FutureRecord::to(&topics.status()).key(&key).payload(&json),
-            Duration::from_secs(10),
-        ),
-    )
-    .await;
-}
-
-/// `host:pid`, naming this process in heartbeats.
-pub(crate) fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
+    // Both at once, each bounded: an unreachable broker must not hold the exit for
+    // message.timeout.ms.
+    let (written, _) = tokio::join!(
+        published,
+        tokio::time::timeout(
+            within,
+            producer.send(
+                FutureRecord::to(&status_topic).key(&key).payload(&json),
+                within,
+            ),
+        )
+    );
+    if !written {
+        tracing::warn!(
+            "the error could not be written to {status_topic}: ferry cutover status will not show it"
+        );
+    }
 }
 
 /// Sends a heartbeat without waiting for delivery (a lost heartbeat is replaced by the
@@ -282,6 +310,21 @@ mod tests {
             Some("source"),
         );
         assert_eq!((beat.partitions_held, beat.remaining), (0, 0));
+    }
+
+    #[test]
+    fn an_error_stays_in_heartbeats_until_the_importer_succeeds() {
+        let mut p = Progress::new();
+        p.error = Some(ServiceError::transient("connection refused"));
+        let beat = p.report("target", "g", 0, Vec::new(), None, "applying", None);
+        assert_eq!(beat.phase, "retrying");
+        assert_eq!(beat.error.map(|e| e.kind), Some("transient".to_owned()));
+        assert_eq!(beat.ok_at_ms, 0);
+        p.succeeded();
+        let beat = p.report("target", "g", 0, Vec::new(), None, "applying", None);
+        assert_eq!(beat.phase, "applying");
+        assert_eq!(beat.error, None);
+        assert!(beat.ok_at_ms > 0);
     }
 
     #[test]

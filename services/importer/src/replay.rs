@@ -134,6 +134,9 @@ pub async fn apply(
             Err(Failure::Definite(message)) => {
                 return Err(Error::Definite(message));
             }
+            Err(Failure::Fatal(message)) => {
+                return Err(Error::Fatal(message));
+            }
             Err(f) => {
                 let text = f.to_string();
                 let delay = backoff.next_delay(&text)?;

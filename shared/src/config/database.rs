@@ -30,6 +30,20 @@ pub enum ConnectError {
         #[source]
         source: openssl::error::ErrorStack,
     },
+    /// The TLS handshake failed: the server offers no TLS, its certificate is not
+    /// signed by the CA of `sslrootcert`, or (verify-full) does not name the host.
+    #[error("cannot connect to {database} with TLS (sslmode {sslmode}, sslrootcert \"{sslrootcert}\"): check sslrootcert (the CA that signed the server's certificate), host (verify-full: a name the certificate lists) and the server's ssl settings")]
+    TlsHandshake {
+        /// `user@host:port/db`.
+        database: String,
+        /// The configured sslmode.
+        sslmode: &'static str,
+        /// The configured CA file (empty when none).
+        sslrootcert: String,
+        /// The driver's error (OpenSSL's reason is its cause).
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The server refused or could not be reached.
     #[error("cannot connect to {database}")]
     Connect {
@@ -47,6 +61,22 @@ impl ConnectError {
     pub fn class(&self) -> crate::error_policy::ErrorClass {
         match self {
             ConnectError::Engine { .. } | ConnectError::Tls { .. } => {
+                crate::error_policy::ErrorClass::Definite
+            }
+            // A refused certificate or a server without TLS is a fact about the
+            // settings; the connection lost in the middle of the handshake is not.
+            ConnectError::TlsHandshake { source, .. } => {
+                let mut cause = std::error::Error::source(source);
+                while let Some(e) = cause {
+                    let lost = e
+                        .downcast_ref::<openssl::ssl::Error>()
+                        .is_some_and(|e| e.io_error().is_some())
+                        || e.is::<std::io::Error>();
+                    if lost {
+                        return crate::error_policy::ErrorClass::Transient;
+                    }
+                    cause = e.source();
+                }
                 crate::error_policy::ErrorClass::Definite
             }
             ConnectError::Connect { source, .. } => crate::error_policy::classify_pg(source),
@@ -135,7 +165,20 @@ impl DatabaseConfig {
                 })
             }
         };
-        let (client, connection) = config.connect(tls).await.map_err(connect_error)?;
+        let (client, connection) = config.connect(tls).await.map_err(|source| {
+            // tokio-postgres has no accessor for its error kinds: its TLS kind is
+            // known by its text.
+            if source.to_string() == "error performing TLS handshake" {
+                ConnectError::TlsHandshake {
+                    database: self.display(),
+                    sslmode: self.sslmode.as_str(),
+                    sslrootcert: self.sslrootcert.clone().unwrap_or_default(),
+                    source,
+                }
+            } else {
+                connect_error(source)
+            }
+        })?;
         Ok((client, tokio::spawn(connection)))
     }
 

@@ -146,6 +146,7 @@ where
     for set in sets {
         loader.apply_set(&mut tree, set);
     }
+    loader.read_secret_files(&mut tree);
 
     let config = loader.deserialize(tree);
     if let Some(mut config) = config {
@@ -179,6 +180,35 @@ fn resolve_defaults(config: &mut Config) {
     if config.coordinator.url.is_none() {
         config.coordinator.url = Some(config.coordinator.url());
     }
+}
+
+/// Secrets that may be given as a file instead: `(secret key, file key)` pairs of one
+/// section.
+pub(super) const SECRET_FILES: &[(&str, &str)] = &[
+    ("password", "password_file"),
+    ("sasl_password", "sasl_password_file"),
+];
+
+/// The sections holding a secret of [`SECRET_FILES`]: `(section, secret, file)`.
+const SECRET_SETTINGS: &[(&str, &str, &str)] = &[
+    ("source", "password", "password_file"),
+    ("target", "password", "password_file"),
+    ("source_replica", "password", "password_file"),
+    ("kafka", "sasl_password", "sasl_password_file"),
+    ("schema_registry", "password", "password_file"),
+];
+
+/// The secret in the file at `path`, without its trailing line end. Err: why it cannot
+/// be used (never quotes the contents).
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot be read ({e})"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| "names a file that is not UTF-8 text".to_owned())?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err("names an empty file".to_owned());
+    }
+    Ok(secret.to_owned())
 }
 
 /// Where a setting's value came from.
@@ -257,6 +287,55 @@ impl Loader {
                         "setting \"{blocking}\" is not a section, so {source} cannot set \"{path}\": remove one of them"
                     ),
                 ));
+            }
+        }
+    }
+
+    /// Reads every secret given as a file (`source.password_file`, ...): the file's
+    /// contents become the secret's own setting before deserialization, so every user
+    /// of the secret reads it the same way. A secret set both ways, or a file that
+    /// cannot be read, is reported naming the setting and the path.
+    fn read_secret_files(&mut self, tree: &mut Table) {
+        for (section, secret, file) in SECRET_SETTINGS {
+            let Some(Value::Table(table)) = tree.get_mut(*section) else {
+                continue;
+            };
+            let path = match table.get(*file) {
+                Some(Value::String(path)) => path.clone(),
+                Some(Value::Integer(_) | Value::Float(_) | Value::Boolean(_)) => {
+                    table.get(*file).map(Value::to_string).unwrap_or_default()
+                }
+                // Not a path at all: deserialization reports it.
+                _ => continue,
+            };
+            let file_path = format!("{section}.{file}");
+            let secret_path = format!("{section}.{secret}");
+            if table.contains_key(*secret) {
+                let place = self.place(&secret_path);
+                self.report_problem(Problem::new(
+                    &file_path,
+                    Some(format!("{path:?}")),
+                    format!("is set together with \"{secret_path}\" ({place}): keep one of them"),
+                ));
+                continue;
+            }
+            match read_secret_file(&path) {
+                Ok(value) => {
+                    table.insert((*secret).to_owned(), Value::String(value));
+                }
+                Err(why) => {
+                    self.report_problem(Problem::new(
+                        &file_path,
+                        Some(format!("{path:?}")),
+                        format!(
+                            "{why}: give the path of a readable file holding the secret, or set \"{secret_path}\" ({}) instead",
+                            env_var_for(&secret_path)
+                        ),
+                    ));
+                    // The secret is missing because of its file: reported once, above.
+                    self.reported.insert(secret_path);
+                    table.insert((*secret).to_owned(), Value::String(String::new()));
+                }
             }
         }
     }

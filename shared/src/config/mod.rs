@@ -141,8 +141,16 @@ pub struct DatabaseConfig {
     /// User name.
     #[serde(deserialize_with = "secret::scalar_text")]
     pub user: String,
-    /// Password.
+    /// Password. Or `password_file`; from the environment: `FERRY_<SECTION>__PASSWORD`.
     pub password: Secret,
+    /// A file holding the password (a trailing newline is dropped), read once when
+    /// the configuration is loaded; instead of `password`, not with it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub password_file: Option<String>,
     /// Database (PostgreSQL) or service name (Oracle).
     #[serde(deserialize_with = "secret::scalar_text")]
     pub database: String,
@@ -211,9 +219,17 @@ pub struct KafkaConfig {
         deserialize_with = "secret::opt_scalar_text"
     )]
     pub sasl_username: Option<String>,
-    /// SASL password; required for `sasl_*` protocols.
+    /// SASL password; required for `sasl_*` protocols (or `sasl_password_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_password: Option<Secret>,
+    /// A file holding the SASL password, read when the configuration is loaded;
+    /// instead of `sasl_password`, not with it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub sasl_password_file: Option<String>,
     /// CA certificate file for `ssl`/`sasl_ssl`.
     #[serde(
         default,
@@ -277,9 +293,24 @@ pub struct SchemaRegistryConfig {
         deserialize_with = "secret::opt_scalar_text"
     )]
     pub username: Option<String>,
-    /// Basic-auth password.
+    /// Basic-auth password (or `password_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// A file holding the basic-auth password, read when the configuration is loaded;
+    /// instead of `password`, not with it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub password_file: Option<String>,
+    /// PEM CA certificate(s) trusted for an `https://` registry, besides the system's.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub ca_file: Option<String>,
 }
 
 /// `[coordinator]`.
@@ -289,13 +320,53 @@ pub struct CoordinatorConfig {
     /// Socket address the coordinator binds.
     #[serde(default = "default_listen", deserialize_with = "secret::scalar_text")]
     pub listen: String,
-    /// How others reach it; `None` means `http://<listen>` (see [`CoordinatorConfig::url`]).
+    /// How others reach it; `None` means `http://<listen>`, or `https://<listen>` with
+    /// `tls_cert` (see [`CoordinatorConfig::url`]).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "secret::opt_scalar_text"
     )]
     pub url: Option<String>,
+    /// The token every request that changes something (and, unless `public_read`, every
+    /// request) must carry. Set this or `token_file`, not both; with neither, the
+    /// coordinator generates one (see [`crate::coordinator_access`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A file holding the token (surrounding whitespace ignored). The coordinator writes
+    /// a new random token there (mode 0600) when the file does not exist yet.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub token_file: Option<String>,
+    /// Opens the read-only routes (status, report, `/metrics`, the status page, registry
+    /// GETs) to requests without the token. `/healthz` is always open.
+    #[serde(default)]
+    pub public_read: bool,
+    /// PEM certificate (chain) the coordinator serves HTTPS with; needs `tls_key`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub tls_key: Option<String>,
+    /// PEM CA certificate(s) the clients (CLI, exporter, importer) trust for the
+    /// coordinator's HTTPS, besides the system's; for a self-signed or private CA.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub ca_file: Option<String>,
 }
 
 /// `[exporter]`.
@@ -317,6 +388,14 @@ pub struct ExporterConfig {
     /// committed yet do not hold the snapshot back. 0 never waits.
     #[serde(default = "default_snapshot_max_lead")]
     pub snapshot_max_lead: u64,
+    /// Where the exporter serves `GET /healthz` for a cluster's probes (e.g.
+    /// `"0.0.0.0:8480"`); not served when unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub health_listen: Option<String>,
 }
 
 /// What an exporter reads.
@@ -352,6 +431,14 @@ pub struct ImporterConfig {
     /// answered as soon as one record is there.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u32,
+    /// Where the importer serves `GET /healthz` for a cluster's probes (e.g.
+    /// `"0.0.0.0:8481"`); not served when unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret::opt_scalar_text"
+    )]
+    pub health_listen: Option<String>,
 }
 
 fn default_partitions() -> u32 {
@@ -390,6 +477,12 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             listen: default_listen(),
             url: None,
+            token: None,
+            token_file: None,
+            public_read: false,
+            tls_cert: None,
+            tls_key: None,
+            ca_file: None,
         }
     }
 }
@@ -401,6 +494,7 @@ impl Default for ExporterConfig {
             snapshot_workers: default_workers(),
             chunk_rows: default_chunk_rows(),
             snapshot_max_lead: default_snapshot_max_lead(),
+            health_listen: None,
         }
     }
 }
@@ -412,6 +506,7 @@ impl Default for ImporterConfig {
             batch_max_ms: default_batch_max_ms(),
             fetch_wait_ms: default_fetch_wait_ms(),
             workers: default_workers(),
+            health_listen: None,
         }
     }
 }
@@ -474,9 +569,26 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, secrets shown as `***`.
+    /// The effective configuration as TOML, secrets shown as `***`. A secret read from
+    /// a file is shown as its `*_file` setting alone, so the text loads again.
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut tree = match toml::Value::try_from(self) {
+            Ok(tree) => tree,
+            Err(e) => return format!("# cannot render: {e}\n"),
+        };
+        if let Some(sections) = tree.as_table_mut() {
+            for (_, section) in sections.iter_mut() {
+                let Some(section) = section.as_table_mut() else {
+                    continue;
+                };
+                for (secret, file) in load::SECRET_FILES {
+                    if section.contains_key(*file) {
+                        section.remove(*secret);
+                    }
+                }
+            }
+        }
+        toml::to_string_pretty(&tree).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
@@ -549,10 +661,12 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
 }
 
 impl CoordinatorConfig {
-    /// How others reach the coordinator: `url`, or `http://<listen>`. No trailing slash.
+    /// How others reach the coordinator: `url`, or `http://<listen>` (`https://` when
+    /// `tls_cert` is set). No trailing slash.
     pub fn url(&self) -> String {
         match &self.url {
             Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.tls_cert.is_some() => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }

@@ -521,3 +521,172 @@ fn masked_toml_round_trips_except_secrets() {
     assert_eq!(reloaded.migration, config.migration);
     assert_eq!(reloaded.require_source().unwrap().password.expose(), "***");
 }
+
+/// A file holding `text`, in a folder removed when the guard drops.
+fn secret_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, text).unwrap();
+    (dir, path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn every_password_can_come_from_a_file_without_its_trailing_newline() {
+    let (_d1, source) = secret_file("s3cret-source\n");
+    let (_d2, target) = secret_file("s3cret target  \r\n");
+    let (_d3, kafka) = secret_file("s3cret-kafka");
+    let (_d4, registry) = secret_file("s3cret-registry\n");
+    let (_d5, replica) = secret_file("s3cret-replica\n");
+    let text = FULL
+        .replace(
+            "password = \"hunter2-source\"",
+            &format!("password_file = {source:?}"),
+        )
+        .replace(
+            "password = \"hunter2-registry\"",
+            &format!("password_file = {registry:?}"),
+        )
+        .replace("password = \"hunter2-target\"\n", "");
+    let text =
+        format!("{text}\n[source_replica]\nhost = \"db3\"\nuser = \"u\"\ndatabase = \"app\"\n");
+    let text = text.replace("sasl_password = \"hunter2-kafka\"\n", "");
+    let config = load(
+        &text,
+        &[
+            ("FERRY_TARGET__PASSWORD_FILE", &target),
+            ("FERRY_KAFKA__SASL_PASSWORD_FILE", &kafka),
+        ],
+        &[&format!("source_replica.password_file={replica}")],
+    )
+    .unwrap();
+    let db = |d: Option<&DatabaseConfig>| d.unwrap().password.expose().to_owned();
+    assert_eq!(db(config.source.as_ref()), "s3cret-source");
+    // Only the line end is dropped: spaces are part of a password.
+    assert_eq!(db(config.target.as_ref()), "s3cret target  ");
+    assert_eq!(db(config.source_replica.as_ref()), "s3cret-replica");
+    let kafka_password = config.kafka.sasl_password.as_ref().unwrap().expose();
+    assert_eq!(kafka_password, "s3cret-kafka");
+    let registry_password = config.schema_registry.password.as_ref().unwrap().expose();
+    assert_eq!(registry_password, "s3cret-registry");
+    assert_eq!(
+        config.kafka.client_config().get("sasl.password"),
+        Some("s3cret-kafka")
+    );
+
+    // Shown as the file's path, never the contents; the shown text loads again.
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains(&format!("password_file = {source:?}")),
+        "{shown}"
+    );
+    assert!(shown.contains("sasl_password_file"), "{shown}");
+    let reloaded = load(&shown, &[], &[]).unwrap();
+    assert_eq!(db(reloaded.source.as_ref()), "s3cret-source");
+}
+
+#[test]
+fn a_password_set_both_ways_or_in_an_unreadable_file_is_an_error_naming_setting_and_path() {
+    let (_d, path) = secret_file("from-file\n");
+    let e = one_error(
+        &with_source(&format!("password_file = {path:?}\n")),
+        &[],
+        &[],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "setting \"source.password_file\" = {path:?} is set together with \"source.password\" (in ferry.toml): keep one of them"
+        )
+    );
+    assert!(!e.contains("from-file"));
+    let e = one_error(
+        &with_source(""),
+        &[("FERRY_SOURCE__PASSWORD_FILE", &path)],
+        &[],
+    );
+    assert!(
+        e.starts_with("setting \"source.password_file\" (from environment variable FERRY_SOURCE__PASSWORD_FILE)")
+            && e.contains("is set together with \"source.password\" (in ferry.toml)"),
+        "{e}"
+    );
+
+    let without_password = with_source("").replace("password = \"pw\"\n", "");
+    let missing = "/nonexistent/ferry/pw";
+    let e = one_error(
+        &without_password,
+        &[],
+        &[&format!("source.password_file={missing}")],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "setting \"source.password_file\" (from --set source.password_file) = {missing:?} cannot be read (No such file or directory (os error 2)): give the path of a readable file holding the secret, or set \"source.password\" (FERRY_SOURCE__PASSWORD) instead"
+        )
+    );
+    let (_d, empty) = secret_file("\n");
+    let e = one_error(
+        &format!("{MINIMAL}[schema_registry]\nurl = \"http://r:8081\"\nusername = \"u\"\npassword_file = {empty:?}\n"),
+        &[],
+        &[],
+    );
+    assert!(
+        e.starts_with("setting \"schema_registry.password_file\"")
+            && e.contains("names an empty file"),
+        "{e}"
+    );
+    // Neither: the password is missing, as before.
+    let e = one_error(&without_password, &[], &[]);
+    assert!(
+        e.starts_with("setting \"source.password\" is missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn coordinator_token_and_https_settings() {
+    // Defaults: no token (the coordinator generates one), reads closed, plain HTTP.
+    let config = load(MINIMAL, &[], &[]).unwrap();
+    let c = &config.coordinator;
+    assert!(c.token.is_none() && c.token_file.is_none() && !c.public_read);
+    assert_eq!(c.url(), "http://127.0.0.1:8472");
+
+    let token = "tok-never-printed-7f3a";
+    let config = load(
+        MINIMAL,
+        &[("FERRY_COORDINATOR__TOKEN", token)],
+        &[
+            "coordinator.public_read=true",
+            "coordinator.tls_cert=/c.pem",
+            "coordinator.tls_key=/k.pem",
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.coordinator.token.as_ref().unwrap().expose(), token);
+    assert!(config.coordinator.public_read);
+    assert_eq!(config.coordinator.url(), "https://127.0.0.1:8472");
+    for shown in [
+        format!("{config:?}"),
+        format!("{:#?}", config.coordinator),
+        config.to_masked_toml(),
+    ] {
+        assert!(!shown.contains(token), "{shown}");
+    }
+    assert!(config.to_masked_toml().contains("token = \"***\""));
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["coordinator.tls_cert=/c.pem"], "\"coordinator.tls_key\" is missing: coordinator.tls_cert is set"),
+        (&["coordinator.tls_key=/k.pem"], "\"coordinator.tls_cert\" is missing: coordinator.tls_key is set"),
+        (&["coordinator.token=x", "coordinator.token_file=/t"], "\"coordinator.token\" (from --set coordinator.token) is set together with coordinator.token_file: keep one of them"),
+        (&["coordinator.token= "], "\"coordinator.token\" (from --set coordinator.token) is empty"),
+        (&["coordinator.ca_file="], "\"coordinator.ca_file\" (from --set coordinator.ca_file) = \"\" is invalid: give a file path"),
+    ];
+    for (flags, expected) in cases {
+        let errors = errors_of(MINIMAL, &[], flags);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{flags:?}: expected {expected:?} in {errors:#?}"
+        );
+        assert_eq!(errors.len(), 1, "{flags:?}: {errors:#?}");
+    }
+}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::load::env_var_for;
-use super::{Config, DatabaseConfig, Engine, SslMode};
+use super::{Config, CoordinatorConfig, DatabaseConfig, Engine, SslMode};
 
 /// One failed rule, formatted by the loader as
 /// `setting "<path>"[ (from ...)][ = <value>] <text>`.
@@ -216,6 +216,21 @@ pub(super) fn validate(config: &Config, file: &str) -> Vec<Problem> {
         r.missing("schema_registry.username", "a password is set; ");
     }
 
+    for (setting, listen) in [
+        ("exporter.health_listen", &config.exporter.health_listen),
+        ("importer.health_listen", &config.importer.health_listen),
+    ] {
+        if let Some(listen) = listen {
+            if listen.parse::<SocketAddr>().is_err() {
+                r.invalid(
+                    setting,
+                    listen,
+                    "use an IP address and port, e.g. \"0.0.0.0:8480\"",
+                );
+            }
+        }
+    }
+
     let coordinator = &config.coordinator;
     if coordinator.listen.parse::<SocketAddr>().is_err() {
         r.invalid(
@@ -233,6 +248,7 @@ pub(super) fn validate(config: &Config, file: &str) -> Vec<Problem> {
             );
         }
     }
+    coordinator_access(r, coordinator);
 
     r.range(
         "exporter.snapshot_workers",
@@ -254,6 +270,49 @@ pub(super) fn validate(config: &Config, file: &str) -> Vec<Problem> {
     );
 
     rules.problems
+}
+
+/// The coordinator's token and HTTPS settings (the token's value is never quoted).
+fn coordinator_access(r: &mut Rules<'_>, c: &CoordinatorConfig) {
+    if let Some(token) = &c.token {
+        if token.expose().trim().is_empty() {
+            r.problems.push(Problem::new(
+                "coordinator.token",
+                None,
+                "is empty: set a long random text, or leave it out and let the coordinator generate one",
+            ));
+        }
+        if c.token_file.is_some() {
+            r.problems.push(Problem::new(
+                "coordinator.token",
+                None,
+                "is set together with coordinator.token_file: keep one of them",
+            ));
+        }
+    }
+    for (path, value) in [
+        ("coordinator.token_file", &c.token_file),
+        ("coordinator.tls_cert", &c.tls_cert),
+        ("coordinator.tls_key", &c.tls_key),
+        ("coordinator.ca_file", &c.ca_file),
+    ] {
+        if let Some(value) = value {
+            if value.trim().is_empty() {
+                r.invalid(path, value, "give a file path, or leave the setting out");
+            }
+        }
+    }
+    match (&c.tls_cert, &c.tls_key) {
+        (Some(_), None) => r.missing(
+            "coordinator.tls_key",
+            "coordinator.tls_cert is set and HTTPS needs the certificate's private key; ",
+        ),
+        (None, Some(_)) => r.missing(
+            "coordinator.tls_cert",
+            "coordinator.tls_key is set and HTTPS needs the certificate too; ",
+        ),
+        _ => {}
+    }
 }
 
 fn database(r: &mut Rules<'_>, section: &str, db: &DatabaseConfig, engines: &[Engine]) {

@@ -113,7 +113,8 @@ async fn write_load(client: tokio_postgres::Client, until: Instant) -> Result<u6
 
 /// What the exporter produced per table: snapshot rows, inserts, updates, deletes.
 async fn exported_counts(config: &Config, topics: &Topics) -> Result<BTreeMap<String, [i64; 4]>> {
-    let decoder = EventDecoder::new(RegistryClient::new(&config.registry_url(), None)?);
+    // The coordinator's built-in registry, with its token.
+    let decoder = EventDecoder::new(RegistryClient::from_config(config)?);
     let mut counts = BTreeMap::new();
     for table in TABLES {
         let topic = topics.table(Stream::Source, "public", table);

@@ -13,10 +13,12 @@ pub mod kafka;
 mod names;
 mod registry;
 mod stack;
+mod tls;
 mod wait;
 
 pub use broker::PrivateBroker;
 pub use names::{free_port, unique_name};
 pub use registry::serve_registry;
-pub use stack::{Cluster, SaslListener, Stack};
+pub use stack::{coordinator_token, Cluster, SaslListener, Stack};
+pub use tls::TestCa;
 pub use wait::{wait_listening, wait_until};

@@ -26,6 +26,10 @@ pub struct Stack {
     pub kafka_version: String,
     /// The same broker's SASL_SSL listener.
     pub kafka_sasl: SaslListener,
+    /// The CA certificate (PEM) that signed the clusters' certificates (and the
+    /// broker's): the clusters run with `ssl = on` and a certificate for `127.0.0.1`
+    /// and `localhost`, and take plaintext sessions too.
+    pub pg_ca: PathBuf,
 }
 
 /// The broker's SASL_SSL listener: SCRAM-SHA-512 over TLS with a certificate signed by
@@ -73,9 +77,17 @@ impl Stack {
         })
     }
 
+    /// The CA file to give as `sslrootcert` for `sslmode = "verify-ca"` or
+    /// `"verify-full"` against the clusters (host `127.0.0.1` or `localhost`).
+    pub fn ca_file(&self) -> &Path {
+        &self.pg_ca
+    }
+
     /// A ferry.toml for one test: migration id `migration_id`, the three databases by
     /// name (each on its own cluster), the broker, and the coordinator listening on
-    /// `coordinator_listen` (e.g. `format!("127.0.0.1:{}", free_port())`).
+    /// `coordinator_listen` (e.g. `format!("127.0.0.1:{}", free_port())`) with a random
+    /// API token of its own (`coordinator.token`; every Ferry client reads it from
+    /// the config).
     pub fn config_toml(
         &self,
         migration_id: &str,
@@ -123,8 +135,9 @@ impl Stack {
             ));
         }
         out.push_str(&format!(
-            "\n[kafka]\n{kafka}\n[coordinator]\nlisten = {}\n",
-            toml_str(coordinator_listen)
+            "\n[kafka]\n{kafka}\n[coordinator]\nlisten = {}\ntoken = {}\n",
+            toml_str(coordinator_listen),
+            toml_str(&coordinator_token()),
         ));
         out
     }
@@ -188,6 +201,16 @@ impl Cluster {
             .with_context(|| format!("creating database {name} on cluster {}", self.name))?;
         Ok(name)
     }
+}
+
+/// 32 random letters and digits: a coordinator token for one test configuration.
+pub fn coordinator_token() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 fn toml_str(s: &str) -> String {
@@ -302,6 +325,7 @@ fn parse_env(text: &str) -> anyhow::Result<Stack> {
             password: get("FERRY_STACK_KAFKA_SASL_PASSWORD")?,
             ca_location: PathBuf::from(get("FERRY_STACK_KAFKA_CA")?),
         },
+        pg_ca: PathBuf::from(get("FERRY_STACK_PG_CA")?),
     })
 }
 
@@ -309,7 +333,7 @@ fn parse_env(text: &str) -> anyhow::Result<Stack> {
 mod tests {
     use super::*;
 
-    const ENV: &str = "FERRY_STACK_DIR='/tmp/s'\nFERRY_STACK_SOURCE_PORT=5001\nFERRY_STACK_TARGET_PORT=5002\nFERRY_STACK_SOURCE_REPLICA_PORT=5003\nFERRY_STACK_KAFKA_BOOTSTRAP=127.0.0.1:9092\nFERRY_STACK_KAFKA_VERSION=4.1.1\nFERRY_STACK_KAFKA_SASL_BOOTSTRAP=127.0.0.1:9093\nFERRY_STACK_KAFKA_SASL_USER=ferry\nFERRY_STACK_KAFKA_SASL_PASSWORD=pw\nFERRY_STACK_KAFKA_CA=/tmp/s/tls/ca.pem\nFERRY_STACK_PG_USER=ferry\nFERRY_STACK_PG_PASSWORD=ferry\n";
+    const ENV: &str = "FERRY_STACK_DIR='/tmp/s'\nFERRY_STACK_SOURCE_PORT=5001\nFERRY_STACK_TARGET_PORT=5002\nFERRY_STACK_SOURCE_REPLICA_PORT=5003\nFERRY_STACK_KAFKA_BOOTSTRAP=127.0.0.1:9092\nFERRY_STACK_KAFKA_VERSION=4.1.1\nFERRY_STACK_KAFKA_SASL_BOOTSTRAP=127.0.0.1:9093\nFERRY_STACK_KAFKA_SASL_USER=ferry\nFERRY_STACK_KAFKA_SASL_PASSWORD=pw\nFERRY_STACK_KAFKA_CA=/tmp/s/tls/ca.pem\nFERRY_STACK_PG_USER=ferry\nFERRY_STACK_PG_PASSWORD=ferry\nFERRY_STACK_PG_CA=/tmp/s/tls/ca.pem\n";
 
     #[test]
     fn parses_stack_env() {
@@ -322,6 +346,7 @@ mod tests {
         assert_eq!(s.kafka_version, "4.1.1");
         assert_eq!(s.kafka_sasl.bootstrap, "127.0.0.1:9093");
         assert_eq!(s.kafka_sasl.ca_location, PathBuf::from("/tmp/s/tls/ca.pem"));
+        assert_eq!(s.ca_file(), Path::new("/tmp/s/tls/ca.pem"));
         assert_eq!(
             s.target.conn_string("db1"),
             "host=127.0.0.1 port=5002 user=ferry password=ferry dbname=db1"
@@ -344,5 +369,9 @@ mod tests {
             Some("127.0.0.1:9092")
         );
         assert_eq!(v["coordinator"]["listen"].as_str(), Some("127.0.0.1:9999"));
+        let token = v["coordinator"]["token"].as_str().unwrap();
+        assert_eq!(token.len(), 32);
+        let other = s.config_toml("m_1", "a", "b", "c", "127.0.0.1:9999");
+        assert!(!other.contains(token), "every config gets its own token");
     }
 }

@@ -53,6 +53,7 @@ use crate::source::{Opened, Readers, SnapshotView, Source, SourceTable, Work};
 use crate::{AbortOnDrop, Error};
 use ferry_shared::codec::TableEncoder;
 
+pub use slot::check_replication_connection;
 pub(crate) use slot::PgSnapshot;
 pub(crate) use stream::PgChanges;
 

@@ -19,6 +19,7 @@
 //!   ([`plain_snapshot`]), which stays open while readers use it.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,12 +97,6 @@ pub(crate) async fn open(
         ..
     } = source;
     let (db, slot, publication) = (*db, *slot, *publication);
-    if matches!(
-        db.sslmode,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        return Err(Error::ReplicationTls(db.sslmode.as_str()));
-    }
     ensure_stop_markers(client).await?;
     let mut tables: Vec<String> = encoders.iter().map(|e| e.table.qualified()).collect();
     tables.push(stop_markers_qualified());
@@ -259,7 +254,7 @@ async fn create_slot(
 ) -> Result<Opened<PgSnapshot, PgChanges>, Error> {
     let mut repl = ReplicationClient::connect_gated(config(db, slot, publication, Lsn::ZERO))
         .await
-        .map_err(replication_error("connecting for replication"))?;
+        .map_err(replication_error(db, "connecting for replication"))?;
     let rows = repl
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
@@ -271,7 +266,7 @@ async fn create_slot(
             }
         ))
         .await
-        .map_err(replication_error("creating the replication slot"))?;
+        .map_err(replication_error(db, "creating the replication slot"))?;
     let row = rows.into_iter().next().unwrap_or_default();
     let text = |i: usize| {
         row.get(i)
@@ -305,10 +300,30 @@ pub(crate) async fn connect(
     publication: &str,
     start: Lsn,
 ) -> Result<PgChanges, Error> {
-    let repl = ReplicationClient::connect_gated(config(db, slot, publication, start))
+    let mut repl = ReplicationClient::connect_gated(config(db, slot, publication, start))
         .await
-        .map_err(replication_error("connecting for replication"))?;
+        .map_err(replication_error(db, "connecting for replication"))?;
+    // The session connects in the background: a command now makes a refused login or
+    // TLS handshake show here, with the database's name, rather than at the start.
+    repl.identify_system()
+        .await
+        .map_err(replication_error(db, "connecting for replication"))?;
     Ok(PgChanges::new(repl, slot, publication))
+}
+
+/// Opens a replication session on `db` with its sslmode and CA file, as the exporter
+/// streams, and runs `IDENTIFY_SYSTEM` on it: a check that the replication connection
+/// (TLS, authentication, the role's REPLICATION right, `pg_hba.conf`'s replication
+/// lines) works, without a slot. Returns the server's system identifier.
+pub async fn check_replication_connection(db: &DatabaseConfig) -> Result<String, Error> {
+    let mut repl = ReplicationClient::connect_gated(config(db, "", "", Lsn::ZERO))
+        .await
+        .map_err(replication_error(db, "connecting for replication"))?;
+    let system = repl
+        .identify_system()
+        .await
+        .map_err(replication_error(db, "connecting for replication"))?;
+    Ok(system.system_id)
 }
 
 /// The replication session's settings: Ferry's value settings as startup options, and
@@ -324,7 +339,7 @@ fn config(db: &DatabaseConfig, slot: &str, publication: &str, start: Lsn) -> Rep
         publication.to_owned(),
     )
     .with_port(db.port())
-    .with_tls(TlsConfig::disabled())
+    .with_tls(tls_config(db))
     .with_options(session_settings_options())
     .with_application_name("ferry-exporter")
     .with_status_interval(Duration::from_secs(1))
@@ -333,7 +348,53 @@ fn config(db: &DatabaseConfig, slot: &str, publication: &str, start: Lsn) -> Rep
     .with_ack_lsn(pgwire_replication::Lsn(start.0))
 }
 
-fn replication_error(what: &str) -> impl FnOnce(PgWireError) -> Error {
-    let what = what.to_owned();
-    move |source| Error::Replication { what, source }
+/// The replication connection's TLS, with the semantics of the SQL connections
+/// ([`DatabaseConfig::connect`], libpq's): `disable` never uses TLS; `prefer` uses it
+/// when the server offers it, without certificate checks; `require` insists on TLS and
+/// checks the chain only when `sslrootcert` is set; `verify-ca` checks the chain
+/// against `sslrootcert`; `verify-full` also checks that the certificate names `host`
+/// (a DNS name, or an address against the certificate's IP entries).
+fn tls_config(db: &DatabaseConfig) -> TlsConfig {
+    let root = db
+        .sslrootcert
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    match db.sslmode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => match root {
+            Some(root) => TlsConfig::verify_ca(Some(root)),
+            None => TlsConfig::require(),
+        },
+        SslMode::VerifyCa => TlsConfig::verify_ca(root),
+        // The host itself as the name to check: the crate refuses verify-full with an
+        // IP address otherwise, where libpq checks it against the IP entries.
+        SslMode::VerifyFull => TlsConfig::verify_full(root).with_sni_hostname(db.host.clone()),
+    }
+}
+
+/// A failure of the replication session while `what`. TLS problems name the database
+/// and the settings to check; others the database and what was being done.
+fn replication_error<'a>(
+    db: &'a DatabaseConfig,
+    what: &'a str,
+) -> impl FnOnce(PgWireError) -> Error + 'a {
+    move |source| {
+        if matches!(source, PgWireError::Tls(_)) {
+            return Error::ReplicationTls {
+                database: db.display(),
+                sslmode: db.sslmode.as_str(),
+                sslrootcert: db.sslrootcert.clone().unwrap_or_default(),
+                source,
+            };
+        }
+        Error::Replication {
+            what: format!("{what} ({})", db.display()),
+            source,
+        }
+    }
 }

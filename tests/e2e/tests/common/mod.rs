@@ -71,6 +71,20 @@ pub struct Harness {
     pub tables: &'static [&'static str],
 }
 
+/// An HTTP client for the coordinator's API that sends the configuration's token
+/// (`coordinator.token`, which the testkit's config carries) with every request.
+pub fn coordinator_http(config: &Config) -> Result<reqwest::Client> {
+    let token = ferry_shared::coordinator_access::client_token(&config.coordinator)?
+        .context("the test configuration carries a coordinator token")?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 impl Harness {
     pub async fn new(name: &str) -> Result<Harness> {
         Harness::with_kafka(name, None).await
@@ -123,13 +137,14 @@ impl Harness {
         );
         let config = Config::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (services, _) = shutdown::channel();
+        let http = coordinator_http(&config)?;
         let mut h = Harness {
             config,
             listen,
             source,
             target,
             replica,
-            http: reqwest::Client::new(),
+            http,
             services,
             tasks: Vec::new(),
             coordinator: None,
