@@ -2,4 +2,5 @@
 
 pub mod archive;
 pub mod replay;
+pub mod schema;
 pub mod verify;

@@ -1,7 +1,7 @@
 //! `ferry`, the operator's command line.
 //!
 //! Exit codes: 0 on success, 1 when a command fails while running, 2 for usage and
-//! configuration errors and for verbs that are not available yet.
+//! configuration errors.
 
 mod client;
 mod verbs;
@@ -57,12 +57,24 @@ enum Action {
     Coordinator,
     /// Prints the effective configuration.
     ConfigCheck,
-    /// Checks the source's tables and settings without changing anything.
-    AnalyzeSchema,
+    /// Analyzes the exported schema files for the target engine and checks the source,
+    /// changing nothing.
+    AnalyzeSchema {
+        /// `<export-dir>`, and whether it was given (then it must hold a schema).
+        export_dir: std::path::PathBuf,
+        explicit_dir: bool,
+        format: ferry_cli::schema::analyze::Format,
+        output_file: Option<std::path::PathBuf>,
+    },
     /// Shows, then makes, the changes the exporter needs on the source.
     PrepareSource { dry_run: bool },
-    /// Not built yet.
-    NotAvailable,
+    /// Writes the source's schema into files.
+    ExportSchema {
+        export_dir: std::path::PathBuf,
+        start_clean: bool,
+    },
+    /// Applies the schema files to a database.
+    ImportSchema(ferry_cli::schema::import::ImportOptions),
 }
 
 fn main() -> ExitCode {
@@ -73,7 +85,6 @@ fn main() -> ExitCode {
     cli.config.set.extend(overrides);
     ferry_shared::process::init_logging();
 
-    let phrase = cli.verb.phrase();
     let action = match action(&cli.verb) {
         Ok(action) => action,
         Err(message) => {
@@ -81,10 +92,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Action::NotAvailable = action {
-        eprintln!("error: \"{phrase}\" is not available yet");
-        return ExitCode::from(2);
-    }
 
     let config = match cli.config.load() {
         Ok(config) => config,
@@ -108,6 +115,13 @@ fn main() -> ExitCode {
                 return config_errors(&e.into());
             }
             run_service(config, move |config, shutdown| async move {
+                let _health = ferry_shared::health::serve_if_set(
+                    "exporter.health_listen",
+                    config.exporter.health_listen.as_deref(),
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(boxed)?;
                 ferry_exporter::run_for(stream, config, shutdown)
                     .await
                     .map_err(boxed)
@@ -205,6 +219,13 @@ fn main() -> ExitCode {
                 return config_errors(&e.into());
             }
             run_service(config, move |config, shutdown| async move {
+                let _health = ferry_shared::health::serve_if_set(
+                    "importer.health_listen",
+                    config.importer.health_listen.as_deref(),
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(boxed)?;
                 ferry_importer::run_for(destination, config, shutdown)
                     .await
                     .map_err(boxed)
@@ -215,14 +236,82 @@ fn main() -> ExitCode {
                 .await
                 .map_err(boxed)
         }),
-        Action::AnalyzeSchema => {
+        Action::AnalyzeSchema {
+            export_dir,
+            explicit_dir,
+            format,
+            output_file,
+        } => {
+            let has_schema = ferry_cli::schema::schema_dir(&export_dir).is_dir();
+            if !has_schema && (explicit_dir || config.source.is_none()) {
+                eprintln!(
+                    "error: {} holds no exported schema{}: run `ferry export schema --export-dir {}` first{}",
+                    ferry_cli::schema::schema_dir(&export_dir).display(),
+                    if config.source.is_none() { " and no [source] is configured" } else { "" },
+                    export_dir.display(),
+                    if explicit_dir { "" } else { ", or pass --export-dir DIR" }
+                );
+                return ExitCode::from(2);
+            }
+            run_service(config, move |config, _shutdown| async move {
+                let report = ferry_cli::schema::analyze::run(&config, &export_dir, has_schema)
+                    .await
+                    .map_err(client::ApiError)?;
+                let rendered = report.render(format);
+                match &output_file {
+                    Some(path) => {
+                        std::fs::write(path, &rendered).map_err(|e| {
+                            client::ApiError(format!("cannot write {}: {e}", path.display()))
+                        })?;
+                        eprintln!(
+                            "analyze-schema: {} issue(s); report written to {}",
+                            report.summary.issues,
+                            path.display()
+                        );
+                    }
+                    None => print!("{rendered}"),
+                }
+                if report.passed() {
+                    Ok(())
+                } else {
+                    Err(client::ApiError(report.failure_message()).into())
+                }
+            })
+        }
+        Action::ExportSchema {
+            export_dir,
+            start_clean,
+        } => {
             if let Err(e) = config.require_source() {
                 return config_errors(&e.into());
             }
-            run_service(config, |config, _shutdown| async move {
-                let tables = ferry_exporter::analyze(&config).await.map_err(boxed)?;
-                print!("{}", analysis_report(&tables));
+            run_service(config, move |config, _shutdown| async move {
+                let summary =
+                    ferry_cli::schema::export::export_schema(&config, &export_dir, start_clean)
+                        .await
+                        .map_err(client::ApiError)?;
+                print!("{}", summary.render());
                 Ok(())
+            })
+        }
+        Action::ImportSchema(opts) => {
+            if let Err(e) = config.require_database(opts.destination) {
+                return config_errors(&e.into());
+            }
+            run_service(config, move |config, _shutdown| async move {
+                let summary = ferry_cli::schema::import::import_schema(&config, &opts)
+                    .await
+                    .map_err(boxed)?;
+                print!("{}", summary.render(&opts));
+                if summary.failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(client::ApiError(format!(
+                        "{} schema statement(s) failed (listed above)",
+                        summary.failed.len()
+                    ))
+                    .into())
+                }
             })
         }
         Action::PrepareSource { dry_run } => {
@@ -235,11 +324,11 @@ fn main() -> ExitCode {
                     .await
                     .map_err(boxed)?;
                 if planned.is_empty() {
-                    println!("the source needs no change: every selected table has REPLICA IDENTITY FULL");
+                    println!("the source needs no change: every selected table has REPLICA IDENTITY FULL and the stop-marker table exists");
                     return Ok(());
                 }
                 println!(
-                    "{} on the source ({} table{}):",
+                    "{} on the source ({} change{}):",
                     if dry_run { "would run" } else { "running" },
                     planned.len(),
                     if planned.len() == 1 { "" } else { "s" }
@@ -255,14 +344,13 @@ fn main() -> ExitCode {
                     .await
                     .map_err(boxed)?;
                 println!(
-                    "done: {} table{} changed",
+                    "done: {} change{} made",
                     done.len(),
                     if done.len() == 1 { "" } else { "s" }
                 );
                 Ok(())
             })
         }
-        Action::NotAvailable => ExitCode::from(2),
     }
 }
 
@@ -410,14 +498,58 @@ fn action(verb: &Verb) -> Result<Action, String> {
             delete_topics: *delete_topics,
         }),
         Verb::Coordinator => Action::Coordinator,
-        Verb::AnalyzeSchema => Action::AnalyzeSchema,
+        Verb::AnalyzeSchema {
+            export_dir,
+            output_format,
+            output_file,
+        } => Action::AnalyzeSchema {
+            export_dir: export_dir
+                .clone()
+                .unwrap_or_else(|| ferry_cli::schema::DEFAULT_EXPORT_DIR.into()),
+            explicit_dir: export_dir.is_some(),
+            format: *output_format,
+            output_file: output_file.clone(),
+        },
         Verb::Prepare {
             what: Prepare::Source { dry_run },
         } => Action::PrepareSource { dry_run: *dry_run },
+        Verb::Export {
+            what:
+                Export::Schema {
+                    export_dir,
+                    start_clean,
+                },
+        } => Action::ExportSchema {
+            export_dir: export_dir.clone(),
+            start_clean: *start_clean,
+        },
+        Verb::Import {
+            what:
+                Import::Schema {
+                    export_dir,
+                    to,
+                    post_snapshot_import,
+                    ignore_exist,
+                    include_grants,
+                },
+        } => {
+            if *include_grants && !*post_snapshot_import {
+                return Err("--include-grants applies grants.sql with --post-snapshot-import (ownership and privileges of every object, indexes and triggers included): add --post-snapshot-import".into());
+            }
+            Action::ImportSchema(ferry_cli::schema::import::ImportOptions {
+                export_dir: export_dir.clone(),
+                destination: match to {
+                    verbs::SchemaDestination::Target => Destination::Target,
+                    verbs::SchemaDestination::SourceReplica => Destination::SourceReplica,
+                },
+                post_snapshot: *post_snapshot_import,
+                ignore_exist: *ignore_exist,
+                include_grants: *include_grants,
+            })
+        }
         Verb::Config {
             what: ConfigVerb::Check,
         } => Action::ConfigCheck,
-        _ => Action::NotAvailable,
     })
 }
 
@@ -495,30 +627,6 @@ async fn replay(
             .unwrap_or_default()
     );
     Ok(())
-}
-
-/// What `analyze-schema` prints for a source that is ready: per table, its key and how
-/// each column travels.
-fn analysis_report(tables: &[ferry_shared::catalog::TableSchema]) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!(
-        "the source is ready: {} table(s) selected, every column type can travel\n",
-        tables.len()
-    );
-    for table in tables {
-        let key: Vec<&str> = table.key_columns().map(|c| c.name.as_str()).collect();
-        let _ = writeln!(out, "\n{table} (primary key: {})", key.join(", "));
-        for column in &table.columns {
-            let _ = writeln!(
-                out,
-                "  {:<32} {:<32} {}",
-                column.name,
-                column.type_name,
-                ferry_shared::avro::describe_kind(&column.kind)
-            );
-        }
-    }
-    out
 }
 
 fn config_errors(errors: &ConfigErrors) -> ExitCode {

@@ -20,8 +20,21 @@ pub enum Verb {
         #[command(subcommand)]
         what: Export,
     },
-    /// Analyze the source schema for problems before migrating
-    AnalyzeSchema,
+    /// Report what the target engine cannot take in the exported schema, each with its
+    /// fix, and check that the source is ready
+    #[command(long_about = ANALYZE_SCHEMA_HELP)]
+    AnalyzeSchema {
+        /// The export directory whose schema/ files are analyzed [default: ferry-export;
+        /// when it holds no schema, only the source is checked]
+        #[arg(long, value_name = "DIR")]
+        export_dir: Option<std::path::PathBuf>,
+        /// text (grouped by category), json (a stable structure) or html (one page)
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        output_format: ferry_cli::schema::analyze::Format,
+        /// Write the report to this file instead of standard output
+        #[arg(long, value_name = "PATH")]
+        output_file: Option<std::path::PathBuf>,
+    },
     /// Make the changes the exporter needs on a database (after showing them)
     Prepare {
         #[command(subcommand)]
@@ -86,6 +99,23 @@ pub enum Verb {
     },
 }
 
+const ANALYZE_SCHEMA_HELP: &str = "\
+Reports what the target engine (target.engine; YugabyteDB when no target is configured)
+cannot take, or takes differently, in the schema files that `ferry export schema` wrote
+to DIR/schema (as exported or as edited since): index access methods, GIN specifics,
+index keys on types YugabyteDB cannot index, exclusion and deferrable constraints,
+tablespaces, inheritance, trigger kinds, stored generated columns, unlogged and foreign
+tables, system columns, advisory locks, LISTEN/NOTIFY and large objects in code, and
+more. Each issue names its object, file and line, says why, and gives the fix (with a
+link to the documentation when there is one); its severity is unsupported, degraded or
+note. When a source is configured, the exporter's source check runs too (replica
+identity, primary keys, column types, settings); its problems are issues of category
+\"source readiness\".
+
+Exit status: 0 when no issue is unsupported and the source (when configured) is ready;
+1 otherwise, or when the analysis could not run; 2 for usage errors (--export-dir
+without a schema, nothing to analyze).";
+
 #[derive(Debug, Subcommand)]
 pub enum Prepare {
     /// Set REPLICA IDENTITY FULL on every selected source table (and partition) that
@@ -99,8 +129,18 @@ pub enum Prepare {
 
 #[derive(Debug, Subcommand)]
 pub enum Export {
-    /// Export the source schema as SQL
-    Schema,
+    /// Export the source schema as SQL files by object kind (pg_dump --schema-only,
+    /// split): <export-dir>/schema/{extensions,schemas,types,functions,tables,
+    /// partitions,sequences,constraints,foreign_keys,views,indexes,triggers,policies,
+    /// comments,other,grants}.sql and manifest.json
+    Schema {
+        /// Where to write (schema/ inside it)
+        #[arg(long, value_name = "DIR", default_value = ferry_cli::schema::DEFAULT_EXPORT_DIR)]
+        export_dir: std::path::PathBuf,
+        /// Replace an existing export (which may hold your edits)
+        #[arg(long)]
+        start_clean: bool,
+    },
     /// Export data as a stream (runs an exporter in this process)
     Data {
         #[command(subcommand)]
@@ -172,17 +212,40 @@ pub enum ExportDatabase {
 
 #[derive(Debug, Subcommand)]
 pub enum Import {
-    /// Import the exported schema into the target
+    /// Import the exported (and edited) schema into the target or a source-replica, in
+    /// dependency order; non-unique indexes, triggers, policies and comments wait for
+    /// --post-snapshot-import. Resumable: a rerun does only what is left
     Schema {
-        /// Create indexes and constraints deferred until the snapshot is loaded
+        /// Where the export is (schema/ inside it)
+        #[arg(long, value_name = "DIR", default_value = ferry_cli::schema::DEFAULT_EXPORT_DIR)]
+        export_dir: std::path::PathBuf,
+        /// The database to create the schema in
+        #[arg(long, value_enum, default_value_t = SchemaDestination::Target)]
+        to: SchemaDestination,
+        /// Also create what waits for the snapshot import (non-unique indexes,
+        /// triggers, policies, comments) and fill the materialized views
         #[arg(long)]
         post_snapshot_import: bool,
+        /// A statement whose object exists already counts as applied
+        #[arg(long)]
+        ignore_exist: bool,
+        /// With --post-snapshot-import, also apply grants.sql (ownership and privileges;
+        /// the roles must exist on the destination)
+        #[arg(long)]
+        include_grants: bool,
     },
     /// Apply a stream to a database (runs an importer in this process)
     Data {
         #[command(subcommand)]
         to: ImportTo,
     },
+}
+
+/// The databases `import schema` creates a schema in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaDestination {
+    Target,
+    SourceReplica,
 }
 
 #[derive(Debug, Subcommand)]
@@ -455,65 +518,6 @@ impl Verb {
             _ => {}
         }
         out
-    }
-
-    /// The words of the command as typed, for messages: `ferry import data to source`.
-    pub fn phrase(&self) -> String {
-        let words = match self {
-            Verb::Export {
-                what: Export::Schema,
-            } => "export schema".to_owned(),
-            Verb::Export {
-                what:
-                    Export::Data {
-                        from: ExportFrom::From { database, .. },
-                    },
-            } => format!(
-                "export data from {}",
-                match database {
-                    ExportDatabase::Source => "source",
-                    ExportDatabase::Target => "target",
-                }
-            ),
-            Verb::AnalyzeSchema => "analyze-schema".to_owned(),
-            Verb::Prepare {
-                what: Prepare::Source { .. },
-            } => "prepare source".to_owned(),
-            Verb::Import {
-                what: Import::Schema { .. },
-            } => "import schema".to_owned(),
-            Verb::Import {
-                what:
-                    Import::Data {
-                        to: ImportTo::To { database, .. },
-                    },
-            } => format!("import data to {}", database.name()),
-            Verb::Initiate {
-                what:
-                    Initiate::Cutover {
-                        to: CutoverTo::To { database, .. },
-                    },
-            } => format!("initiate cutover to {}", database.name()),
-            Verb::Cutover {
-                what: Cutover::Status,
-            } => "cutover status".to_owned(),
-            Verb::Get {
-                what: Get::DataMigrationReport { .. },
-            } => "get data-migration-report".to_owned(),
-            Verb::Verify { .. } => "verify".to_owned(),
-            Verb::Replay(_) => "replay".to_owned(),
-            Verb::Archive {
-                what: Archive::Changes { .. },
-            } => "archive changes".to_owned(),
-            Verb::End {
-                what: End::Migration { .. },
-            } => "end migration".to_owned(),
-            Verb::Coordinator => "coordinator".to_owned(),
-            Verb::Config {
-                what: ConfigVerb::Check,
-            } => "config check".to_owned(),
-        };
-        format!("ferry {words}")
     }
 }
 

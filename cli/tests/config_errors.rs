@@ -167,17 +167,21 @@ fn missing_file_is_one_error_naming_it() {
 }
 
 #[test]
-fn verbs_not_built_yet_say_so() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["export", "schema"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert_eq!(
-        stderr_lines(&output),
-        vec!["error: \"ferry export schema\" is not available yet"]
+fn import_schema_without_an_export_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let output = ferry(
+        "[migration]\nid = \"m\"\n[target]\nhost = \"127.0.0.1\"\nport = 1\nuser = \"u\"\npassword = \"p\"\ndatabase = \"d\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n",
+        &["import", "schema", "--export-dir", missing.to_str().unwrap()],
     );
-    assert!(output.stdout.is_empty());
+    assert_eq!(output.status.code(), Some(1));
+    let lines = stderr_lines(&output);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("holds no exported schema: run `ferry export schema --export-dir")),
+        "{lines:#?}"
+    );
 }
 
 /// Runs `ferry --config <file> ARGS` (any verb) with no FERRY_* variables.

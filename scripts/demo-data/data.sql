@@ -1,8 +1,5 @@
--- Sample data for the source; Ferry needs REPLICA IDENTITY FULL on the source tables.
-ALTER TABLE customers REPLICA IDENTITY FULL;
-ALTER TABLE products REPLICA IDENTITY FULL;
-ALTER TABLE orders REPLICA IDENTITY FULL;
-ALTER TABLE order_items REPLICA IDENTITY FULL;
+-- Sample data for the source (REPLICA IDENTITY FULL, which Ferry needs, is set by
+-- `ferry prepare source` in the demo).
 INSERT INTO customers (email, name, country)
     SELECT 'customer' || g || '@example.com', 'Customer ' || g, (ARRAY['DE','FR','US','IN','BR'])[g % 5 + 1]
     FROM generate_series(1, 5000) g;

@@ -1,5 +1,5 @@
--- The demo's sample shop. Run on the source (with data.sql) and on the target (schema
--- only: Ferry moves data, the schema is created beforehand).
+-- The demo's sample shop, made on the source; `ferry export schema` and `ferry import
+-- schema` make it on the target.
 CREATE TABLE customers (
     id         bigserial PRIMARY KEY,
     email      text NOT NULL,
@@ -29,3 +29,7 @@ CREATE TABLE order_items (
     qty        integer NOT NULL,
     price      numeric(10,2) NOT NULL
 );
+CREATE UNIQUE INDEX products_sku ON products (sku);
+CREATE INDEX orders_customer ON orders (customer_id);
+CREATE INDEX order_items_order ON order_items (order_id);
+COMMENT ON TABLE orders IS 'one row per order; items in order_items';

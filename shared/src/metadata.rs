@@ -54,6 +54,24 @@ CREATE TABLE IF NOT EXISTS ferry_metadata.table_counts (
 COMMIT;
 ";
 
+/// What `ferry import schema` applied to this database: one row per statement of an
+/// exported schema file (`nth`: which occurrence of that text in the file), written in
+/// the statement's own transaction on PostgreSQL, so a rerun does only the rest.
+pub const SCHEMA_STATEMENTS_SETUP_SQL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS ferry_metadata;
+CREATE TABLE IF NOT EXISTS ferry_metadata.schema_statements (
+    file text NOT NULL,
+    statement_md5 text NOT NULL,
+    nth integer NOT NULL,
+    phase text NOT NULL,
+    object text NOT NULL,
+    outcome text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (file, statement_md5, nth)
+);
+";
+
 /// The table whose rows mark where a cutover stops a stream: each stop writes one row
 /// with a unique token on the database the stream is read from, and the stream ends
 /// when that row arrives (every transaction committed before it has arrived then). The

@@ -35,8 +35,9 @@ const SEED: &str = "
     SELECT nextval('invoice_no') FROM generate_series(1, 7);
 ";
 
-/// What a harness migrates: the schema made on every database, what is set on the
-/// source only, the seed rows, the tables compared, and the schemas selected.
+/// What a harness migrates: the schema (made on the source, then on the target and the
+/// source-replica by `ferry export schema` / `ferry import schema`), what is set on the
+/// source only afterwards, the seed rows, the tables compared, and the schemas selected.
 pub struct Schema {
     pub ddl: &'static str,
     pub source_only: &'static str,
@@ -69,6 +70,37 @@ pub struct Harness {
     pub tasks: Vec<(String, Task)>,
     pub coordinator: Option<(ShutdownTrigger, JoinHandle<()>)>,
     pub tables: &'static [&'static str],
+}
+
+/// Makes the source's schema on the target and the source-replica the way an operator
+/// does: `ferry export schema`, then `ferry import schema` and `--post-snapshot-import`
+/// (the tests' tables are empty until the test starts: everything at once).
+async fn move_schema(config: &Config, name: &str) -> Result<()> {
+    use ferry_cli::schema::{export, import};
+    let dir = std::env::temp_dir().join(unique_name(&format!("{name}_schema")));
+    export::export_schema(config, &dir, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("export schema: {e}"))?;
+    for destination in [Destination::Target, Destination::SourceReplica] {
+        let opts = import::ImportOptions {
+            export_dir: dir.clone(),
+            destination,
+            post_snapshot: true,
+            ignore_exist: false,
+            include_grants: false,
+        };
+        let summary = import::import_schema(config, &opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("import schema to the {destination}: {e}"))?;
+        if !summary.failed.is_empty() {
+            bail!(
+                "import schema to the {destination}:\n{}",
+                summary.render(&opts)
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
 }
 
 /// An HTTP client for the coordinator's API that sends the configuration's token
@@ -108,11 +140,7 @@ impl Harness {
         let source = stack.source.connect(&source_db).await?;
         let target = stack.target.connect(&target_db).await?;
         let replica = stack.source_replica.connect(&replica_db).await?;
-        for c in [&source, &target, &replica] {
-            c.batch_execute(schema.ddl).await?;
-        }
-        source.batch_execute(schema.source_only).await?;
-        source.batch_execute(schema.seed).await?;
+        source.batch_execute(schema.ddl).await?;
         let id = unique_name(name);
         let listen = format!("127.0.0.1:{}", free_port());
         let text = match kafka {
@@ -136,6 +164,11 @@ impl Harness {
             &format!("schemas = [{}]", schemas.join(", ")),
         );
         let config = Config::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !schema.ddl.trim().is_empty() {
+            move_schema(&config, name).await?;
+        }
+        source.batch_execute(schema.source_only).await?;
+        source.batch_execute(schema.seed).await?;
         let (services, _) = shutdown::channel();
         let http = coordinator_http(&config)?;
         let mut h = Harness {
