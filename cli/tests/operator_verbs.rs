@@ -5,36 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::{ferry, run, KillOnDrop};
 use ferry_testkit::{free_port, unique_name, Stack};
-
-fn ferry(config: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("FERRY_") {
-            command.env_remove(name);
-        }
-    }
-    command.arg("--config").arg(config).args(args);
-    command
-}
-
-fn run(config: &Path, args: &[&str]) -> Output {
-    ferry(config, args).output().unwrap()
-}
-
-/// A child process killed when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verbs_answer_through_the_coordinator() {

@@ -7,37 +7,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::{ferry, run, KillOnDrop};
 use ferry_testkit::{free_port, unique_name, wait_until, Stack};
 use serde_json::Value;
-
-fn ferry(config: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("FERRY_") {
-            command.env_remove(name);
-        }
-    }
-    command.arg("--config").arg(config).args(args);
-    command
-}
-
-fn run(config: &Path, args: &[&str]) -> Output {
-    ferry(config, args).output().unwrap()
-}
-
-/// A child process killed when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The coordinator's answer to GET `path`, with the configuration's token.
 async fn get(listen: &str, token: &str, path: &str) -> String {

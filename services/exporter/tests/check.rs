@@ -45,12 +45,7 @@ async fn reports_every_problem_at_once_with_its_fix() -> anyhow::Result<()> {
     };
 
     // As a role without REPLICATION.
-    let conn = format!(
-        "host={} port={} user={role} password=pw dbname={db}",
-        stack.source.host, stack.source.port
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = session_as(&role, &db).await?;
     let err = preflight(&client, &input).await.expect_err("must fail");
     let text = err.to_string();
     println!("{text}");
@@ -135,12 +130,7 @@ async fn a_yugabytedb_database_gets_its_own_preflight() -> anyhow::Result<()> {
         needs_replication: true,
         engine: Engine::Yugabytedb,
     };
-    let conn = format!(
-        "host={} port={} user={role} password=pw dbname={db}",
-        stack.source.host, stack.source.port
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = session_as(&role, &db).await?;
     let err = preflight(&client, &input).await.expect_err("must fail");
     let text = err.to_string();
     println!("{text}");
@@ -155,4 +145,16 @@ async fn a_yugabytedb_database_gets_its_own_preflight() -> anyhow::Result<()> {
     assert_eq!(err.problems().len(), 2, "{text}");
     assert!(!text.contains("wal_level"), "{text}");
     Ok(())
+}
+
+/// A session on the source's `db` as `role` (password `pw`).
+async fn session_as(role: &str, db: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let stack = Stack::get();
+    let conn = format!(
+        "host={} port={} user={role} password=pw dbname={db}",
+        stack.source.host, stack.source.port
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }
