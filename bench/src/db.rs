@@ -227,7 +227,13 @@ pub struct RefSlot {
 impl RefSlot {
     /// Creates publication and slot for `t` in `db`.
     pub async fn create(db: &Database) -> Result<RefSlot> {
-        let slot = unique_name("bench_ref");
+        RefSlot::create_named(db, "bench_ref").await
+    }
+
+    /// [`RefSlot::create`] with a fresh name that starts with `prefix` (the Debezium
+    /// peer's own slot and publication).
+    pub async fn create_named(db: &Database, prefix: &str) -> Result<RefSlot> {
+        let slot = unique_name(prefix);
         let client = db.connect().await?;
         client
             .batch_execute(&format!("CREATE PUBLICATION {slot} FOR TABLE t"))

@@ -8,7 +8,9 @@
 //! Ferry's; the references run outside those windows. Every phase ends by comparing
 //! row count and checksum of source and target: a difference fails the run (exit 1).
 
+mod cutover;
 mod db;
+mod debezium;
 mod phases;
 mod report;
 mod services;
@@ -37,6 +39,8 @@ enum Only {
     Cdc,
     Single,
     Status,
+    /// Not in the default set: only when asked for.
+    Cutover,
 }
 
 /// Measures Ferry against PostgreSQL references on the local stack.
@@ -63,13 +67,24 @@ struct Args {
     /// Tables of the status phase (the latency of `ferry cutover status`).
     #[arg(long, default_value_t = 100)]
     status_tables: usize,
-    /// Run only this phase (repeatable); default: all four.
+    /// Seconds of single-row load before the cutover phase's cutover.
+    #[arg(long, default_value_t = 10)]
+    cutover_seconds: u64,
+    /// Single-row transactions per second before the cutover phase's cutover.
+    #[arg(long, default_value_t = 10_000)]
+    cutover_rate: u64,
+    /// Run only this phase (repeatable); default: every phase (snapshot, cdc, single,
+    /// status, cutover).
     #[arg(long, value_enum)]
     only: Vec<Only>,
     /// Snapshot diagnosis: run the exporter alone until every row is in Kafka, then the
     /// importer alone, and report each half's rate and CPU (no end-to-end ratio).
     #[arg(long)]
     staged: bool,
+    /// Skip the Debezium peer (Debezium's PostgreSQL connector on Kafka Connect,
+    /// measured beside Ferry's source half in the snapshot and cdc phases).
+    #[arg(long)]
+    no_peer: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -202,23 +217,49 @@ async fn run(args: &Args, services: &Runtimes) -> Report {
             return report;
         }
     }
+    let wants = |p: Only| args.only.is_empty() || args.only.contains(&p);
+    let peer = if args.no_peer || !(wants(Only::Snapshot) || wants(Only::Cdc)) {
+        None
+    } else {
+        match debezium::Peer::from_env() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report.errors.push(format!("the Debezium peer: {e:#}"));
+                report.build_lines();
+                return report;
+            }
+        }
+    };
     let ctx = Ctx {
+        peer,
         stack,
         handles: services.handles(),
         sets: args.sets.clone(),
         timeout: Duration::from_secs(args.timeout),
         verbose: !args.quiet,
     };
-    let wants = |p: Only| args.only.is_empty() || args.only.contains(&p);
+    if ctx.peer.is_some() {
+        debezium::clear_leftovers(&ctx).await;
+    }
     if wants(Only::Snapshot) {
         match phases::snapshot(&ctx, args.rows, args.staged).await {
-            Ok(r) => report.snapshot = Some(r),
+            Ok(r) => {
+                if let Some(e) = &r.peer_error {
+                    report.errors.push(format!("snapshot, Debezium peer: {e}"));
+                }
+                report.snapshot = Some(r);
+            }
             Err(e) => report.errors.push(format!("snapshot: {e:#}")),
         }
     }
     if wants(Only::Cdc) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
         match phases::cdc(&ctx, args.cdc_rows).await {
-            Ok(r) => report.cdc = Some(r),
+            Ok(r) => {
+                if let Some(e) = &r.peer_error {
+                    report.errors.push(format!("cdc, Debezium peer: {e}"));
+                }
+                report.cdc = Some(r);
+            }
             Err(e) => report.errors.push(format!("cdc: {e:#}")),
         }
     }
@@ -239,6 +280,12 @@ async fn run(args: &Args, services: &Runtimes) -> Report {
         match status::status(&ctx, args.status_tables).await {
             Ok(r) => report.status = Some(r),
             Err(e) => report.errors.push(format!("status: {e:#}")),
+        }
+    }
+    if wants(Only::Cutover) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
+        match cutover::cutover(&ctx, args.cutover_seconds, args.cutover_rate).await {
+            Ok(r) => report.cutover = Some(r),
+            Err(e) => report.errors.push(format!("cutover: {e:#}")),
         }
     }
     report.machine.load_after = report::load_average();

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::db::{self, Checksum, Database, RefSlot};
+use crate::debezium::{self, Peer, PeerRun};
 use crate::services::{Ferry, Handles};
 use crate::usage::{CpuMark, Usage};
 
@@ -30,6 +31,8 @@ pub struct Ctx {
     pub timeout: Duration,
     /// Progress lines on stderr.
     pub verbose: bool,
+    /// The Debezium peer, unless `--no-peer`.
+    pub peer: Option<Peer>,
 }
 
 impl Ctx {
@@ -63,13 +66,9 @@ impl Phase {
         Ok(self.dbs.len() - 1)
     }
 
-    /// Starts the coordinator of a fresh migration from `source` to `target`.
-    pub(crate) async fn start_ferry(
-        &mut self,
-        ctx: &Ctx,
-        source: usize,
-        target: usize,
-    ) -> Result<()> {
+    /// A Ferry configuration of a fresh migration from `source` to `target`, with the
+    /// `--set` overrides.
+    pub(crate) fn config(&self, ctx: &Ctx, source: usize, target: usize) -> Result<Config> {
         let id = unique_name("bench");
         let listen = format!("127.0.0.1:{}", free_port());
         let text = ctx.stack.config_toml(
@@ -79,22 +78,27 @@ impl Phase {
             &self.dbs[target].name,
             &listen,
         );
-        let config: Config = load_from("bench", &text, Vec::<(String, String)>::new(), &ctx.sets)
-            .map_err(|e| {
+        load_from("bench", &text, Vec::<(String, String)>::new(), &ctx.sets).map_err(|e| {
             let all: Vec<String> = e.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("ferry configuration: {}", all.join("; "))
-        })?;
+        })
+    }
+
+    /// Starts the coordinator of a fresh migration from `source` to `target`.
+    pub(crate) async fn start_ferry(
+        &mut self,
+        ctx: &Ctx,
+        source: usize,
+        target: usize,
+    ) -> Result<()> {
+        let config = self.config(ctx, source, target)?;
         self.ferry = Some(Ferry::start_coordinator(config, ctx.handles.clone()).await?);
         Ok(())
     }
 
-    pub(crate) fn ferry(&mut self) -> Result<&mut Ferry> {
-        self.ferry.as_mut().context("ferry is not running")
-    }
-
-    /// Stops Ferry, deletes the migration's topics, drops the databases (and with them
-    /// every slot made in them). Errors are printed, not returned: cleanup must finish.
-    async fn cleanup(&mut self) {
+    /// Stops Ferry and deletes the migration's topics (a second migration may follow in
+    /// the same phase). Errors are printed, not returned.
+    async fn drop_ferry(&mut self) {
         if let Some(mut ferry) = self.ferry.take() {
             if let Err(e) = ferry.stop().await {
                 eprintln!("bench: cleanup: {e:#}");
@@ -110,6 +114,16 @@ impl Phase {
                 Err(e) => eprintln!("bench: cleanup: listing topics {prefix}*: {e}"),
             }
         }
+    }
+
+    pub(crate) fn ferry(&mut self) -> Result<&mut Ferry> {
+        self.ferry.as_mut().context("ferry is not running")
+    }
+
+    /// Stops Ferry, deletes the migration's topics, drops the databases (and with them
+    /// every slot made in them). Errors are printed, not returned: cleanup must finish.
+    async fn cleanup(&mut self) {
+        self.drop_ferry().await;
         for db in self.dbs.drain(..) {
             if let Err(e) = db.drop().await {
                 eprintln!("bench: cleanup: {e:#}");
@@ -218,6 +232,21 @@ pub struct SnapshotResult {
     pub usage: Usage,
     pub checksum: Checksum,
     pub staged: Option<Staged>,
+    /// Ferry's exporter alone into Kafka beside the Debezium peer's snapshot.
+    pub peer: Option<SnapshotPeer>,
+    /// Why the peer's part failed (the run fails; Ferry's figures stay).
+    pub peer_error: Option<String>,
+}
+
+/// The snapshot's source half, Ferry against Debezium, both into Kafka.
+#[derive(Debug, Serialize)]
+pub struct SnapshotPeer {
+    /// Ferry's exporter alone (no importer): from its start until the table topic held
+    /// every row (the `--staged` measurement).
+    pub ferry_export_seconds: f64,
+    pub ferry_export_rows_per_second: f64,
+    pub ferry_export_usage: Usage,
+    pub debezium: PeerRun,
 }
 
 /// Snapshot: `rows` rows source → Kafka → target, against a binary COPY pipe.
@@ -312,6 +341,16 @@ pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<Snapsho
                 checksum.rows
             );
         }
+        // A failure of the peer fails the run but keeps Ferry's figures.
+        let (peer, peer_error) = match &ctx.peer {
+            Some(peer) => {
+                match snapshot_peer(ctx, peer, p, src, dst, rows, staged.as_ref()).await {
+                    Ok(r) => (Some(r), None),
+                    Err(e) => (None, Some(format!("{e:#}"))),
+                }
+            }
+            None => (None, None),
+        };
         Ok(SnapshotResult {
             rows,
             ferry_seconds: secs,
@@ -322,9 +361,101 @@ pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<Snapsho
             usage,
             checksum,
             staged,
+            peer,
+            peer_error,
         })
     })
     .await
+}
+
+/// The snapshot's source half: Ferry's exporter alone into Kafka (a fresh migration of
+/// the same source, unless `--staged` measured it already), then the Debezium peer's
+/// snapshot of the same rows into the same broker.
+async fn snapshot_peer(
+    ctx: &Ctx,
+    peer: &Peer,
+    p: &mut Phase,
+    src: usize,
+    dst: usize,
+    rows: i64,
+    staged: Option<&Staged>,
+) -> Result<SnapshotPeer> {
+    let (ferry_secs, ferry_usage) = match staged {
+        Some(s) => (s.export_seconds, s.export_usage.clone()),
+        None => {
+            p.drop_ferry().await;
+            ctx.say("snapshot: Ferry's exporter alone into Kafka (beside Debezium)");
+            let mark = CpuMark::start()?;
+            p.start_ferry(ctx, src, dst).await?;
+            let since = Instant::now();
+            let ferry = p.ferry()?;
+            ferry.start_exporter();
+            let secs = wait_exported(ctx, ferry, "t", rows, since).await?;
+            let usage = mark.finish()?;
+            p.drop_ferry().await;
+            (secs, usage)
+        }
+    };
+    ctx.say(&format!(
+        "snapshot: Debezium {} (Kafka Connect standalone) into Kafka",
+        debezium::DEBEZIUM_VERSION
+    ));
+    let config = p.config(ctx, src, dst)?;
+    let slot = RefSlot::create_named(&p.dbs[src], "bench_dbz").await?;
+    let run = debezium::run(
+        ctx,
+        peer,
+        &config,
+        &p.dbs[src],
+        &slot,
+        debezium::Mode::Snapshot,
+        rows,
+    )
+    .await?;
+    Ok(SnapshotPeer {
+        ferry_export_seconds: ferry_secs,
+        ferry_export_rows_per_second: rows as f64 / ferry_secs,
+        ferry_export_usage: ferry_usage,
+        debezium: run,
+    })
+}
+
+/// Polls `topic`'s end offsets every 100 ms on the bench's runtime until they add up
+/// to `target`; the time since `since`, or `None` after `timeout`.
+fn watch_topic(
+    config: Config,
+    topic: String,
+    target: i64,
+    since: Instant,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Option<f64>> {
+    tokio::spawn(async move {
+        let client = config.kafka.client_config();
+        loop {
+            let high: i64 = ferry_shared::kafka::watermarks(&client, &topic)
+                .await
+                .map(|w| w.iter().map(|(_, h)| h).sum())
+                .unwrap_or(0);
+            if high >= target {
+                return Some(since.elapsed().as_secs_f64());
+            }
+            if since.elapsed() > timeout || INTERRUPTED.load(Ordering::Relaxed) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// The sum of `topic`'s end offsets.
+async fn topic_records(config: &Config, topic: &str) -> Result<i64> {
+    Ok(
+        ferry_shared::kafka::watermarks(&config.kafka.client_config(), topic)
+            .await?
+            .iter()
+            .map(|(_, h)| h)
+            .sum(),
+    )
 }
 
 /// `--staged`: the snapshot's two halves measured one after the other.
@@ -389,6 +520,16 @@ pub struct CdcResult {
     pub recvlogical_events_per_second: f64,
     pub usage: Usage,
     pub checksum: Checksum,
+    /// From the exporter's restart until its table topic held every change (measured
+    /// during the run above, the importer running alongside).
+    pub ferry_export_seconds: Option<f64>,
+    pub ferry_export_events_per_second: Option<f64>,
+    /// Records the exporter added to the table topic for the load.
+    pub ferry_export_records: i64,
+    /// The Debezium peer draining the same backlog from its own slot.
+    pub peer: Option<PeerRun>,
+    /// Why the peer's part failed (the run fails; Ferry's figures stay).
+    pub peer_error: Option<String>,
 }
 
 /// Batched CDC: transactions of 100 row changes (50 inserts, 40 updates, 10 deletes)
@@ -438,6 +579,12 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
         .await?;
         ferry.stop_exporter().await?;
         let reference = RefSlot::create(&p.dbs[src]).await?;
+        // The peer's own slot and publication, made with the reference's before the
+        // load (a slot left by a failed phase goes with the database).
+        let peer_slot = match ctx.peer {
+            Some(_) => Some(RefSlot::create_named(&p.dbs[src], "bench_dbz").await?),
+            None => None,
+        };
 
         ctx.say(&format!(
             "cdc: writing {transactions} transactions of 100 row changes"
@@ -475,9 +622,21 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
         let events = transactions * 100;
 
         ctx.say("cdc: Ferry drains the backlog");
+        let ferry = p.ferry()?;
+        let config = ferry.config.clone();
+        let table_topic = ferry
+            .topics
+            .table(ferry_shared::topics::Stream::Source, "public", "t");
+        let before_load = topic_records(&config, &table_topic).await?;
         let mark = CpuMark::start()?;
         let since = Instant::now();
-        let ferry = p.ferry()?;
+        let exported = watch_topic(
+            config.clone(),
+            table_topic.clone(),
+            before_load + events,
+            since,
+            ctx.timeout,
+        );
         ferry.start_exporter();
         let (secs, first) = wait_applied(
             ctx,
@@ -490,11 +649,42 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
         )
         .await?;
         let usage = mark.finish()?;
+        // Every change was applied, so every change was in Kafka before: the watcher
+        // is done or about to be.
+        let export_secs = tokio::time::timeout(Duration::from_secs(5), exported)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
         ferry.stop().await?;
+        let export_records = topic_records(&config, &table_topic).await? - before_load;
 
         ctx.say("cdc: reference pg_recvlogical");
         let ref_secs = reference.read_to(&p.dbs[src], &end_lsn).await?;
         reference.drop(&p.dbs[src]).await?;
+        let (peer, peer_error) = match (&ctx.peer, &peer_slot) {
+            (Some(peer), Some(slot)) => {
+                ctx.say(&format!(
+                    "cdc: Debezium {} (Kafka Connect standalone) drains the same backlog",
+                    debezium::DEBEZIUM_VERSION
+                ));
+                match debezium::run(
+                    ctx,
+                    peer,
+                    &config,
+                    &p.dbs[src],
+                    slot,
+                    debezium::Mode::Changes,
+                    events,
+                )
+                .await
+                {
+                    Ok(r) => (Some(r), None),
+                    Err(e) => (None, Some(format!("{e:#}"))),
+                }
+            }
+            _ => (None, None),
+        };
         let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
         let expected_rows = updatable + transactions * 50;
         if checksum.rows != expected_rows {
@@ -502,6 +692,9 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
                 "the source holds {} rows after the load, expected {expected_rows}",
                 checksum.rows
             );
+        }
+        if export_records != events {
+            bail!("Ferry's exporter added {export_records} records to {table_topic} for {events} changes");
         }
         Ok(CdcResult {
             transactions,
@@ -517,6 +710,11 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
             recvlogical_events_per_second: events as f64 / ref_secs,
             usage,
             checksum,
+            ferry_export_seconds: export_secs,
+            ferry_export_events_per_second: export_secs.map(|s| events as f64 / s),
+            ferry_export_records: export_records,
+            peer,
+            peer_error,
         })
     })
     .await

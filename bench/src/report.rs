@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use crate::phases::{CdcResult, SingleResult, SnapshotResult};
+use crate::cutover::CutoverResult;
+use crate::debezium::{PeerRun, DEBEZIUM_VERSION};
+use crate::phases::{CdcResult, SingleResult, SnapshotPeer, SnapshotResult};
 use crate::status::StatusResult;
 use crate::usage::Usage;
 
@@ -27,6 +29,7 @@ pub struct Report {
     pub cdc: Option<CdcResult>,
     pub single: Option<SingleResult>,
     pub status: Option<StatusResult>,
+    pub cutover: Option<CutoverResult>,
     pub lines: Vec<Line>,
     /// Phases that failed, with the reason; any entry fails the run.
     pub errors: Vec<String>,
@@ -88,6 +91,23 @@ const MAX_CPU_US_PER_ROW: f64 = 4.0;
 const MAX_RSS: u64 = 1 << 30;
 const MIN_SINGLE_RATE: f64 = 20_000.0;
 const MAX_P99_MS: f64 = 500.0;
+/// Ferry's source half into Kafka against Debezium's (issue #19).
+const MIN_PEER_RATIO: f64 = 3.0;
+
+fn dbz() -> String {
+    format!("Debezium {DEBEZIUM_VERSION}")
+}
+
+/// The peer's rate once running (what the ratio uses), and from its launch.
+fn peer_rate(d: &PeerRun) -> String {
+    format!(
+        "{} {} once running ({} from launch, first record after {:.1} s)",
+        dbz(),
+        rate(d.running_records_per_second),
+        rate(d.records_per_second),
+        d.first_record_seconds
+    )
+}
 
 impl Report {
     fn line(
@@ -140,6 +160,64 @@ impl Report {
         );
     }
 
+    /// The snapshot's source half against the Debezium peer.
+    fn snapshot_peer_lines(&mut self, rows: i64, p: &SnapshotPeer) {
+        let d = &p.debezium;
+        let ratio = p.ferry_export_rows_per_second / d.running_records_per_second;
+        self.line(
+            &format!("snapshot into Kafka: rows/s, source half ({rows} rows)"),
+            format!("exporter alone {}", rate(p.ferry_export_rows_per_second)),
+            peer_rate(d),
+            Some(ratio),
+            "ratio ≥ 3",
+            Some(ratio >= MIN_PEER_RATIO),
+        );
+        self.peer_cpu_line(
+            "snapshot into Kafka: CPU per row, source half",
+            p.ferry_export_usage.ferry_cpu_seconds(),
+            "exporter",
+            d,
+            "row",
+        );
+        self.peer_count_line("snapshot", d, "rows");
+    }
+
+    fn peer_cpu_line(
+        &mut self,
+        figure: &str,
+        ferry_cpu: f64,
+        ferry_what: &str,
+        d: &PeerRun,
+        unit: &str,
+    ) {
+        let n = d.expected.max(1) as f64;
+        let (f, j) = (ferry_cpu * 1e6 / n, d.jvm_cpu_seconds * 1e6 / n);
+        self.line(
+            figure,
+            format!("{ferry_what} {f:.2} µs"),
+            format!(
+                "Debezium JVM {j:.2} µs per {unit} ({:.1} CPU s; {:.2} µs once running; peak RSS {})",
+                d.jvm_cpu_seconds,
+                d.jvm_running_cpu_seconds * 1e6 / n,
+                mib(d.jvm_peak_rss_bytes)
+            ),
+            Some(f / j.max(1e-9)),
+            "",
+            None,
+        );
+    }
+
+    fn peer_count_line(&mut self, phase: &str, d: &PeerRun, what: &str) {
+        self.line(
+            &format!("{phase}: Debezium's records in Kafka"),
+            format!("{} {what}", d.expected),
+            format!("{} records in its topic", d.records),
+            None,
+            "equal",
+            Some(d.records == d.expected),
+        );
+    }
+
     /// Builds the table lines from the phase results.
     pub fn build_lines(&mut self) {
         if let Some(s) = self.snapshot.take() {
@@ -182,6 +260,9 @@ impl Report {
                     "equal",
                     Some(true),
                 );
+                if let Some(p) = &s.peer {
+                    self.snapshot_peer_lines(s.rows, p);
+                }
                 self.snapshot = Some(s);
                 return self.rest_lines();
             }
@@ -203,6 +284,9 @@ impl Report {
                 "equal",
                 Some(true),
             );
+            if let Some(p) = &s.peer {
+                self.snapshot_peer_lines(s.rows, p);
+            }
             self.snapshot = Some(s);
         }
         self.rest_lines();
@@ -228,6 +312,40 @@ impl Report {
                 "equal",
                 Some(true),
             );
+            if let Some(d) = &c.peer {
+                match c.ferry_export_events_per_second {
+                    Some(ferry) => {
+                        let ratio = ferry / d.running_records_per_second;
+                        self.line(
+                            &format!(
+                                "cdc into Kafka: changes/s, source half ({} changes)",
+                                c.events
+                            ),
+                            format!("exporter {}", rate(ferry)),
+                            peer_rate(d),
+                            Some(ratio),
+                            "ratio ≥ 3",
+                            Some(ratio >= MIN_PEER_RATIO),
+                        );
+                    }
+                    None => self.line(
+                        "cdc into Kafka: changes/s, source half",
+                        "not measured (the topic watcher timed out)".into(),
+                        peer_rate(d),
+                        None,
+                        "ratio ≥ 3",
+                        Some(false),
+                    ),
+                }
+                self.peer_cpu_line(
+                    "cdc into Kafka: CPU per change (Ferry: both halves)",
+                    c.usage.ferry_cpu_seconds(),
+                    "exporter+importer",
+                    d,
+                    "change",
+                );
+                self.peer_count_line("cdc", d, "changes");
+            }
             self.cdc = Some(c);
         }
         if let Some(s) = self.single.take() {
@@ -294,6 +412,45 @@ impl Report {
                 Some(s.first_ms <= 1000.0),
             );
             self.status = Some(s);
+        }
+        if let Some(c) = self.cutover.take() {
+            self.line(
+                &format!(
+                    "cutover: request to COMPLETED ({:.0} k events/s just before)",
+                    c.source_events_per_second / 1e3
+                ),
+                format!("{:.0} ms", c.request_to_completed_ms),
+                format!(
+                    "{} events in {:.0} s; steps: {}",
+                    c.events,
+                    c.seconds,
+                    c.steps
+                        .iter()
+                        .map(|(name, ms)| format!("{name} +{ms} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None,
+                "≤ 3000 ms",
+                Some(c.request_to_completed_ms <= 3000.0),
+            );
+            self.line(
+                "cutover: last source commit to applied on the target",
+                format!("{:.0} ms", c.last_commit_to_applied_ms),
+                String::new(),
+                None,
+                "≤ 3000 ms",
+                Some(c.last_commit_to_applied_ms <= 3000.0),
+            );
+            self.line(
+                "cutover: count + checksum equal",
+                format!("{} rows", c.checksum.rows),
+                "source = target".into(),
+                None,
+                "equal",
+                Some(true),
+            );
+            self.cutover = Some(c);
         }
         for e in self.errors.clone() {
             self.line("FAILED", e, String::new(), None, "", Some(false));
@@ -367,7 +524,8 @@ impl Report {
     pub fn cpu_split(&self) -> String {
         let mut out = String::new();
         let staged = self.snapshot.as_ref().and_then(|s| s.staged.as_ref());
-        let phases: [(&str, Option<&Usage>); 4] = [
+        let snapshot_peer = self.snapshot.as_ref().and_then(|s| s.peer.as_ref());
+        let phases: [(&str, Option<&Usage>); 7] = [
             (
                 "snapshot staged, exporter alone",
                 staged.map(|s| &s.export_usage),
@@ -380,7 +538,24 @@ impl Report {
                 },
                 self.snapshot.as_ref().map(|s| &s.usage),
             ),
+            (
+                "snapshot, Ferry's exporter alone (beside Debezium)",
+                snapshot_peer
+                    .filter(|_| staged.is_none())
+                    .map(|p| &p.ferry_export_usage),
+            ),
+            (
+                "snapshot, Debezium peer (the JVM is `java`, as the broker)",
+                snapshot_peer.map(|p| &p.debezium.usage),
+            ),
             ("cdc", self.cdc.as_ref().map(|s| &s.usage)),
+            (
+                "cdc, Debezium peer (the JVM is `java`, as the broker)",
+                self.cdc
+                    .as_ref()
+                    .and_then(|c| c.peer.as_ref())
+                    .map(|d| &d.usage),
+            ),
             ("single", self.single.as_ref().map(|s| &s.usage)),
         ];
         for (name, usage) in phases {

@@ -52,6 +52,9 @@ pub async fn status(ctx: &Ctx, tables: usize) -> Result<StatusResult> {
         ctx.say(&format!("status: running Ferry on {tables} tables"));
         p.start_ferry(ctx, src, dst).await?;
         let listen = p.ferry()?.config.coordinator.listen.clone();
+        let token = ferry_shared::coordinator_access::client_token(&p.ferry()?.config.coordinator)?
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default();
         let ferry = p.ferry()?;
         ferry.start_exporter();
         ferry.start_importer_after_topic("t000").await?;
@@ -82,7 +85,7 @@ pub async fn status(ctx: &Ctx, tables: usize) -> Result<StatusResult> {
         });
         let get = async |path: &str| -> Result<f64> {
             let started = Instant::now();
-            let body = http_get(&listen, path).await?;
+            let body = http_get(&listen, &token, path).await?;
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             if !body.contains("\"importers\"") {
                 bail!("GET {path} gave no status: {body}");
@@ -119,13 +122,17 @@ pub async fn status(ctx: &Ctx, tables: usize) -> Result<StatusResult> {
     .await
 }
 
-/// A plain HTTP/1.1 GET of `path` on `addr`; the body.
-async fn http_get(addr: &str, path: &str) -> Result<String> {
+/// A plain HTTP/1.1 GET of `path` on `addr` with the coordinator's token (as the CLI
+/// sends it); the body.
+async fn http_get(addr: &str, token: &str, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await?;
     let mut answer = Vec::new();

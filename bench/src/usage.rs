@@ -43,6 +43,21 @@ fn parse_stat(text: &str) -> Option<(String, f64)> {
     Some((comm, (utime + stime) / ticks_per_second()))
 }
 
+/// CPU seconds used so far by process `pid` (every thread of it: the Debezium peer's
+/// JVM).
+pub fn pid_cpu(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat(&text)
+        .map(|(_, s)| s)
+        .with_context(|| format!("parsing {path}"))
+}
+
+/// Peak RSS in bytes of process `pid` (`VmHWM`).
+pub fn pid_peak_rss(pid: u32) -> Result<u64> {
+    vm_hwm(&format!("/proc/{pid}/status"))
+}
+
 /// CPU seconds used by the whole process so far.
 pub fn process_cpu() -> Result<f64> {
     let text = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
@@ -116,11 +131,16 @@ pub fn reset_peak_rss() -> Result<()> {
 
 /// Peak RSS in bytes since the last [`reset_peak_rss`] (or the start).
 pub fn peak_rss() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    vm_hwm("/proc/self/status")
+}
+
+/// `VmHWM` of a `status` file, bytes.
+fn vm_hwm(path: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let line = text
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
+        .with_context(|| format!("no VmHWM in {path}"))?;
     let kb: u64 = line
         .split_whitespace()
         .nth(1)
