@@ -86,11 +86,17 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes / (1024 * 1024))
 }
 
-const MIN_RATIO: f64 = 0.40;
-const MAX_CPU_US_PER_ROW: f64 = 4.0;
-const MAX_RSS: u64 = 1 << 30;
-const MIN_SINGLE_RATE: f64 = 20_000.0;
-const MAX_P99_MS: f64 = 500.0;
+// Issue #19's targets on Apache Kafka, 2 cores with everything on the box.
+/// Snapshot end to end against the COPY pipe.
+const MIN_SNAPSHOT_RATIO: f64 = 0.50;
+/// Batched CDC end to end against pg_recvlogical.
+const MIN_CDC_RATIO: f64 = 0.60;
+const MAX_CPU_US_PER_ROW: f64 = 2.5;
+/// Exporter + importer (+ coordinator, measured with them).
+const MAX_RSS: u64 = 512 << 20;
+/// Single-row transactions: applied against offered.
+const MIN_SINGLE_KEEP_UP: f64 = 0.98;
+const MAX_P99_MS: f64 = 250.0;
 /// Ferry's source half into Kafka against Debezium's (issue #19).
 const MIN_PEER_RATIO: f64 = 3.0;
 
@@ -147,7 +153,7 @@ impl Report {
                 usage.ferry_cpu_seconds()
             ),
             None,
-            if cpu_target { "≤ 4 µs" } else { "" },
+            if cpu_target { "≤ 2.5 µs" } else { "" },
             cpu_target.then_some(us <= MAX_CPU_US_PER_ROW),
         );
         self.line(
@@ -155,7 +161,7 @@ impl Report {
             mib(usage.peak_rss_bytes),
             String::new(),
             None,
-            "≤ 1024 MiB",
+            "≤ 512 MiB",
             Some(usage.peak_rss_bytes <= MAX_RSS),
         );
     }
@@ -272,8 +278,8 @@ impl Report {
                 rate(s.ferry_rows_per_second),
                 format!("COPY binary pipe {}", rate(s.copy_rows_per_second)),
                 Some(ratio),
-                "ratio ≥ 0.40",
-                Some(ratio >= MIN_RATIO),
+                "ratio ≥ 0.50",
+                Some(ratio >= MIN_SNAPSHOT_RATIO),
             );
             self.usage_lines("snapshot", &s.usage, s.rows as f64, "row", true);
             self.line(
@@ -300,8 +306,8 @@ impl Report {
                 rate(c.ferry_events_per_second),
                 format!("pg_recvlogical {}", rate(c.recvlogical_events_per_second)),
                 Some(ratio),
-                "ratio ≥ 0.40",
-                Some(ratio >= MIN_RATIO),
+                "ratio ≥ 0.60",
+                Some(ratio >= MIN_CDC_RATIO),
             );
             self.usage_lines("cdc", &c.usage, c.events as f64, "change", false);
             self.line(
@@ -357,16 +363,16 @@ impl Report {
                     rate(s.source_events_per_second),
                     rate(s.recvlogical_events_per_second)
                 ),
-                Some(s.ferry_events_per_second / s.recvlogical_events_per_second),
-                "≥ 20 k/s",
-                Some(s.ferry_events_per_second >= MIN_SINGLE_RATE),
+                Some(s.ferry_events_per_second / s.offered_rate.max(1.0)),
+                "≥ 0.98 × offered",
+                Some(s.ferry_events_per_second >= MIN_SINGLE_KEEP_UP * s.offered_rate),
             );
             self.line(
                 "single-row txns: commit-to-commit p50 / p99",
                 format!("{:.0} / {:.0} ms", s.latency_p50_ms, s.latency_p99_ms),
                 format!("max {:.0} ms", s.latency_max_ms),
                 None,
-                "p99 ≤ 500 ms",
+                "p99 ≤ 250 ms",
                 Some(s.latency_p99_ms <= MAX_P99_MS),
             );
             self.line(
