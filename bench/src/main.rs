@@ -57,9 +57,9 @@ struct Args {
     /// Seconds of single-row load.
     #[arg(long, default_value_t = 30)]
     single_seconds: u64,
-    /// Offered rate of single-row transactions per second: above the 20k/s target, so
-    /// that the applied rate (events over first commit to last apply) can reach it.
-    #[arg(long, default_value_t = 22_000)]
+    /// Offered rate of single-row transactions per second; 0 (the default): half of
+    /// pg_recvlogical's rate on single-row transactions, measured first on this machine.
+    #[arg(long, default_value_t = 0)]
     single_rate: u64,
     /// Sessions writing the single-row load.
     #[arg(long, default_value_t = 2)]

@@ -751,9 +751,72 @@ pub struct SingleResult {
 /// Single-row transactions: inserts paced at `rate` per second over `connections`
 /// sessions for `seconds`, each row stamped with `clock_timestamp()` at insert; the
 /// target stamps `applied` with `clock_timestamp()` in an `ENABLE ALWAYS` trigger.
+/// pg_recvlogical's rate on single-row transactions here: `connections` sessions commit
+/// single-row inserts as fast as they can for `seconds` in a database of its own, then
+/// pg_recvlogical decodes them from a slot made before; events over its wall time.
+async fn recvlogical_single_rate(
+    ctx: &Ctx,
+    p: &mut Phase,
+    seconds: u64,
+    connections: i64,
+) -> Result<f64> {
+    let cal = p.db(&ctx.stack.source, "bench_one_cal").await?;
+    p.dbs[cal]
+        .connect()
+        .await?
+        .batch_execute(db::SOURCE_DDL)
+        .await?;
+    let slot = RefSlot::create(&p.dbs[cal]).await?;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let client = p.dbs[cal].connect().await?;
+        let sql = format!(
+            "DO $$ DECLARE i bigint := 0; id bigint; t0 timestamptz := clock_timestamp();
+             BEGIN
+               WHILE clock_timestamp() < t0 + interval '{seconds} seconds' LOOP
+                 id := 1 + i * {connections} + {c};
+                 INSERT INTO t VALUES (id, (id % 100000)::int, id * 7,
+                                       substr(md5(id::text), 1, 16), clock_timestamp());
+                 COMMIT;
+                 i := i + 1;
+               END LOOP;
+             END $$"
+        );
+        tasks.push(tokio::spawn(
+            async move { client.batch_execute(&sql).await },
+        ));
+    }
+    for t in tasks {
+        t.await?.context("the calibration load")?;
+    }
+    let end_lsn = db::current_lsn(&p.dbs[cal]).await?;
+    let events: i64 = p.dbs[cal]
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    let secs = slot.read_to(&p.dbs[cal], &end_lsn).await?;
+    slot.drop(&p.dbs[cal]).await?;
+    Ok(events as f64 / secs.max(1e-3))
+}
+
+/// The single-row phase; `rate` 0: half of pg_recvlogical's single-row rate here
+/// ([`recvlogical_single_rate`]), so the offered load fits the machine.
 pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Result<SingleResult> {
     const PREFILL: i64 = 1000;
     with_phase(async |p: &mut Phase| {
+        let rate = if rate > 0 {
+            rate
+        } else {
+            ctx.say("single: pg_recvlogical's rate on single-row transactions (5 s of load)");
+            let reference = recvlogical_single_rate(ctx, p, 5, connections).await?;
+            let half = (reference / 2.0).round().max(100.0) as u64;
+            ctx.say(&format!(
+                "single: pg_recvlogical decodes {reference:.0} single-row transactions/s; offering half: {half}/s"
+            ));
+            half
+        };
         let src = p.db(&ctx.stack.source, "bench_one_src").await?;
         let dst = p.db(&ctx.stack.target, "bench_one_dst").await?;
         p.dbs[src].connect().await?.batch_execute(db::SOURCE_DDL).await?;
