@@ -32,8 +32,8 @@ async fn clusters_are_distinct_and_logical() {
         let row = client.query_one("SHOW wal_level", &[]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), "logical", "cluster {}", c.name);
         for (setting, want) in [
-            ("max_replication_slots", "64"),
-            ("max_wal_senders", "64"),
+            ("max_replication_slots", "256"),
+            ("max_wal_senders", "128"),
             ("max_connections", "300"),
         ] {
             let row = client
