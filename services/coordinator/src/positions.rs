@@ -257,7 +257,10 @@ pub fn instance_states(
         .values()
         .filter_map(|h| {
             let current = failed_error(&h.instance);
-            let state = if live(h) {
+            // A stop recorded after the instance's last heartbeat wins over it: the
+            // process may have died before its last heartbeat reached the topic.
+            let stopped_since = current.as_ref().is_some_and(|e| e.at_ms >= h.ts_ms);
+            let state = if live(h) && !stopped_since {
                 match h.phase.as_str() {
                     "standby" => "standby",
                     "retrying" => "retrying",
@@ -487,8 +490,16 @@ pub async fn measure(m: &Migration) -> Status {
         let current = errors
             .iter()
             .find(|e| e.role == "exporter" && e.unit == stream.as_str());
-        let live = beat
-            .filter(|b| now - b.at_ms < STALE_MS && b.phase != "failed" && b.phase != "stopped");
+        // A stop recorded after the exporter's last heartbeat wins over it.
+        let stopped_since = |b: &&ExporterHeartbeat| {
+            current.is_some_and(|e| e.state == "failed" && e.error.at_ms >= b.at_ms)
+        };
+        let live = beat.filter(|b| {
+            now - b.at_ms < STALE_MS
+                && b.phase != "failed"
+                && b.phase != "stopped"
+                && !stopped_since(b)
+        });
         let exporter_phase = match (fin, live, current) {
             (Some(_), _, _) => "stopped".to_owned(),
             (None, Some(b), _) => b.phase.clone(),
@@ -967,6 +978,19 @@ mod tests {
             &[error("c:1", "definite", failed_at)],
         );
         assert!(h.current_errors(NOW).is_empty());
+    }
+
+    #[test]
+    fn a_stop_recorded_after_the_last_heartbeat_is_a_failed_instance() {
+        // The process died before its failed heartbeat reached the topic: its last
+        // heartbeat says applying, but the error record came after it.
+        let h = records(
+            &[beat("d:2", "applying", NOW - 2_000, 0)],
+            &[error("d:2", "definite", NOW - 1_000)],
+        );
+        let errors = h.current_errors(NOW);
+        let states = instance_states(&h.importers["target"], &errors, NOW);
+        assert_eq!(states[0].state, "failed", "{states:?}");
     }
 
     #[test]
