@@ -127,33 +127,9 @@ pub async fn cutover(ctx: &Ctx, seconds: u64, rate: u64) -> Result<CutoverResult
         ctx.say(&format!(
             "cutover: {rate} single-row transactions per second for {seconds} s, then a cutover to target"
         ));
-        let connections: i64 = 2;
-        let per_connection = rate as f64 / connections as f64;
-        let mut tasks = Vec::new();
-        for c in 0..connections {
-            let client = p.dbs[src].connect().await?;
-            let sql = format!(
-                "DO $$ DECLARE i bigint := 0; id bigint; t0 timestamptz := clock_timestamp(); ahead float8;
-                 BEGIN
-                   WHILE clock_timestamp() < t0 + interval '{seconds} seconds' LOOP
-                     id := {base} + i * {connections} + {c};
-                     INSERT INTO t VALUES (id, (id % 100000)::int, id * 7,
-                                           substr(md5(id::text), 1, 16), clock_timestamp());
-                     COMMIT;
-                     i := i + 1;
-                     IF i % 20 = 0 THEN
-                       ahead := i / {per_connection}::float8 - extract(epoch FROM clock_timestamp() - t0);
-                       IF ahead > 0 THEN PERFORM pg_sleep(ahead); END IF;
-                     END IF;
-                   END LOOP;
-                 END $$",
-                base = PREFILL + 1,
-            );
-            tasks.push(tokio::spawn(async move { client.batch_execute(&sql).await }));
-        }
-        for t in tasks {
-            t.await?.context("the load before the cutover")?;
-        }
+        crate::load::single_rows(&p.dbs[src], PREFILL + 1, seconds, 2, Some(rate))
+            .await
+            .context("the load before the cutover")?;
         // The load's last commit is done: the operator initiates the cutover now.
         let requested = Instant::now();
         let (code, body) = http(

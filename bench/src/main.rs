@@ -11,6 +11,7 @@
 mod cutover;
 mod db;
 mod debezium;
+mod load;
 mod phases;
 mod report;
 mod services;

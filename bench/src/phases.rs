@@ -767,28 +767,7 @@ async fn recvlogical_single_rate(
         .batch_execute(db::SOURCE_DDL)
         .await?;
     let slot = RefSlot::create(&p.dbs[cal]).await?;
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let client = p.dbs[cal].connect().await?;
-        let sql = format!(
-            "DO $$ DECLARE i bigint := 0; id bigint; t0 timestamptz := clock_timestamp();
-             BEGIN
-               WHILE clock_timestamp() < t0 + interval '{seconds} seconds' LOOP
-                 id := 1 + i * {connections} + {c};
-                 INSERT INTO t VALUES (id, (id % 100000)::int, id * 7,
-                                       substr(md5(id::text), 1, 16), clock_timestamp());
-                 COMMIT;
-                 i := i + 1;
-               END LOOP;
-             END $$"
-        );
-        tasks.push(tokio::spawn(
-            async move { client.batch_execute(&sql).await },
-        ));
-    }
-    for t in tasks {
-        t.await?.context("the calibration load")?;
-    }
+    crate::load::single_rows(&p.dbs[cal], 1, seconds, connections, None).await?;
     let end_lsn = db::current_lsn(&p.dbs[cal]).await?;
     let events: i64 = p.dbs[cal]
         .connect()
@@ -850,32 +829,7 @@ pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Res
             "single: {rate} single-row transactions per second for {seconds} s"
         ));
         let mark = CpuMark::start()?;
-        let per_connection = rate as f64 / connections as f64;
-        let mut tasks = Vec::new();
-        for c in 0..connections {
-            let client = p.dbs[src].connect().await?;
-            let sql = format!(
-                "DO $$ DECLARE i bigint := 0; id bigint; t0 timestamptz := clock_timestamp(); ahead float8;
-                 BEGIN
-                   WHILE clock_timestamp() < t0 + interval '{seconds} seconds' LOOP
-                     id := {base} + i * {connections} + {c};
-                     INSERT INTO t VALUES (id, (id % 100000)::int, id * 7,
-                                           substr(md5(id::text), 1, 16), clock_timestamp());
-                     COMMIT;
-                     i := i + 1;
-                     IF i % 20 = 0 THEN
-                       ahead := i / {per_connection}::float8 - extract(epoch FROM clock_timestamp() - t0);
-                       IF ahead > 0 THEN PERFORM pg_sleep(ahead); END IF;
-                     END IF;
-                   END LOOP;
-                 END $$",
-                base = PREFILL + 1,
-            );
-            tasks.push(tokio::spawn(async move { client.batch_execute(&sql).await }));
-        }
-        for t in tasks {
-            t.await?.context("the single-row load")?;
-        }
+        crate::load::single_rows(&p.dbs[src], PREFILL + 1, seconds, connections, Some(rate)).await?;
         let load_end = Instant::now();
         let end_lsn = db::current_lsn(&p.dbs[src]).await?;
         let source = p.dbs[src].connect().await?;
