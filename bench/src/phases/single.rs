@@ -1,0 +1,195 @@
+//! The single-row phase: paced one-row transactions while Ferry runs, their
+//! commit-to-apply latency, and the offered rate sized from pg_recvlogical's.
+
+use super::*;
+
+/// The single-row CDC phase's figures.
+#[derive(Debug, Serialize)]
+pub struct SingleResult {
+    pub seconds: f64,
+    pub offered_rate: f64,
+    pub connections: i64,
+    pub events: i64,
+    /// Events per second the source committed (the load's achieved rate).
+    pub source_events_per_second: f64,
+    /// Events per second applied on the target, first source commit to last apply.
+    pub ferry_events_per_second: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    /// p99 latency of the first and the last fifth of the run (by source commit time).
+    pub first_fifth_p99_ms: f64,
+    pub last_fifth_p99_ms: f64,
+    /// Least-squares slope of latency over the run, ms per second.
+    pub latency_slope_ms_per_s: f64,
+    pub lag_grows: bool,
+    /// Time from the end of the load until the target had every event.
+    pub drain_seconds: f64,
+    pub recvlogical_seconds: f64,
+    pub recvlogical_events_per_second: f64,
+    pub usage: Usage,
+    pub checksum: Checksum,
+}
+
+/// Single-row transactions: inserts paced at `rate` per second over `connections`
+/// sessions for `seconds`, each row stamped with `clock_timestamp()` at insert; the
+/// target stamps `applied` with `clock_timestamp()` in an `ENABLE ALWAYS` trigger.
+/// pg_recvlogical's rate on single-row transactions here: `connections` sessions commit
+/// single-row inserts as fast as they can for `seconds` in a database of its own, then
+/// pg_recvlogical decodes them from a slot made before; events over its wall time.
+async fn recvlogical_single_rate(
+    ctx: &Ctx,
+    p: &mut Phase,
+    seconds: u64,
+    connections: i64,
+) -> Result<f64> {
+    let cal = p.db(&ctx.stack.source, "bench_one_cal").await?;
+    p.dbs[cal]
+        .connect()
+        .await?
+        .batch_execute(db::SOURCE_DDL)
+        .await?;
+    let slot = RefSlot::create(&p.dbs[cal]).await?;
+    crate::load::single_rows(&p.dbs[cal], 1, seconds, connections, None).await?;
+    let end_lsn = db::current_lsn(&p.dbs[cal]).await?;
+    let events: i64 = p.dbs[cal]
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    let secs = slot.read_to(&p.dbs[cal], &end_lsn).await?;
+    slot.drop(&p.dbs[cal]).await?;
+    Ok(events as f64 / secs.max(1e-3))
+}
+
+/// The single-row phase; `rate` 0: half of pg_recvlogical's single-row rate here
+/// ([`recvlogical_single_rate`]), so the offered load fits the machine.
+pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Result<SingleResult> {
+    const PREFILL: i64 = 1000;
+    with_phase(async |p: &mut Phase| {
+        let rate = if rate > 0 {
+            rate
+        } else {
+            ctx.say("single: pg_recvlogical's rate on single-row transactions (5 s of load)");
+            let reference = recvlogical_single_rate(ctx, p, 5, connections).await?;
+            let half = (reference / 2.0).round().max(100.0) as u64;
+            ctx.say(&format!(
+                "single: pg_recvlogical decodes {reference:.0} single-row transactions/s; offering half: {half}/s"
+            ));
+            half
+        };
+        let src = p.db(&ctx.stack.source, "bench_one_src").await?;
+        let dst = p.db(&ctx.stack.target, "bench_one_dst").await?;
+        p.dbs[src].connect().await?.batch_execute(db::SOURCE_DDL).await?;
+        p.dbs[dst]
+            .connect()
+            .await?
+            .batch_execute(&format!(
+                "{}
+                 ALTER TABLE t ADD COLUMN applied timestamptz;
+                 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN NEW.applied := clock_timestamp(); RETURN NEW; END $$;
+                 CREATE TRIGGER stamp BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION stamp();
+                 ALTER TABLE t ENABLE ALWAYS TRIGGER stamp;",
+                db::TARGET_DDL
+            ))
+            .await?;
+        db::fill(&p.dbs[src], 1, PREFILL, 1).await?;
+        let target = p.dbs[dst].connect().await?;
+
+        ctx.say("single: Ferry's snapshot of the prefill");
+        p.start_ferry(ctx, src, dst).await?;
+        let since = Instant::now();
+        let ferry = p.ferry()?;
+        ferry.start_exporter();
+        ferry.start_importer_after_topic("t").await?;
+        wait_applied(ctx, ferry, &target, since, "the prefill snapshot", |c| c.0 >= PREFILL, |_| true)
+            .await?;
+        let reference = RefSlot::create(&p.dbs[src]).await?;
+
+        ctx.say(&format!(
+            "single: {rate} single-row transactions per second for {seconds} s"
+        ));
+        let mark = CpuMark::start()?;
+        crate::load::single_rows(&p.dbs[src], PREFILL + 1, seconds, connections, Some(rate)).await?;
+        let load_end = Instant::now();
+        let end_lsn = db::current_lsn(&p.dbs[src]).await?;
+        let source = p.dbs[src].connect().await?;
+        let events: i64 = source
+            .query_one("SELECT count(*) FROM t WHERE id > $1", &[&PREFILL])
+            .await?
+            .get(0);
+        let ferry = p.ferry()?;
+        let (drain, _) = wait_applied(
+            ctx,
+            ferry,
+            &target,
+            load_end,
+            "the single-row changes on the target",
+            |c| c.1 >= events,
+            |_| true,
+        )
+        .await?;
+        let usage = mark.finish()?;
+        ferry.stop().await?;
+
+        let row = target
+            .query_one(
+                "WITH x AS (
+                   SELECT ts, applied, extract(epoch FROM applied - ts)::float8 * 1000 AS ms,
+                          ntile(5) OVER (ORDER BY ts) AS fifth
+                   FROM t WHERE id > $1)
+                 SELECT count(*),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                   max(ms),
+                   extract(epoch FROM max(ts) - min(ts))::float8,
+                   extract(epoch FROM max(applied) - min(ts))::float8,
+                   regr_slope(ms, extract(epoch FROM ts)::float8),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FILTER (WHERE fifth = 1),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FILTER (WHERE fifth = 5),
+                   count(*) FILTER (WHERE applied IS NULL)
+                 FROM x",
+                &[&PREFILL],
+            )
+            .await?;
+        let applied_rows: i64 = row.get(0);
+        let unstamped: i64 = row.get(9);
+        if applied_rows != events || unstamped > 0 {
+            bail!("the target has {applied_rows} of {events} single-row events ({unstamped} without an apply time: is the ENABLE ALWAYS trigger firing?)");
+        }
+        let get = |i: usize| -> f64 { row.get::<_, Option<f64>>(i).unwrap_or(0.0) };
+        let (source_span, apply_span) = (get(4).max(1e-3), get(5).max(1e-3));
+        let slope = get(6);
+
+        ctx.say("single: reference pg_recvlogical");
+        let ref_secs = reference.read_to(&p.dbs[src], &end_lsn).await?;
+        reference.drop(&p.dbs[src]).await?;
+        let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
+        let (first_p99, last_p99) = (get(7), get(8));
+        Ok(SingleResult {
+            seconds: seconds as f64,
+            offered_rate: rate as f64,
+            connections,
+            events,
+            source_events_per_second: events as f64 / source_span,
+            ferry_events_per_second: events as f64 / apply_span,
+            latency_p50_ms: get(1),
+            latency_p99_ms: get(2),
+            latency_max_ms: get(3),
+            first_fifth_p99_ms: first_p99,
+            last_fifth_p99_ms: last_p99,
+            latency_slope_ms_per_s: slope,
+            // Growing: the latency rises by more than 100 ms over the run and ends
+            // well above where it started.
+            lag_grows: slope * source_span > 100.0 && last_p99 > 2.0 * first_p99,
+            drain_seconds: drain,
+            recvlogical_seconds: ref_secs,
+            recvlogical_events_per_second: events as f64 / ref_secs,
+            usage,
+            checksum,
+        })
+    })
+    .await
+}
