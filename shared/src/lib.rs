@@ -13,6 +13,7 @@ pub mod config;
 pub mod coordinator_access;
 pub mod envelope;
 pub mod error_policy;
+pub mod fetch_stall;
 pub mod health;
 pub mod heartbeat;
 pub mod json;

@@ -11,10 +11,12 @@
 //! Kafka offsets are committed (asynchronously, for monitoring and tools) only on the
 //! applier's request, after the destination transaction that stored them committed.
 
+use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use ferry_shared::fetch_stall::FetchStall;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -302,6 +304,10 @@ fn poll_loop<S: Sink + Sync>(
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_RECORDS_PER_ITEM);
     let mut last_topic: Option<Arc<str>> = None;
     let mut told_waiting = false;
+    // Time spent waiting for the applier to take a batch: the stall clock does not run
+    // then (the consumer was kept from polling, not stuck).
+    let mut blocked = Duration::ZERO;
+    let mut stalls: HashMap<(String, i32), FetchStall> = HashMap::new();
     while !stopped() {
         if last_watermarks.elapsed() >= Duration::from_secs(5) {
             last_watermarks = std::time::Instant::now();
@@ -322,6 +328,11 @@ fn poll_loop<S: Sink + Sync>(
                         }
                     }
                 }
+            }
+            if let Some(stalled) = fetch_stalled(&consumer, &highs, &mut stalls, blocked) {
+                tracing::warn!("{stalled}");
+                let _ = items.blocking_send(Item::Failed(Failure::Transient(stalled)));
+                break;
             }
             if items.try_send(Item::Watermarks(highs)).is_err() && items.is_closed() {
                 break;
@@ -351,7 +362,9 @@ fn poll_loop<S: Sink + Sync>(
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                 });
-                if batch.len() >= MAX_RECORDS_PER_ITEM && !hand_over(&items, &mut batch) {
+                if batch.len() >= MAX_RECORDS_PER_ITEM
+                    && !hand_over(&items, &mut batch, &mut blocked)
+                {
                     break;
                 }
             }
@@ -369,7 +382,7 @@ fn poll_loop<S: Sink + Sync>(
             }
             None => {
                 // Everything fetched so far is polled.
-                if !hand_over(&items, &mut batch) {
+                if !hand_over(&items, &mut batch, &mut blocked) {
                     break;
                 }
             }
@@ -377,17 +390,98 @@ fn poll_loop<S: Sink + Sync>(
     }
     let _ = consumer.unassign();
     consumer.unsubscribe();
-    drop(consumer);
+    close_within(consumer, CLOSE_WITHIN);
 }
 
-/// Sends the batch (if any) to the applier, waiting while its channel is full; false
-/// when the applier is gone.
-fn hand_over(items: &mpsc::Sender<Item>, batch: &mut Vec<Record>) -> bool {
+/// How long closing the consumer (leaving the group) may take before the thread goes on
+/// without it.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Closes `consumer` (leaving its group) on a thread of its own and waits at most
+/// `within`. librdkafka's close waits for the group coordinator's answer with no time
+/// limit; when the broker is gone, or the client's coordinator connection is stuck after
+/// a broker restart, it never ends, and a session (or the process) that waited for it
+/// could not stop. Past `within` the close goes on in the background and is logged; the
+/// broker expires the member after its session timeout.
+fn close_within<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>, within: Duration) {
+    let (done_tx, done_rx) = std_mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("ferry-consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done_tx.send(());
+        });
+    if spawned.is_err() {
+        tracing::warn!("could not start a thread to close the kafka consumer; leaving it open");
+        return;
+    }
+    if done_rx.recv_timeout(within).is_err() {
+        tracing::warn!(
+            within_s = within.as_secs(),
+            "closing the kafka consumer (leaving the group) did not finish in time; it goes on in the background and the broker expires the member after its session timeout"
+        );
+    }
+}
+
+/// How long records may wait past an assigned partition's position that does not move,
+/// while this thread polls, before the session starts again with a new consumer.
+const CONSUMER_STALL_AFTER: Duration = Duration::from_secs(30);
+
+/// Feeds every assigned partition's position and end (`highs`) to its stall watch; the
+/// message naming the first stuck partition, if any (see [`FetchStall`]). `blocked` is
+/// how long the thread has waited for the applier so far (the watch's clock stops then).
+fn fetch_stalled<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    highs: &[(String, i32, i64)],
+    stalls: &mut HashMap<(String, i32), FetchStall>,
+    blocked: Duration,
+) -> Option<String> {
+    let now = Instant::now();
+    let clock = now.checked_sub(blocked).unwrap_or(now);
+    let positions = consumer.position().ok()?;
+    let ends: HashMap<(&str, i32), i64> = highs
+        .iter()
+        .map(|(t, p, h)| ((t.as_str(), *p), *h))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut stalled = None;
+    for e in positions.elements() {
+        // No position yet: nothing fetched since the assignment, so nothing to compare.
+        let (Offset::Offset(at), Some(&high)) = (e.offset(), ends.get(&(e.topic(), e.partition())))
+        else {
+            continue;
+        };
+        let key = (e.topic().to_owned(), e.partition());
+        seen.insert(key.clone());
+        let watch = stalls
+            .entry(key)
+            .or_insert_with(|| FetchStall::new(CONSUMER_STALL_AFTER));
+        if let Some(waited) = watch.observe(at, high, clock) {
+            stalled.get_or_insert_with(|| {
+                format!(
+                    "the kafka consumer fetched nothing from {}[{}] for {} s while records waited past offset {at} (the partition ends at {high}); starting a new session with a new consumer",
+                    e.topic(),
+                    e.partition(),
+                    waited.as_secs()
+                )
+            });
+        }
+    }
+    stalls.retain(|k, _| seen.contains(k));
+    stalled
+}
+
+/// Sends the batch (if any) to the applier, waiting while its channel is full (the wait
+/// is added to `blocked`); false when the applier is gone.
+fn hand_over(items: &mpsc::Sender<Item>, batch: &mut Vec<Record>, blocked: &mut Duration) -> bool {
     if batch.is_empty() {
         return true;
     }
     let records = std::mem::replace(batch, Vec::with_capacity(MAX_RECORDS_PER_ITEM));
-    items.blocking_send(Item::Records(records)).is_ok()
+    let t = Instant::now();
+    let sent = items.blocking_send(Item::Records(records)).is_ok();
+    *blocked += t.elapsed();
+    sent
 }
 
 fn run_commands<S: Sink + Sync>(

@@ -71,6 +71,7 @@ impl Stack {
     /// integration test can run without the stack.
     #[allow(clippy::panic)]
     pub fn get() -> &'static Stack {
+        crate::watchdog::watch_current_test();
         STACK.get_or_init(|| match start() {
             Ok(stack) => stack,
             Err(e) => panic!("the local test stack is not available: {e:#}"),

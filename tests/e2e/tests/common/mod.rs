@@ -112,8 +112,11 @@ pub fn coordinator_http(config: &Config) -> Result<reqwest::Client> {
     value.set_sensitive(true);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, value);
+    // A coordinator that accepts a request and never answers is a failure the test
+    // names, not a hang.
     Ok(reqwest::Client::builder()
         .default_headers(headers)
+        .timeout(Duration::from_secs(30))
         .build()?)
 }
 
@@ -130,6 +133,7 @@ impl Harness {
 
     /// A harness migrating `schema` (see [`Schema`]).
     pub async fn with(name: &str, kafka: Option<String>, schema: &Schema) -> Result<Harness> {
+        log_services();
         let stack = Stack::get();
         let source_db = stack.source.create_database(&format!("{name}_s")).await?;
         let target_db = stack.target.create_database(&format!("{name}_t")).await?;
@@ -438,18 +442,46 @@ impl Harness {
         Ok(())
     }
 
+    /// Stops every service and the coordinator; each must stop within
+    /// [`STOP_DEADLINE`] of being asked (a service that does not is a defect).
     pub async fn stop(mut self) -> Result<()> {
         self.services.trigger();
         for (name, task) in self.tasks.drain(..) {
-            task.await?.with_context(|| name.clone())?;
+            tokio::time::timeout(STOP_DEADLINE, task)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{name} did not stop within {STOP_DEADLINE:?} of being asked")
+                })??
+                .with_context(|| name.clone())?;
         }
         if let Some((trigger, task)) = self.coordinator.take() {
             trigger.trigger();
-            task.await?;
+            tokio::time::timeout(STOP_DEADLINE, task)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "the coordinator did not stop within {STOP_DEADLINE:?} of being asked"
+                    )
+                })??;
         }
         Ok(())
     }
 }
+
+/// With `FERRY_LOG` set (e.g. `FERRY_LOG=ferry_shared::state=debug,info`), the
+/// in-process services log to stderr as the binaries do, uncaptured (so that the log
+/// of a test that hangs shows too).
+pub fn log_services() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+/// How long a service may take to stop once asked.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Copy, Clone, Debug)]
 pub enum Side {
