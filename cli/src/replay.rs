@@ -237,9 +237,11 @@ pub async fn replay_to_writer<W: Write>(
                 Ok(None) => continue,
                 Err(e) => break 'read Err(e),
             };
-            let mut line = event.to_line();
-            line.push('\n');
-            if let Err(e) = out.write_all(line.as_bytes()) {
+            // Straight into the buffered writer (no line string per event).
+            let written = serde_json::to_writer(&mut *out, &event)
+                .map_err(std::io::Error::other)
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(e) = written {
                 break 'read Err(io(e));
             }
             summary.events += 1;

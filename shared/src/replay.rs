@@ -44,8 +44,18 @@ use crate::value::{parse_text, Datum};
 /// VSN (8 bytes, big-endian); still read, no longer written.
 pub const VSN_HEADER: &str = "ferry.vsn";
 
-/// Records queued per partition before the partition is paused.
-const QUEUE_CAP: usize = 2_000;
+/// Records queued over all partitions before a partition is paused: each partition gets
+/// an equal share, within [`MIN_QUEUE`, `MAX_QUEUE`]. Pausing drops what librdkafka
+/// had fetched ahead for the partition, so a small queue (2,000 per partition) paused
+/// after every fetch and held the replay to a third of its speed.
+const QUEUE_BUDGET: usize = 400_000;
+const MIN_QUEUE: usize = 2_000;
+const MAX_QUEUE: usize = 50_000;
+
+/// The records one of `partitions` partitions may queue before it is paused.
+fn queue_cap(partitions: usize) -> usize {
+    (QUEUE_BUDGET / partitions.max(1)).clamp(MIN_QUEUE, MAX_QUEUE)
+}
 /// Records handed over per batch.
 const BATCH: usize = 1_000;
 
@@ -514,6 +524,7 @@ fn merge_loop(
             paused: false,
         })
         .collect();
+    let cap = queue_cap(parts.len());
     let index: HashMap<(Arc<str>, i32), usize> = parts
         .iter()
         .enumerate()
@@ -534,6 +545,7 @@ fn merge_loop(
             .map_err(|e| kafka_err("assigning the replayed partitions", e))?;
     }
     let mut out: Vec<RetainedRecord> = Vec::with_capacity(BATCH);
+    let mut last: Option<usize> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -568,7 +580,7 @@ fn merge_loop(
             if let Some(r) = p.queue.pop_front() {
                 out.push(r);
             }
-            if p.paused && p.queue.len() < QUEUE_CAP / 2 {
+            if p.paused && p.queue.len() < cap / 2 {
                 consumer
                     .resume(&one(&p.range.topic, p.range.partition))
                     .map_err(|e| kafka_err("resuming a partition", e))?;
@@ -581,7 +593,9 @@ fn merge_loop(
         if !out.is_empty() && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
             return Ok(());
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        let polled = consumer.poll(Duration::from_millis(200));
+        let idle = polled.is_none();
+        match polled {
             None => {}
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                 return Err(ReadError::Stream(
@@ -590,9 +604,21 @@ fn merge_loop(
             }
             Some(Err(e)) => return Err(kafka_err("reading the replayed topics", e)),
             Some(Ok(m)) => {
-                let Some(&i) = index.get(&(Arc::from(m.topic()), m.partition())) else {
-                    continue;
+                // Records come in runs of one partition: the last one's index first (a
+                // map lookup needs an owned key, an allocation per record).
+                let i = match last {
+                    Some(i)
+                        if parts[i].range.partition == m.partition()
+                            && *parts[i].topic == *m.topic() =>
+                    {
+                        i
+                    }
+                    _ => match index.get(&(Arc::from(m.topic()), m.partition())) {
+                        Some(&i) => i,
+                        None => continue,
+                    },
                 };
+                last = Some(i);
                 let p = &mut parts[i];
                 let offset = m.offset();
                 if p.done || offset < p.range.from {
@@ -629,7 +655,7 @@ fn merge_loop(
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
                 });
-                if !p.done && !p.paused && p.queue.len() >= QUEUE_CAP {
+                if !p.done && !p.paused && p.queue.len() >= cap {
                     consumer
                         .pause(&one(&p.range.topic, p.range.partition))
                         .map_err(|e| kafka_err("pausing a partition", e))?;
@@ -638,8 +664,10 @@ fn merge_loop(
             }
         }
         // Partitions whose remaining records are transaction markers yield no message:
-        // their position shows they are done.
-        if parts.iter().any(|p| !p.done && p.queue.is_empty()) {
+        // their position shows they are done. Asked only when a poll found nothing
+        // (asking for positions is a round trip to librdkafka's main thread; per record
+        // it took more time than everything else the replay does).
+        if idle && parts.iter().any(|p| !p.done && p.queue.is_empty()) {
             if let Ok(pos) = consumer.position() {
                 for e in pos.elements() {
                     if let Offset::Offset(o) = e.offset() {
@@ -673,6 +701,14 @@ mod tests {
         assert_eq!(record_vsn(Some(&[1, 2]), Some(&value)), None);
         assert_eq!(record_vsn(None, None), None);
         assert_eq!(record_vsn(None, Some(&[1, 0, 0, 0, 7, 84])), None);
+    }
+
+    #[test]
+    fn each_partition_queues_a_share_of_the_budget_within_bounds() {
+        assert_eq!(queue_cap(0), MAX_QUEUE);
+        assert_eq!(queue_cap(4), MAX_QUEUE);
+        assert_eq!(queue_cap(40), 10_000);
+        assert_eq!(queue_cap(1_000), MIN_QUEUE);
     }
 
     #[test]

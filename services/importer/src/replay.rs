@@ -116,7 +116,8 @@ pub async fn apply(
         last_table: None,
         batch_rows: config.importer.batch_rows.max(1) as usize,
         batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
-        sink: PgSink::new(client, Some(conn), &group, &opts.label),
+        sink: Some(PgSink::new(client, Some(conn), &group, &opts.label)),
+        inflight: None,
         result: ReplayApplied {
             group,
             ..ReplayApplied::default()
@@ -193,10 +194,22 @@ struct Run {
     last_table: Option<Arc<TableName>>,
     batch_rows: usize,
     batch_max: Duration,
-    /// The database, written under the replay's group (owns the connection).
-    sink: PgSink,
+    /// The database, written under the replay's group (owns the connection); `None`
+    /// while a batch commits in the background ([`Run::inflight`]).
+    sink: Option<PgSink>,
+    /// The batch being committed while the next one is read and decoded: one at a
+    /// time, so batches still commit in order, each compare-and-set against the
+    /// positions the one before stored.
+    inflight: Option<tokio::task::JoinHandle<Committed>>,
     result: ReplayApplied,
     opts: ReplayApply,
+}
+
+/// A batch committed in the background: the sink back, and what was written.
+struct Committed {
+    sink: PgSink,
+    written: Result<BTreeMap<TableName, Counts>, Failure>,
+    positions: HashMap<(Arc<str>, i32), Stored>,
 }
 
 /// Events and positions not yet written.
@@ -204,7 +217,7 @@ struct Run {
 struct Batch {
     events: BTreeMap<TableName, Vec<Event>>,
     /// (topic, partition) -> the new position.
-    positions: HashMap<(String, i32), Stored>,
+    positions: HashMap<(Arc<str>, i32), Stored>,
     records: usize,
     started: Option<Instant>,
 }
@@ -213,11 +226,19 @@ impl Run {
     /// One pass from the stored positions to the end; `Ok(false)` when stopped by
     /// shutdown.
     async fn once(&mut self, shutdown: &mut Shutdown) -> Result<bool, Failure> {
-        if self.sink.is_closed() {
+        // A batch left in flight by a failed pass: its outcome is in the positions.
+        let _ = self.landed(&mut HashMap::new()).await;
+        if self.sink.as_ref().is_none_or(PgSink::is_closed) {
             let (client, conn) = connect(&self.opts.db, &self.opts.label).await?;
-            self.sink = PgSink::new(client, Some(conn), &self.group, &self.opts.label);
+            self.sink = Some(PgSink::new(
+                client,
+                Some(conn),
+                &self.group,
+                &self.opts.label,
+            ));
         }
-        self.sink.forget_tables();
+        let sink = self.sink()?;
+        sink.forget_tables();
         let names = self
             .opts
             .selection
@@ -231,7 +252,7 @@ impl Run {
             .iter()
             .map(|r| (r.topic.clone(), r.partition))
             .collect();
-        let stored = self.sink.load_positions(&keys).await?;
+        let stored = self.sink()?.load_positions(&keys).await?;
         let stored: HashMap<(String, i32), Stored> = stored
             .into_iter()
             .map(|s| ((s.topic.clone(), s.partition), s))
@@ -254,7 +275,42 @@ impl Run {
         let mut reader = MergedReader::start(&self.kafka, ranges).map_err(read_failure)?;
         let result = self.consume(&mut reader, &mut committed, shutdown).await;
         reader.close().await;
-        result
+        // The last batch lands (or fails) before the pass ends, whatever ended it.
+        let landed = self.landed(&mut committed).await;
+        let completed = result?;
+        landed?;
+        Ok(completed)
+    }
+
+    fn sink(&mut self) -> Result<&mut PgSink, Failure> {
+        self.sink
+            .as_mut()
+            .ok_or_else(|| Failure::Transient("the replay's database session is gone".into()))
+    }
+
+    /// Waits for the batch in flight, if any, and takes in what it wrote (positions into
+    /// `committed`, counts into the result); its failure, if it failed.
+    async fn landed(&mut self, committed: &mut HashMap<(String, i32), i64>) -> Result<(), Failure> {
+        let Some(task) = self.inflight.take() else {
+            return Ok(());
+        };
+        let c = task.await.map_err(|e| {
+            Failure::Transient(format!("the commit task of the replay failed: {e}"))
+        })?;
+        self.sink = Some(c.sink);
+        let counts = c.written?;
+        for new in c.positions.into_values() {
+            self.result.last_vsn = self.result.last_vsn.max(Some(new.last_vsn));
+            committed.insert((new.topic, new.partition), new.next_offset);
+        }
+        for (name, c) in counts {
+            let t = self.result.counts.entry(name).or_default();
+            t.snapshot_rows += c.snapshot_rows;
+            t.inserts += c.inserts;
+            t.updates += c.updates;
+            t.deletes += c.deletes;
+        }
+        Ok(())
     }
 
     async fn consume(
@@ -320,14 +376,16 @@ impl Run {
     }
 
     async fn take(&mut self, r: RetainedRecord, batch: &mut Batch) -> Result<(), Failure> {
-        let at = format!("{}[{}]@{}", r.topic, r.partition, r.offset);
+        // Named only when an error needs it (formatting it per record cost more than
+        // reading the record).
+        let at = || format!("{}[{}]@{}", r.topic, r.partition, r.offset);
         if let Some(payload) = &r.value {
             let event = Event::decode(
                 &self.decoder,
                 r.key.as_deref(),
                 payload,
                 &mut self.last_table,
-                &|| at.clone(),
+                &at,
             )
             .await?;
             match batch.events.get_mut(event.table.as_ref()) {
@@ -337,21 +395,31 @@ impl Run {
                 }
             }
         }
-        batch.positions.insert(
-            (r.topic.to_string(), r.partition),
-            Stored {
-                topic: r.topic.to_string(),
-                partition: r.partition,
-                next_offset: r.offset + 1,
-                last_vsn: r.vsn,
-            },
-        );
+        match batch.positions.get_mut(&(r.topic.clone(), r.partition)) {
+            Some(p) => {
+                p.next_offset = r.offset + 1;
+                p.last_vsn = r.vsn;
+            }
+            None => {
+                batch.positions.insert(
+                    (r.topic.clone(), r.partition),
+                    Stored {
+                        topic: r.topic.to_string(),
+                        partition: r.partition,
+                        next_offset: r.offset + 1,
+                        last_vsn: r.vsn,
+                    },
+                );
+            }
+        }
         batch.records += 1;
         batch.started.get_or_insert_with(Instant::now);
         Ok(())
     }
 
-    /// Writes the batch, its positions and counts in one transaction.
+    /// Writes the batch, its positions and counts in one transaction, in the background:
+    /// waits for the batch before it to land first (its positions are this one's
+    /// compare-and-set values).
     async fn flush(
         &mut self,
         batch: &mut Batch,
@@ -361,31 +429,36 @@ impl Run {
             *batch = Batch::default();
             return Ok(());
         }
+        self.landed(committed).await?;
+        let mut sink = self
+            .sink
+            .take()
+            .ok_or_else(|| Failure::Transient("the replay's database session is gone".into()))?;
         let mut b = std::mem::take(batch);
-        let mut moves: Vec<(i64, &Stored)> = b
+        let expected: Vec<i64> = b
             .positions
             .values()
             .map(|new| {
-                let expected = committed
+                committed
                     .get(&(new.topic.clone(), new.partition))
                     .copied()
-                    .unwrap_or(0);
-                (expected, new)
+                    .unwrap_or(0)
             })
             .collect();
-        let (counts, _) = self.sink.commit(&mut b.events, &mut moves).await?;
-        drop(moves);
-        for (key, new) in b.positions {
-            self.result.last_vsn = self.result.last_vsn.max(Some(new.last_vsn));
-            committed.insert(key, new.next_offset);
-        }
-        for (name, c) in counts {
-            let t = self.result.counts.entry(name).or_default();
-            t.snapshot_rows += c.snapshot_rows;
-            t.inserts += c.inserts;
-            t.updates += c.updates;
-            t.deletes += c.deletes;
-        }
+        self.inflight = Some(tokio::spawn(async move {
+            let mut moves: Vec<(i64, &Stored)> =
+                expected.into_iter().zip(b.positions.values()).collect();
+            let written = sink
+                .commit(&mut b.events, &mut moves)
+                .await
+                .map(|(counts, _)| counts);
+            drop(moves);
+            Committed {
+                sink,
+                written,
+                positions: b.positions,
+            }
+        }));
         Ok(())
     }
 }
