@@ -13,6 +13,7 @@ mod db;
 mod debezium;
 mod load;
 mod phases;
+mod replay;
 mod report;
 mod services;
 mod status;
@@ -40,8 +41,8 @@ enum Only {
     Cdc,
     Single,
     Status,
-    /// Not in the default set: only when asked for.
     Cutover,
+    Replay,
 }
 
 /// Measures Ferry against PostgreSQL references on the local stack.
@@ -74,8 +75,12 @@ struct Args {
     /// Single-row transactions per second before the cutover phase's cutover.
     #[arg(long, default_value_t = 10_000)]
     cutover_rate: u64,
+    /// Snapshot rows the replay phase puts into Kafka and reads back (`ferry replay` to
+    /// a file and into a database, a plain consumer, the importer).
+    #[arg(long, default_value_t = 1_000_000)]
+    replay_rows: i64,
     /// Run only this phase (repeatable); default: every phase (snapshot, cdc, single,
-    /// status, cutover).
+    /// status, cutover, replay).
     #[arg(long, value_enum)]
     only: Vec<Only>,
     /// Snapshot diagnosis: run the exporter alone until every row is in Kafka, then the
@@ -287,6 +292,12 @@ async fn run(args: &Args, services: &Runtimes) -> Report {
         match cutover::cutover(&ctx, args.cutover_seconds, args.cutover_rate).await {
             Ok(r) => report.cutover = Some(r),
             Err(e) => report.errors.push(format!("cutover: {e:#}")),
+        }
+    }
+    if wants(Only::Replay) && !phases::INTERRUPTED.load(Ordering::Relaxed) {
+        match replay::replay(&ctx, args.replay_rows).await {
+            Ok(r) => report.replay = Some(r),
+            Err(e) => report.errors.push(format!("replay: {e:#}")),
         }
     }
     report.machine.load_after = report::load_average();

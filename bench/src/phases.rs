@@ -208,7 +208,7 @@ pub(crate) async fn wait_applied(
 }
 
 /// Source and target checksums; an error (the run fails) when they differ.
-async fn verify(source: &Database, target: &Database) -> Result<Checksum> {
+pub(crate) async fn verify(source: &Database, target: &Database) -> Result<Checksum> {
     let (s, t) = tokio::try_join!(db::checksum(source), db::checksum(target))?;
     if s != t {
         bail!(
@@ -474,7 +474,7 @@ pub struct Staged {
 }
 
 /// Polls the table topic's high watermarks every 250 ms until they hold `rows` records.
-async fn wait_exported(
+pub(crate) async fn wait_exported(
     ctx: &Ctx,
     ferry: &mut Ferry,
     table: &str,

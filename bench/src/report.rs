@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::cutover::CutoverResult;
 use crate::debezium::{PeerRun, DEBEZIUM_VERSION};
 use crate::phases::{CdcResult, SingleResult, SnapshotPeer, SnapshotResult};
+use crate::replay::ReplayResult;
 use crate::status::StatusResult;
 use crate::usage::Usage;
 
@@ -30,6 +31,7 @@ pub struct Report {
     pub single: Option<SingleResult>,
     pub status: Option<StatusResult>,
     pub cutover: Option<CutoverResult>,
+    pub replay: Option<ReplayResult>,
     pub lines: Vec<Line>,
     /// Phases that failed, with the reason; any entry fails the run.
     pub errors: Vec<String>,
@@ -458,9 +460,51 @@ impl Report {
             );
             self.cutover = Some(c);
         }
+        if let Some(r) = self.replay.take() {
+            self.replay_lines(&r);
+            self.replay = Some(r);
+        }
         for e in self.errors.clone() {
             self.line("FAILED", e, String::new(), None, "", Some(false));
         }
+    }
+
+    fn replay_lines(&mut self, r: &ReplayResult) {
+        self.line(
+            &format!("replay: to a JSON-lines file ({} events)", r.events),
+            rate(r.file_events_per_second),
+            format!("plain consumer {}", rate(r.plain_events_per_second)),
+            Some(r.file_events_per_second / r.plain_events_per_second),
+            "≥ 500 k/s",
+            Some(r.file_events_per_second >= 500_000.0),
+        );
+        self.line(
+            "replay: to a file, CPU per event",
+            format!(
+                "{:.2} µs",
+                r.file_usage.cpu_seconds * 1e6 / r.events.max(1) as f64
+            ),
+            format!("{} written", mib(r.file_bytes)),
+            None,
+            "",
+            None,
+        );
+        self.line(
+            "replay: into a database",
+            rate(r.database_events_per_second),
+            format!("importer {}", rate(r.importer_events_per_second)),
+            Some(r.database_events_per_second / r.importer_events_per_second),
+            "≥ 0.90 × importer",
+            Some(r.database_events_per_second >= 0.90 * r.importer_events_per_second),
+        );
+        self.line(
+            "replay: count + checksum equal",
+            format!("{} rows", r.checksum.rows),
+            "source = database = file lines".into(),
+            None,
+            "equal",
+            Some(true),
+        );
     }
 
     /// True when every line with a target passed.
