@@ -202,41 +202,10 @@ fn files_under(dir: &Path, skip: &[PathBuf]) -> Vec<(String, Vec<u8>)> {
 fn watch_command_lines(stop: Arc<Mutex<bool>>, seen: Arc<Mutex<BTreeMap<u32, Vec<u8>>>>) {
     let me = std::process::id();
     while !*stop.lock().unwrap() {
-        let mut parents = BTreeMap::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ...": the comm may hold spaces, so after the ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                parents.insert(pid, ppid);
-            }
-        }
-        for (&pid, _) in parents.iter() {
-            let mut p = pid;
-            let mut ours = false;
-            for _ in 0..16 {
-                match parents.get(&p) {
-                    Some(&parent) if parent == me => {
-                        ours = true;
-                        break;
-                    }
-                    Some(&parent) if parent > 1 => p = parent,
-                    _ => break,
-                }
-            }
-            if ours {
-                if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-                    if !cmdline.is_empty() {
-                        seen.lock().unwrap().insert(pid, cmdline);
-                    }
+        for pid in ferry_testkit::procs::descendants(me) {
+            if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                if !cmdline.is_empty() {
+                    seen.lock().unwrap().insert(pid, cmdline);
                 }
             }
         }

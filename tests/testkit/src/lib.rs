@@ -12,6 +12,7 @@
 mod broker;
 pub mod kafka;
 mod names;
+pub mod procs;
 mod registry;
 mod stack;
 mod tls;

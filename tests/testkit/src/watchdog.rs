@@ -2,6 +2,7 @@
 //! `FERRY_TEST_DEADLINE_S` (default 600 s) ends its test binary with a message naming
 //! it, so that one hung test costs the suite minutes, not the whole CI budget, and the
 //! other test binaries still run (`cargo test --no-fail-fast` goes on to the next).
+//! Before it exits it kills the processes the binary started (they would outlive it).
 //!
 //! A test is watched from its first [`Stack::get`](crate::Stack::get) until its thread
 //! ends (libtest runs each test on a thread named after it; a thread-local guard
@@ -124,8 +125,20 @@ fn watchdog(limit: Duration) {
                 late.join(", "),
                 limit.as_secs()
             );
+            kill_descendants();
             std::process::exit(102);
         }
+    }
+}
+
+/// SIGKILLs every process this one started, and theirs (the `ferry` processes a CLI
+/// test runs): an exit skips the tests' own clean-up, and they would run on.
+fn kill_descendants() {
+    for pid in crate::procs::descendants(std::process::id()) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
