@@ -70,6 +70,38 @@ impl Phase {
         Ok(self.dbs.len() - 1)
     }
 
+    /// A source database holding rows `1..=rows` of `t`, and one empty `t` per prefix
+    /// of `targets` on the target cluster: the indexes of the source and the targets.
+    pub(crate) async fn filled(
+        &mut self,
+        ctx: &Ctx,
+        phase: &str,
+        source: &str,
+        targets: &[&str],
+        rows: i64,
+    ) -> Result<(usize, Vec<usize>)> {
+        let src = self.db(&ctx.stack.source, source).await?;
+        let mut dsts = Vec::with_capacity(targets.len());
+        for prefix in targets {
+            dsts.push(self.db(&ctx.stack.target, prefix).await?);
+        }
+        self.dbs[src]
+            .connect()
+            .await?
+            .batch_execute(db::SOURCE_DDL)
+            .await?;
+        for &d in &dsts {
+            self.dbs[d]
+                .connect()
+                .await?
+                .batch_execute(db::TARGET_DDL)
+                .await?;
+        }
+        ctx.say(&format!("{phase}: filling the source with {rows} rows"));
+        db::fill(&self.dbs[src], 1, rows, 2).await?;
+        Ok((src, dsts))
+    }
+
     /// A Ferry configuration of a fresh migration from `source` to `target`, with the
     /// `--set` overrides.
     pub(crate) fn config(&self, ctx: &Ctx, source: usize, target: usize) -> Result<Config> {
@@ -256,23 +288,16 @@ pub struct SnapshotPeer {
 /// Snapshot: `rows` rows source → Kafka → target, against a binary COPY pipe.
 pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<SnapshotResult> {
     with_phase(async |p: &mut Phase| {
-        let src = p.db(&ctx.stack.source, "bench_snap_src").await?;
-        let dst = p.db(&ctx.stack.target, "bench_snap_dst").await?;
-        let reference = p.db(&ctx.stack.target, "bench_snap_ref").await?;
-        p.dbs[src]
-            .connect()
-            .await?
-            .batch_execute(db::SOURCE_DDL)
+        let (src, dsts) = p
+            .filled(
+                ctx,
+                "snapshot",
+                "bench_snap_src",
+                &["bench_snap_dst", "bench_snap_ref"],
+                rows,
+            )
             .await?;
-        for d in [dst, reference] {
-            p.dbs[d]
-                .connect()
-                .await?
-                .batch_execute(db::TARGET_DDL)
-                .await?;
-        }
-        ctx.say(&format!("snapshot: filling the source with {rows} rows"));
-        db::fill(&p.dbs[src], 1, rows, 2).await?;
+        let (dst, reference) = (dsts[0], dsts[1]);
         let target = p.dbs[dst].connect().await?;
 
         ctx.say("snapshot: running Ferry");

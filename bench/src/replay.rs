@@ -26,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::db::{self, Checksum};
+use crate::db::Checksum;
 use crate::phases::{verify, wait_applied, wait_exported, with_phase, Ctx, Phase};
 use crate::usage::{CpuMark, Usage};
 
@@ -54,23 +54,16 @@ pub struct ReplayResult {
 /// into a database, and applied by the importer.
 pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
     with_phase(async |p: &mut Phase| {
-        let src = p.db(&ctx.stack.source, "bench_replay_src").await?;
-        let dst = p.db(&ctx.stack.target, "bench_replay_dst").await?;
-        let into = p.db(&ctx.stack.target, "bench_replay_into").await?;
-        p.dbs[src]
-            .connect()
-            .await?
-            .batch_execute(db::SOURCE_DDL)
+        let (src, dsts) = p
+            .filled(
+                ctx,
+                "replay",
+                "bench_replay_src",
+                &["bench_replay_dst", "bench_replay_into"],
+                rows,
+            )
             .await?;
-        for d in [dst, into] {
-            p.dbs[d]
-                .connect()
-                .await?
-                .batch_execute(db::TARGET_DDL)
-                .await?;
-        }
-        ctx.say(&format!("replay: filling the source with {rows} rows"));
-        db::fill(&p.dbs[src], 1, rows, 2).await?;
+        let (dst, into) = (dsts[0], dsts[1]);
 
         ctx.say("replay: the exporter puts them into Kafka");
         p.start_ferry(ctx, src, dst).await?;
