@@ -115,6 +115,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The test stack's per-test deadline is for tests; a full run lasts longer.
+    ferry_testkit::no_test_deadline();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")

@@ -25,4 +25,4 @@ pub use registry::serve_registry;
 pub use stack::{coordinator_token, Cluster, SaslListener, Stack};
 pub use tls::TestCa;
 pub use wait::{wait_listening, wait_until};
-pub use watchdog::deadline as test_deadline;
+pub use watchdog::{deadline as test_deadline, no_deadline as no_test_deadline};

@@ -9,6 +9,7 @@
 //! forgets the test when that thread exits).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,28 @@ pub fn deadline() -> Duration {
     }
 }
 
+/// Set by [`no_deadline`]: nothing is watched.
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the deadline off for this process: for a program that uses the test stack but
+/// is not a test (the benchmark, whose runs last longer than any test).
+pub fn no_deadline() {
+    DISABLED.store(true, Ordering::SeqCst);
+}
+
 /// Watches the test running on the current thread (once per thread), starting the
 /// watchdog thread on first use.
 pub(crate) fn watch_current_test() {
+    if DISABLED.load(Ordering::SeqCst) {
+        return;
+    }
+    let me = std::thread::current();
+    // libtest names each test's thread after the test; the runtime's own threads
+    // (called from a spawned task) and the main thread (`--test-threads=1`) are not
+    // a test's.
+    let Some(name) = me.name().filter(|n| is_test_thread(n)) else {
+        return;
+    };
     static START: Once = Once::new();
     let limit = deadline();
     START.call_once(|| {
@@ -71,13 +91,6 @@ pub(crate) fn watch_current_test() {
             );
         }
     });
-    let me = std::thread::current();
-    // libtest names each test's thread after the test; the runtime's own threads
-    // (called from a spawned task) and the main thread (`--test-threads=1`) are not
-    // a test's.
-    let Some(name) = me.name().filter(|n| is_test_thread(n)) else {
-        return;
-    };
     GUARD.with(|g| {
         g.get_or_init(|| {
             if let Ok(mut map) = running().lock() {
