@@ -74,23 +74,16 @@ async fn http(
 /// Cutover with `rate` single-row transactions per second flowing for `seconds` first.
 pub async fn cutover(ctx: &Ctx, seconds: u64, rate: u64) -> Result<CutoverResult> {
     with_phase(async |p: &mut Phase| {
-        let src = p.db(&ctx.stack.source, "bench_cut_src").await?;
-        let dst = p.db(&ctx.stack.target, "bench_cut_dst").await?;
-        p.dbs[src].connect().await?.batch_execute(db::SOURCE_DDL).await?;
-        p.dbs[dst]
-            .connect()
-            .await?
-            .batch_execute(&format!(
-                "{}
-                 ALTER TABLE t ADD COLUMN applied timestamptz;
-                 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
-                   $$ BEGIN NEW.applied := clock_timestamp(); RETURN NEW; END $$;
-                 CREATE TRIGGER stamp BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION stamp();
-                 ALTER TABLE t ENABLE ALWAYS TRIGGER stamp;",
-                db::TARGET_DDL
-            ))
+        let (src, dsts) = p
+            .filled(
+                ctx,
+                "cutover",
+                ("bench_cut_src", PREFILL),
+                &["bench_cut_dst"],
+                db::STAMPED_TARGET_DDL,
+            )
             .await?;
-        db::fill(&p.dbs[src], 1, PREFILL, 1).await?;
+        let dst = dsts[0];
         let target = p.dbs[dst].connect().await?;
 
         ctx.say("cutover: Ferry's snapshot of the prefill");

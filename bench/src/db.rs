@@ -22,6 +22,17 @@ pub const SOURCE_DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a integer, 
 pub const TARGET_DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a integer, b bigint, \
      s character varying(16), ts timestamptz);";
 
+/// `CREATE TABLE t` on a destination that stamps each row's arrival: an `applied`
+/// column set by an `ENABLE ALWAYS` trigger (it fires for the importer's
+/// `session_replication_role = replica` too), for commit-to-applied latencies.
+pub const STAMPED_TARGET_DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a integer, b bigint, \
+     s character varying(16), ts timestamptz);
+     ALTER TABLE t ADD COLUMN applied timestamptz;
+     CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+       $$ BEGIN NEW.applied := clock_timestamp(); RETURN NEW; END $$;
+     CREATE TRIGGER stamp BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION stamp();
+     ALTER TABLE t ENABLE ALWAYS TRIGGER stamp;";
+
 /// The SQL expression of row `g`'s columns `a, b, s, ts` (deterministic).
 pub fn row_values(g: &str) -> String {
     format!(

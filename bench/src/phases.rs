@@ -70,15 +70,16 @@ impl Phase {
         Ok(self.dbs.len() - 1)
     }
 
-    /// A source database holding rows `1..=rows` of `t`, and one empty `t` per prefix
-    /// of `targets` on the target cluster: the indexes of the source and the targets.
+    /// A source database holding rows `1..=rows` of `t`, and one empty `t` made by
+    /// `target_ddl` per prefix of `targets` on the target cluster: the indexes of the
+    /// source and the targets.
     pub(crate) async fn filled(
         &mut self,
         ctx: &Ctx,
         phase: &str,
-        source: &str,
+        (source, rows): (&str, i64),
         targets: &[&str],
-        rows: i64,
+        target_ddl: &str,
     ) -> Result<(usize, Vec<usize>)> {
         let src = self.db(&ctx.stack.source, source).await?;
         let mut dsts = Vec::with_capacity(targets.len());
@@ -94,7 +95,7 @@ impl Phase {
             self.dbs[d]
                 .connect()
                 .await?
-                .batch_execute(db::TARGET_DDL)
+                .batch_execute(target_ddl)
                 .await?;
         }
         ctx.say(&format!("{phase}: filling the source with {rows} rows"));
@@ -292,9 +293,9 @@ pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<Snapsho
             .filled(
                 ctx,
                 "snapshot",
-                "bench_snap_src",
+                ("bench_snap_src", rows),
                 &["bench_snap_dst", "bench_snap_ref"],
-                rows,
+                db::TARGET_DDL,
             )
             .await?;
         let (dst, reference) = (dsts[0], dsts[1]);

@@ -26,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::db::Checksum;
+use crate::db::{self, Checksum};
 use crate::phases::{verify, wait_applied, wait_exported, with_phase, Ctx, Phase};
 use crate::usage::{CpuMark, Usage};
 
@@ -58,9 +58,9 @@ pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
             .filled(
                 ctx,
                 "replay",
-                "bench_replay_src",
+                ("bench_replay_src", rows),
                 &["bench_replay_dst", "bench_replay_into"],
-                rows,
+                db::TARGET_DDL,
             )
             .await?;
         let (dst, into) = (dsts[0], dsts[1]);

@@ -74,30 +74,11 @@ pub fn threads() -> BTreeMap<u64, (String, f64)> {
 /// `(name, CPU seconds)` from `<dir>/<id>/stat` for every numeric entry of `dir`,
 /// except `skip`.
 fn stat_files(dir: &str, skip: Option<u64>) -> BTreeMap<u64, (String, f64)> {
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(id) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if Some(id) == skip {
-            continue;
-        }
-        if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        {
-            out.insert(id, stat);
-        }
-    }
-    out
+    ferry_testkit::procs::stat_texts(dir)
+        .into_iter()
+        .filter(|(id, _)| Some(*id) != skip)
+        .filter_map(|(id, text)| parse_stat(&text).map(|stat| (id, stat)))
+        .collect()
 }
 
 /// The group a thread's CPU is reported under.

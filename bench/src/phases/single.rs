@@ -79,23 +79,16 @@ pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Res
             ));
             half
         };
-        let src = p.db(&ctx.stack.source, "bench_one_src").await?;
-        let dst = p.db(&ctx.stack.target, "bench_one_dst").await?;
-        p.dbs[src].connect().await?.batch_execute(db::SOURCE_DDL).await?;
-        p.dbs[dst]
-            .connect()
-            .await?
-            .batch_execute(&format!(
-                "{}
-                 ALTER TABLE t ADD COLUMN applied timestamptz;
-                 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
-                   $$ BEGIN NEW.applied := clock_timestamp(); RETURN NEW; END $$;
-                 CREATE TRIGGER stamp BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION stamp();
-                 ALTER TABLE t ENABLE ALWAYS TRIGGER stamp;",
-                db::TARGET_DDL
-            ))
+        let (src, dsts) = p
+            .filled(
+                ctx,
+                "single",
+                ("bench_one_src", PREFILL),
+                &["bench_one_dst"],
+                db::STAMPED_TARGET_DDL,
+            )
             .await?;
-        db::fill(&p.dbs[src], 1, PREFILL, 1).await?;
+        let dst = dsts[0];
         let target = p.dbs[dst].connect().await?;
 
         ctx.say("single: Ferry's snapshot of the prefill");

@@ -3,29 +3,32 @@
 
 use std::collections::HashMap;
 
+/// `(id, text of <dir>/<id>/stat)` for every numeric entry of `dir` (`/proc` for
+/// processes, `/proc/self/task` for this process's threads) still there when read.
+pub fn stat_texts(dir: &str) -> Vec<(u64, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let id = entry.file_name().to_str()?.parse::<u64>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            Some((id, stat))
+        })
+        .collect()
+}
+
 /// Every process's parent, from `/proc/<pid>/stat`.
 pub fn parents() -> HashMap<u32, u32> {
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
+    for (pid, stat) in stat_texts("/proc") {
         // "pid (comm) state ppid ...": the name may hold spaces and parentheses.
         let ppid = stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
+        if let (Ok(pid), Some(ppid)) = (u32::try_from(pid), ppid) {
             out.insert(pid, ppid);
         }
     }
