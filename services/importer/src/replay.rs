@@ -226,8 +226,6 @@ impl Run {
     /// One pass from the stored positions to the end; `Ok(false)` when stopped by
     /// shutdown.
     async fn once(&mut self, shutdown: &mut Shutdown) -> Result<bool, Failure> {
-        // A batch left in flight by a failed pass: its outcome is in the positions.
-        let _ = self.landed(&mut HashMap::new()).await;
         if self.sink.as_ref().is_none_or(PgSink::is_closed) {
             let (client, conn) = connect(&self.opts.db, &self.opts.label).await?;
             self.sink = Some(PgSink::new(
