@@ -30,6 +30,10 @@ pub async fn single_rows(
     let mut tasks = Vec::new();
     for c in 0..connections {
         let client = db.connect().await?;
+        // PostgreSQL's default, as on a production source. The stack sets it off for
+        // bulk speed; then a commit reaches the WAL (and every logical decoder) only
+        // when the WAL writer flushes, up to `wal_writer_delay` (200 ms) later.
+        client.batch_execute("SET synchronous_commit = on").await?;
         let sql = format!(
             "DO $$ DECLARE i bigint := 0; id bigint; t0 timestamptz := clock_timestamp(); ahead float8;
              BEGIN

@@ -89,7 +89,7 @@ pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
             .map(|r| (r.topic.clone(), r.partition, r.from, r.to))
             .collect();
         let started = Instant::now();
-        let read = tokio::task::spawn_blocking(move || plain_read(&kafka, &parts)).await??;
+        let read = tokio::task::spawn_blocking(move || plain_read(&kafka, &parts, |_| {})).await??;
         let plain_seconds = started.elapsed().as_secs_f64();
         if read != records {
             bail!("the plain consumer read {read} records, the partitions hold {records}");
@@ -192,8 +192,13 @@ pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
 }
 
 /// Reads every `(topic, partition, from, to)` from `from` up to `to` (exclusive) with one
-/// consumer, decoding nothing: the records read.
-fn plain_read(kafka: &ClientConfig, parts: &[(String, i32, i64, i64)]) -> Result<u64> {
+/// consumer, handing each record to `each` (the replay's reference decodes nothing):
+/// the records read.
+pub(crate) fn plain_read(
+    kafka: &ClientConfig,
+    parts: &[(String, i32, i64, i64)],
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64> {
     let consumer: BaseConsumer = kafka
         .clone()
         .set("group.id", ferry_testkit::unique_name("bench_plain"))
@@ -224,6 +229,7 @@ fn plain_read(kafka: &ClientConfig, parts: &[(String, i32, i64, i64)]) -> Result
             Some(Ok(m)) => {
                 use rdkafka::Message;
                 read += 1;
+                each(&m);
                 let key = (m.topic().to_owned(), m.partition());
                 if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
                     ends.remove(&key);

@@ -388,6 +388,20 @@ impl Report {
                 "no",
                 Some(!s.lag_grows),
             );
+            self.line(
+                "single-row txns: p50 / p99 commit → in Kafka, in Kafka → applied",
+                format!(
+                    "{:.0} / {:.0} ms, {:.0} / {:.0} ms",
+                    s.split.to_kafka_p50_ms,
+                    s.split.to_kafka_p99_ms,
+                    s.split.from_kafka_p50_ms,
+                    s.split.from_kafka_p99_ms
+                ),
+                "Kafka timestamp: when the exporter produced".into(),
+                None,
+                "",
+                None,
+            );
             self.usage_lines("single", &s.usage, s.events as f64, "event", false);
             self.line(
                 "single: count + checksum equal",

@@ -23,6 +23,9 @@ pub struct SingleResult {
     /// Least-squares slope of latency over the run, ms per second.
     pub latency_slope_ms_per_s: f64,
     pub lag_grows: bool,
+    /// Where the latency goes, p50 and p99 (ms): source commit → the exporter produced
+    /// the event (its Kafka timestamp), then produced → applied on the target.
+    pub split: LatencySplit,
     /// Time from the end of the load until the target had every event.
     pub drain_seconds: f64,
     pub recvlogical_seconds: f64,
@@ -114,6 +117,10 @@ pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Res
             .await?
             .get(0);
         let ferry = p.ferry()?;
+        let topic = ferry
+            .topics
+            .table(ferry_shared::topics::Stream::Source, "public", "t");
+        let kafka = ferry.config.kafka.client_config();
         let (drain, _) = wait_applied(
             ctx,
             ferry,
@@ -161,6 +168,7 @@ pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Res
         reference.drop(&p.dbs[src]).await?;
         let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
         let (first_p99, last_p99) = (get(7), get(8));
+        let split = latency_split(&kafka, &topic, &target, PREFILL).await?;
         Ok(SingleResult {
             seconds: seconds as f64,
             offered_rate: rate as f64,
@@ -177,6 +185,7 @@ pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Res
             // Growing: the latency rises by more than 100 ms over the run and ends
             // well above where it started.
             lag_grows: slope * source_span > 100.0 && last_p99 > 2.0 * first_p99,
+            split,
             drain_seconds: drain,
             recvlogical_seconds: ref_secs,
             recvlogical_events_per_second: events as f64 / ref_secs,
@@ -185,4 +194,95 @@ pub async fn single(ctx: &Ctx, seconds: u64, rate: u64, connections: i64) -> Res
         })
     })
     .await
+}
+
+/// p50 and p99 of the two halves of the single-row latency, in ms.
+#[derive(Debug, Serialize, Default)]
+pub struct LatencySplit {
+    /// Source commit (`ts`) → the record's Kafka timestamp (set by the exporter's
+    /// producer when it produced the event): PostgreSQL's WAL flush and decoding, the
+    /// exporter's reading, stamping and producing.
+    pub to_kafka_p50_ms: f64,
+    pub to_kafka_p99_ms: f64,
+    /// The record's Kafka timestamp → `applied` on the target: the producer's batching,
+    /// the broker, the importer's fetch, batching and commit.
+    pub from_kafka_p50_ms: f64,
+    pub from_kafka_p99_ms: f64,
+}
+
+/// Reads every record of `topic` (the key of `t` is one Avro `long`) with its Kafka
+/// timestamp, loads `(id, timestamp)` into a temporary table on the target and splits
+/// each row's latency there (Kafka timestamps are milliseconds).
+async fn latency_split(
+    kafka: &rdkafka::ClientConfig,
+    topic: &str,
+    target: &tokio_postgres::Client,
+    after_id: i64,
+) -> Result<LatencySplit> {
+    let marks = ferry_shared::kafka::watermarks(kafka, topic).await?;
+    let parts: Vec<(String, i32, i64, i64)> = marks
+        .iter()
+        .enumerate()
+        .map(|(p, (low, high))| (topic.to_owned(), p as i32, *low, *high))
+        .collect();
+    let kafka = kafka.clone();
+    let stamps = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>> {
+        use rdkafka::Message;
+        let mut stamps = Vec::new();
+        let mut bad = 0u64;
+        crate::replay::plain_read(&kafka, &parts, |m| {
+            let id = m
+                .key()
+                .and_then(|k| ferry_shared::codec::split_header(k).ok())
+                .and_then(|(_, body)| ferry_shared::avro::Reader::new(body).long().ok());
+            match (id, m.timestamp().to_millis()) {
+                (Some(id), Some(ms)) => stamps.push((id, ms)),
+                _ => bad += 1,
+            }
+        })?;
+        if bad > 0 {
+            bail!("{bad} records of the table topic without a readable key or timestamp");
+        }
+        Ok(stamps)
+    })
+    .await??;
+    target
+        .batch_execute("CREATE TEMP TABLE kafka_ts (id bigint, ms bigint)")
+        .await?;
+    let sink = target
+        .copy_in("COPY kafka_ts (id, ms) FROM STDIN (FORMAT text)")
+        .await?;
+    let mut text = String::with_capacity(stamps.len() * 24);
+    for (id, ms) in &stamps {
+        use std::fmt::Write;
+        let _ = writeln!(text, "{id}\t{ms}");
+    }
+    use futures::SinkExt;
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(text)).await?;
+    sink.finish().await?;
+    // The last record of an id counts (a retried produce would repeat one).
+    let row = target
+        .query_one(
+            "WITH k AS (SELECT id, max(ms) AS ms FROM kafka_ts GROUP BY id),
+                  x AS (SELECT extract(epoch FROM t.ts)::float8 * 1000 AS commit_ms,
+                               extract(epoch FROM t.applied)::float8 * 1000 AS applied_ms,
+                               k.ms::float8 AS kafka_ms
+                        FROM t JOIN k USING (id) WHERE t.id > $1)
+             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY kafka_ms - commit_ms),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY kafka_ms - commit_ms),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY applied_ms - kafka_ms),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY applied_ms - kafka_ms)
+             FROM x",
+            &[&after_id],
+        )
+        .await?;
+    let get = |i: usize| -> f64 { row.get::<_, Option<f64>>(i).unwrap_or(0.0) };
+    target.batch_execute("DROP TABLE kafka_ts").await?;
+    Ok(LatencySplit {
+        to_kafka_p50_ms: get(0),
+        to_kafka_p99_ms: get(1),
+        from_kafka_p50_ms: get(2),
+        from_kafka_p99_ms: get(3),
+    })
 }
