@@ -42,7 +42,13 @@ pub(crate) struct Record {
 pub(crate) enum Item {
     /// Records of assigned partitions, in the order polled (at most
     /// [`MAX_RECORDS_PER_ITEM`]).
-    Records(Vec<Record>),
+    Records {
+        records: Vec<Record>,
+        /// librdkafka held nothing more when these were handed over: the importer has
+        /// caught up with what the broker sent, and a batch waiting for more would only
+        /// wait (the workers write what they hold once they have taken these).
+        caught_up: bool,
+    },
     /// Partitions assigned at these stored positions.
     Assigned(Vec<Stored>),
     /// All partitions revoked.
@@ -363,7 +369,7 @@ fn poll_loop<S: Sink + Sync>(
                     payload: m.payload().map(<[u8]>::to_vec),
                 });
                 if batch.len() >= MAX_RECORDS_PER_ITEM
-                    && !hand_over(&items, &mut batch, &mut blocked)
+                    && !hand_over(&items, &mut batch, &mut blocked, false)
                 {
                     break;
                 }
@@ -382,7 +388,7 @@ fn poll_loop<S: Sink + Sync>(
             }
             None => {
                 // Everything fetched so far is polled.
-                if !hand_over(&items, &mut batch, &mut blocked) {
+                if !hand_over(&items, &mut batch, &mut blocked, true) {
                     break;
                 }
             }
@@ -473,13 +479,20 @@ fn fetch_stalled<C: ConsumerContext>(
 
 /// Sends the batch (if any) to the applier, waiting while its channel is full (the wait
 /// is added to `blocked`); false when the applier is gone.
-fn hand_over(items: &mpsc::Sender<Item>, batch: &mut Vec<Record>, blocked: &mut Duration) -> bool {
+fn hand_over(
+    items: &mpsc::Sender<Item>,
+    batch: &mut Vec<Record>,
+    blocked: &mut Duration,
+    caught_up: bool,
+) -> bool {
     if batch.is_empty() {
         return true;
     }
     let records = std::mem::replace(batch, Vec::with_capacity(MAX_RECORDS_PER_ITEM));
     let t = Instant::now();
-    let sent = items.blocking_send(Item::Records(records)).is_ok();
+    let sent = items
+        .blocking_send(Item::Records { records, caught_up })
+        .is_ok();
     *blocked += t.elapsed();
     sent
 }

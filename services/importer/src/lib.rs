@@ -541,7 +541,9 @@ impl Importer {
                     }
                     pool.assign(positions).await?;
                 }
-                Some(Item::Records(records)) => pool.records(records).await?,
+                Some(Item::Records { records, caught_up }) => {
+                    pool.records(records, caught_up).await?
+                }
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();

@@ -1,7 +1,10 @@
 //! Parallel apply inside one importer process (`importer.workers`): a [`Pool`] of worker
 //! tasks, each with its own [`Sink`] (its own destination connection), each applying the
 //! partitions given to it. Workers gather records into batches, cut on size
-//! (`importer.batch_rows`) or time (`importer.batch_max_ms`), whichever first.
+//! (`importer.batch_rows`) or time (`importer.batch_max_ms`), whichever first, or as
+//! soon as the consumer has caught up with what the broker sent and nothing more waits
+//! for the worker: under a backlog batches stay large, at the end of the log a change
+//! does not wait for the timer.
 //!
 //! Why this keeps exactly once (DESIGN.md §4, §4a):
 //!
@@ -62,7 +65,11 @@ pub(crate) struct Committed {
 
 enum Job {
     Assign(Vec<Stored>),
-    Records(Vec<Record>),
+    /// Records; `caught_up`: nothing more was fetched when they were polled.
+    Records {
+        records: Vec<Record>,
+        caught_up: bool,
+    },
     /// Write what is pending (and, with `release`, forget the partitions).
     Flush {
         release: bool,
@@ -166,10 +173,15 @@ impl Pool {
     /// Passes records to the workers owning their partitions (a record is dropped when
     /// none does: its partition is not, or no longer, assigned here). Waits while a
     /// worker is busy.
-    pub(crate) async fn records(&mut self, records: Vec<Record>) -> Result<(), Failure> {
+    pub(crate) async fn records(
+        &mut self,
+        records: Vec<Record>,
+        caught_up: bool,
+    ) -> Result<(), Failure> {
         let n = self.jobs.len();
+        let job = |records| Job::Records { records, caught_up };
         if n == 1 {
-            return self.send(0, Job::Records(records)).await;
+            return self.send(0, job(records)).await;
         }
         // Records come in runs of one partition: an item whose records all have one
         // owner goes to it whole.
@@ -182,7 +194,7 @@ impl Pool {
         if let Some(first) = records.first().map(owner_of) {
             if records.iter().all(|r| owner_of(r) == first) {
                 return match first {
-                    Some(i) => self.send(i, Job::Records(records)).await,
+                    Some(i) => self.send(i, job(records)).await,
                     None => Ok(()),
                 };
             }
@@ -196,7 +208,7 @@ impl Pool {
         }
         for (i, share) in shares.into_iter().enumerate() {
             if !share.is_empty() {
-                self.send(i, Job::Records(share)).await?;
+                self.send(i, job(share)).await?;
             }
         }
         Ok(())
@@ -380,12 +392,15 @@ impl<S: Sink> Worker<S> {
                         );
                     }
                 }
-                Some(Job::Records(records)) => {
+                Some(Job::Records { records, caught_up }) => {
                     for r in records {
                         self.take(r).await?;
                         if self.batch.records >= self.setup.batch_rows {
                             self.flush().await?;
                         }
+                    }
+                    if caught_up && jobs.is_empty() {
+                        self.flush().await?;
                     }
                 }
                 Some(Job::Flush { release, done }) => {

@@ -172,8 +172,8 @@ async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
             payload: r.payload.clone(),
         })
         .collect();
-    pool.records(records).await.unwrap();
-    pool.records(again).await.unwrap();
+    pool.records(records, false).await.unwrap();
+    pool.records(again, false).await.unwrap();
     pool.flush(false).await.unwrap();
     let commits = pool.drain().unwrap();
     let total: u64 = commits
@@ -208,7 +208,7 @@ async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
         .await
         .unwrap();
     let mut replayed = Stream::new().await;
-    pool.records(changes(&mut replayed)).await.unwrap();
+    pool.records(changes(&mut replayed), false).await.unwrap();
     pool.flush(false).await.unwrap();
     assert_eq!(db.counts(&table_t()).total(), n as u64);
     assert_eq!(rows(&db), stream.expected);
@@ -230,7 +230,7 @@ async fn a_batch_is_cut_at_batch_rows_or_after_batch_max() {
     let records: Vec<Record> = (1..=5)
         .map(|i| stream.record(Op::Create, i * 2, Some("x")))
         .collect();
-    pool.records(records).await.unwrap();
+    pool.records(records, false).await.unwrap();
     let within = Duration::from_secs(10);
     let mut sizes = Vec::new();
     for _ in 0..3 {
@@ -242,6 +242,42 @@ async fn a_batch_is_cut_at_batch_rows_or_after_batch_max() {
     }
     assert_eq!(sizes, vec![2, 2, 1], "the last one cut by batch_max");
     assert_eq!(db.snapshot().commits, 3);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn records_polled_when_the_consumer_caught_up_are_written_without_waiting_for_batch_max() {
+    let mut stream = Stream::new().await;
+    let db = database();
+    // A batch_max far beyond the test's deadline: only the caught-up cut can write.
+    let mut pool = Pool::start(
+        &stream.setup(100, Duration::from_secs(600)),
+        vec![db.session("g")],
+    );
+    pool.assign(db.load_positions(&stream.parts()).await.unwrap())
+        .await
+        .unwrap();
+    let within = Duration::from_secs(10);
+    // More was fetched: the records wait in the batch.
+    pool.records(vec![stream.record(Op::Create, 2, Some("x"))], false)
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pool.committed())
+            .await
+            .is_err(),
+        "no commit while the consumer has more"
+    );
+    // Caught up: what the worker holds (both records) is written at once.
+    pool.records(vec![stream.record(Op::Create, 4, Some("y"))], true)
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(within, pool.committed())
+        .await
+        .expect("a commit as soon as the consumer caught up")
+        .unwrap();
+    assert_eq!(c.counts[&table_t()].total(), 2);
+    assert_eq!(rows(&db).len(), 2);
     pool.stop().await;
 }
 
@@ -268,7 +304,7 @@ async fn a_worker_whose_partition_moved_under_it_fails_with_a_conflict() {
         .commit(&mut BTreeMap::new(), &mut [(0, &moved)])
         .await
         .unwrap();
-    pool.records(vec![stream.record(Op::Create, 2, Some("stale"))])
+    pool.records(vec![stream.record(Op::Create, 2, Some("stale"))], false)
         .await
         .unwrap();
     let flushed = pool.flush(false).await;
