@@ -47,9 +47,11 @@ impl Shutdown {
         Shutdown { rx }
     }
 
-    /// True once shutdown was requested.
+    /// True once shutdown was requested (or the trigger is dropped), as
+    /// [`Shutdown::wait`] would resolve; a cheap check for loops that must not poll
+    /// `wait` between every two items.
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        *self.rx.borrow() || self.rx.has_changed().is_err()
     }
 
     /// Resolves when shutdown is requested (or the trigger is dropped).
@@ -104,5 +106,11 @@ mod tests {
         shutdown.wait().await;
         other.wait().await;
         assert!(shutdown.is_triggered());
+        let (trigger, shutdown) = channel();
+        drop(trigger);
+        assert!(
+            shutdown.is_triggered(),
+            "a dropped trigger means stop, as in wait"
+        );
     }
 }

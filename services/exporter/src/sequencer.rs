@@ -306,7 +306,16 @@ async fn stamp_loop(
             let len = a.window.len();
             a.window.resize(len + events, false);
         }
-        for item in batch {
+        // One marker per batch, at its last commit or chunk end: the checkpoint writer
+        // stores only the newest acknowledged marker anyway, and the state of the
+        // checkpoint (chunks done, the snapshot's end, the LSN) is cumulative. A batch of
+        // many one-row transactions so costs one checkpoint copy, not one per commit.
+        let last_marker = batch
+            .iter()
+            .rposition(|i| !matches!(i, Item::Event(_)))
+            .unwrap_or(usize::MAX);
+        for (at, item) in batch.into_iter().enumerate() {
+            let marker = at == last_marker;
             match item {
                 Item::Event(p) => {
                     let vsn = Vsn(next);
@@ -346,18 +355,24 @@ async fn stamp_loop(
                         }
                     }
                     checkpoint.next_vsn = Vsn(next);
-                    push_marker(next - 1, &mut checkpoint, &counts);
+                    if marker {
+                        push_marker(next - 1, &mut checkpoint, &counts);
+                    }
                 }
                 Item::SnapshotDone => {
                     checkpoint.snapshot.done = true;
                     checkpoint.snapshot.tables.clear();
                     checkpoint.next_vsn = Vsn(next);
-                    push_marker(next - 1, &mut checkpoint, &counts);
+                    if marker {
+                        push_marker(next - 1, &mut checkpoint, &counts);
+                    }
                 }
                 Item::Commit { end_lsn } => {
                     checkpoint.lsn = end_lsn;
                     checkpoint.next_vsn = Vsn(next);
-                    push_marker(next - 1, &mut checkpoint, &counts);
+                    if marker {
+                        push_marker(next - 1, &mut checkpoint, &counts);
+                    }
                 }
             }
         }

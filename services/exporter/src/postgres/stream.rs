@@ -140,7 +140,11 @@ async fn run(
     loop {
         if stopped.is_none() {
             if let Some(seen) = stop_at.as_ref().and_then(|t| markers.seen.get(t)).copied() {
-                if tx.is_none() && batch.is_empty() {
+                if tx.is_none() {
+                    // Committed transactions still gathered go first.
+                    if !batch.is_empty() && items.send(std::mem::take(&mut batch)).await.is_err() {
+                        return Err(Error::Internal("the stamper stopped".into()));
+                    }
                     let end = last_end.max(seen);
                     if items
                         .send(vec![Item::Commit { end_lsn: end }])
@@ -159,12 +163,52 @@ async fn run(
             }
         }
         let reading_after = after_until.is_some();
+        // Cheap checks first (a version compare each), so that an event already
+        // waiting is taken without polling, and re-registering, every other branch:
+        // at tens of thousands of one-row transactions a second that polling was a
+        // large share of the stream's CPU.
+        if shutdown.is_triggered() {
+            break;
+        }
+        if stop_open && stop_at.is_none() {
+            match stop.has_changed() {
+                Ok(true) => {
+                    stop_at = stop.borrow_and_update().clone();
+                    continue;
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    // The sender is gone, perhaps right after publishing the token:
+                    // its last value still counts.
+                    stop_open = false;
+                    stop_at = stop.borrow_and_update().clone();
+                    continue;
+                }
+            }
+        }
+        if durable.has_changed().unwrap_or(false) {
+            let lsn = *durable.borrow_and_update();
+            client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        }
         let event = tokio::select! {
             biased;
+            ev = client.recv() => ev,
+            // Nothing more waiting: the committed transactions gathered so far go to
+            // the stamper now (one hand-off for many small transactions under load,
+            // no wait for a trickle).
+            _ = std::future::ready(()), if !batch.is_empty() && tx.is_none() => {
+                if items.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Err(Error::Internal("the stamper stopped".into()));
+                }
+                continue;
+            }
             _ = shutdown.wait() => break,
-            _ = tokio::time::sleep_until(
-                after_until.map_or_else(tokio::time::Instant::now, |u| u.min(idle_until)),
-            ), if reading_after => break,
+            _ = async {
+                match after_until {
+                    Some(until) => tokio::time::sleep_until(until.min(idle_until)).await,
+                    None => std::future::pending().await,
+                }
+            }, if reading_after => break,
             changed = stop.changed(), if stop_open && stop_at.is_none() => {
                 match changed {
                     Ok(()) => stop_at = stop.borrow_and_update().clone(),
@@ -179,7 +223,6 @@ async fn run(
                 }
                 continue;
             }
-            ev = client.recv() => ev,
         };
         let event = match event {
             Ok(Some(ev)) => ev,
@@ -219,7 +262,8 @@ async fn run(
                 batch.push(Item::Commit { end_lsn: last_end });
                 tx = None;
                 markers.committed(last_end);
-                if items.send(std::mem::take(&mut batch)).await.is_err() {
+                // Sent once nothing more is waiting (above), or once the batch is full.
+                if batch.len() >= BATCH && items.send(std::mem::take(&mut batch)).await.is_err() {
                     return Err(Error::Internal("the stamper stopped".into()));
                 }
             }
