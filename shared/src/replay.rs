@@ -590,10 +590,19 @@ fn merge_loop(
                 return Ok(());
             }
         }
-        if !out.is_empty() && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
-            return Ok(());
-        }
-        let polled = consumer.poll(Duration::from_millis(200));
+        // Released records go out in batches of BATCH, or as soon as nothing more was
+        // fetched (a poll would wait). Sending what was released after every record
+        // polled handed the reader's consumer a batch of one or two records at a time:
+        // the two threads spent more time waking each other than reading.
+        let polled = match consumer.poll(Duration::ZERO) {
+            None => {
+                if !out.is_empty() && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
+                    return Ok(());
+                }
+                consumer.poll(Duration::from_millis(200))
+            }
+            some => some,
+        };
         let idle = polled.is_none();
         match polled {
             None => {}

@@ -7,14 +7,17 @@
 //! never moves an importer's positions. A replay that is stopped or killed and started
 //! again with the same name resumes from the positions stored in the database: records
 //! below a stored offset are not read again and events at or below a partition's stored
-//! VSN are skipped. Events come in VSN order across partitions and tables
-//! ([`ferry_shared::replay::MergedReader`]).
+//! VSN are skipped. Events are read in VSN order across partitions and tables
+//! ([`ferry_shared::replay::MergedReader`]) and applied as the importer applies them: by
+//! `importer.workers` workers, each with its own session, each partition by one worker
+//! in its order (a key's events stay in its partition). The end state is the same as
+//! one session applying everything in VSN order; a replay stopped part-way leaves every
+//! partition at its own stored position, from which the next run resumes.
 //!
 //! A replay ends at its end point ([`EndAt`]): by default the partitions' ends when it
 //! starts. It does not wait for new events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_shared::catalog::TableName;
@@ -22,17 +25,16 @@ use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, DatabaseConfig};
 use ferry_shared::position::Vsn;
 use ferry_shared::registry::RegistryClient;
-use ferry_shared::replay::{
-    plan, EndAt, MergedReader, ReadError, RetainedRecord, Selection, StartAt,
-};
+use ferry_shared::replay::{plan, EndAt, MergedReader, ReadError, Selection, StartAt};
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Topics;
 use tokio_postgres::Client;
 
+use crate::consumer::Record;
 use crate::error::Failure;
-use crate::event::Event;
 use crate::sink::postgres::{self, ConnectionTask, PgSink};
 use crate::sink::{Counts, Sink, Stored};
+use crate::worker::{Committed, Pool, Setup};
 use crate::Error;
 use ferry_shared::error_policy::Backoff;
 
@@ -112,12 +114,13 @@ pub async fn apply(
         kafka: config.kafka.client_config(),
         topics,
         group: group.clone(),
-        decoder: EventDecoder::new(registry),
-        last_table: None,
-        batch_rows: config.importer.batch_rows.max(1) as usize,
-        batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
-        sink: Some(PgSink::new(client, Some(conn), &group, &opts.label)),
-        inflight: None,
+        setup: Setup {
+            decoder: EventDecoder::new(registry),
+            batch_rows: config.importer.batch_rows.max(1) as usize,
+            batch_max: Duration::from_millis(u64::from(config.importer.batch_max_ms.max(1))),
+        },
+        workers: config.importer.workers.max(1) as usize,
+        control: Some(PgSink::new(client, Some(conn), &group, &opts.label)),
         result: ReplayApplied {
             group,
             ..ReplayApplied::default()
@@ -189,54 +192,23 @@ struct Run {
     kafka: rdkafka::ClientConfig,
     topics: Topics,
     group: String,
-    decoder: EventDecoder,
-    /// The table of the last event (shared by the events that follow it).
-    last_table: Option<Arc<TableName>>,
-    batch_rows: usize,
-    batch_max: Duration,
-    /// The database, written under the replay's group (owns the connection); `None`
-    /// while a batch commits in the background ([`Run::inflight`]).
-    sink: Option<PgSink>,
-    /// The batch being committed while the next one is read and decoded: one at a
-    /// time, so batches still commit in order, each compare-and-set against the
-    /// positions the one before stored.
-    inflight: Option<tokio::task::JoinHandle<Committed>>,
+    /// What the apply workers share (decoder, batch size and time).
+    setup: Setup,
+    /// Apply workers per pass (`importer.workers`), each with its own session.
+    workers: usize,
+    /// The session that reads the stored positions (owns the connection).
+    control: Option<PgSink>,
     result: ReplayApplied,
     opts: ReplayApply,
-}
-
-/// A batch committed in the background: the sink back, and what was written.
-struct Committed {
-    sink: PgSink,
-    written: Result<BTreeMap<TableName, Counts>, Failure>,
-    positions: HashMap<(Arc<str>, i32), Stored>,
-}
-
-/// Events and positions not yet written.
-#[derive(Default)]
-struct Batch {
-    events: BTreeMap<TableName, Vec<Event>>,
-    /// (topic, partition) -> the new position.
-    positions: HashMap<(Arc<str>, i32), Stored>,
-    records: usize,
-    started: Option<Instant>,
 }
 
 impl Run {
     /// One pass from the stored positions to the end; `Ok(false)` when stopped by
     /// shutdown.
     async fn once(&mut self, shutdown: &mut Shutdown) -> Result<bool, Failure> {
-        if self.sink.as_ref().is_none_or(PgSink::is_closed) {
-            let (client, conn) = connect(&self.opts.db, &self.opts.label).await?;
-            self.sink = Some(PgSink::new(
-                client,
-                Some(conn),
-                &self.group,
-                &self.opts.label,
-            ));
+        if self.control.as_ref().is_none_or(PgSink::is_closed) {
+            self.control = Some(self.session().await?);
         }
-        let sink = self.sink()?;
-        sink.forget_tables();
         let names = self
             .opts
             .selection
@@ -250,102 +222,114 @@ impl Run {
             .iter()
             .map(|r| (r.topic.clone(), r.partition))
             .collect();
-        let stored = self.sink()?.load_positions(&keys).await?;
+        let control = self
+            .control
+            .as_ref()
+            .ok_or_else(|| Failure::Transient("the replay's database session is gone".into()))?;
+        let stored = control.load_positions(&keys).await?;
         let stored: HashMap<(String, i32), Stored> = stored
             .into_iter()
             .map(|s| ((s.topic.clone(), s.partition), s))
             .collect();
-        // (topic, partition) -> stored next offset (the compare-and-set value).
-        let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+        // Every partition goes to a worker at its stored position (none stored: offset
+        // 0, the compare-and-set value of a first write, and VSN 0).
+        let mut assigned = Vec::with_capacity(ranges.len());
         for r in &mut ranges {
             let key = (r.topic.clone(), r.partition);
-            if let Some(s) = stored.get(&key) {
-                if s.next_offset > 0 || s.last_vsn > Vsn::ZERO {
-                    r.from = r.from.max(s.next_offset).min(r.to.max(r.from));
-                    r.taken_through = r.taken_through.max(s.last_vsn);
-                }
-                committed.insert(key, s.next_offset);
+            let at = stored.get(&key).cloned().unwrap_or(Stored {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                next_offset: 0,
+                last_vsn: Vsn::ZERO,
+            });
+            if at.next_offset > 0 || at.last_vsn > Vsn::ZERO {
+                r.from = r.from.max(at.next_offset).min(r.to.max(r.from));
+                r.taken_through = r.taken_through.max(at.last_vsn);
             }
+            assigned.push(at);
         }
         let resumed = stored.values().filter(|s| s.next_offset > 0).count();
         let total: u64 = ranges.iter().map(|r| r.len()).sum();
-        tracing::info!(group = %self.group, topics = names.len(), partitions = ranges.len(), resumed, records = total, "replay reading");
+        tracing::info!(group = %self.group, topics = names.len(), partitions = ranges.len(), resumed, records = total, workers = self.workers, "replay reading");
+        let mut sinks = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            sinks.push(self.session().await?);
+        }
+        let mut pool = Pool::start(&self.setup, sinks);
         let mut reader = MergedReader::start(&self.kafka, ranges).map_err(read_failure)?;
-        let result = self.consume(&mut reader, &mut committed, shutdown).await;
+        let result = match pool.assign(assigned).await {
+            Ok(()) => self.consume(&mut reader, &mut pool, shutdown).await,
+            Err(f) => Err(f),
+        };
         reader.close().await;
-        // The last batch lands (or fails) before the pass ends, whatever ended it.
-        let landed = self.landed(&mut committed).await;
+        // What the workers hold lands (or fails) before the pass ends, whatever ended it.
+        let landed = match &result {
+            Ok(_) => pool.flush(false).await,
+            Err(_) => Ok(()),
+        };
+        let drained = pool.drain();
+        pool.stop().await;
+        for c in drained? {
+            self.took(c);
+        }
         let completed = result?;
         landed?;
         Ok(completed)
     }
 
-    fn sink(&mut self) -> Result<&mut PgSink, Failure> {
-        self.sink
-            .as_mut()
-            .ok_or_else(|| Failure::Transient("the replay's database session is gone".into()))
+    /// A new session on the replay's database, writing under its group.
+    async fn session(&self) -> Result<PgSink, Failure> {
+        let (client, conn) = connect(&self.opts.db, &self.opts.label).await?;
+        Ok(PgSink::new(
+            client,
+            Some(conn),
+            &self.group,
+            &self.opts.label,
+        ))
     }
 
-    /// Waits for the batch in flight, if any, and takes in what it wrote (positions into
-    /// `committed`, counts into the result); its failure, if it failed.
-    async fn landed(&mut self, committed: &mut HashMap<(String, i32), i64>) -> Result<(), Failure> {
-        let Some(task) = self.inflight.take() else {
-            return Ok(());
-        };
-        let c = task.await.map_err(|e| {
-            Failure::Transient(format!("the commit task of the replay failed: {e}"))
-        })?;
-        self.sink = Some(c.sink);
-        let counts = c.written?;
-        for new in c.positions.into_values() {
+    /// Takes in what a worker committed: counts into the result, the last VSN.
+    fn took(&mut self, c: Committed) {
+        for new in &c.positions {
             self.result.last_vsn = self.result.last_vsn.max(Some(new.last_vsn));
-            committed.insert((new.topic, new.partition), new.next_offset);
         }
-        for (name, c) in counts {
+        for (name, c) in c.counts {
             let t = self.result.counts.entry(name).or_default();
             t.snapshot_rows += c.snapshot_rows;
             t.inserts += c.inserts;
             t.updates += c.updates;
             t.deletes += c.deletes;
         }
-        Ok(())
     }
 
     async fn consume(
         &mut self,
         reader: &mut MergedReader,
-        committed: &mut HashMap<(String, i32), i64>,
+        pool: &mut Pool,
         shutdown: &mut Shutdown,
     ) -> Result<bool, Failure> {
-        let mut batch = Batch::default();
         let started = Instant::now();
         let mut last_report = Instant::now();
         loop {
-            let deadline = batch
-                .started
-                .map(|s| tokio::time::Instant::from_std(s + self.batch_max));
             tokio::select! {
                 biased;
-                _ = shutdown.wait() => {
-                    self.flush(&mut batch, committed).await?;
-                    return Ok(false);
-                }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    self.flush(&mut batch, committed).await?;
-                }
+                _ = shutdown.wait() => return Ok(false),
+                committed = pool.committed() => self.took(committed?),
                 next = reader.next_batch() => match next {
-                    None => {
-                        self.flush(&mut batch, committed).await?;
-                        return Ok(true);
-                    }
+                    None => return Ok(true),
                     Some(Err(e)) => return Err(read_failure(e)),
                     Some(Ok(records)) => {
-                        for r in records {
-                            self.take(r, &mut batch).await?;
-                            if batch.records >= self.batch_rows {
-                                self.flush(&mut batch, committed).await?;
-                            }
-                        }
+                        let records = records
+                            .into_iter()
+                            .map(|r| Record {
+                                topic: r.topic,
+                                partition: r.partition,
+                                offset: r.offset,
+                                key: r.key,
+                                payload: r.value,
+                            })
+                            .collect();
+                        pool.records(records, false).await?;
                     }
                 },
             }
@@ -371,92 +355,5 @@ impl Run {
                 );
             }
         }
-    }
-
-    async fn take(&mut self, r: RetainedRecord, batch: &mut Batch) -> Result<(), Failure> {
-        // Named only when an error needs it (formatting it per record cost more than
-        // reading the record).
-        let at = || format!("{}[{}]@{}", r.topic, r.partition, r.offset);
-        if let Some(payload) = &r.value {
-            let event = Event::decode(
-                &self.decoder,
-                r.key.as_deref(),
-                payload,
-                &mut self.last_table,
-                &at,
-            )
-            .await?;
-            match batch.events.get_mut(event.table.as_ref()) {
-                Some(events) => events.push(event),
-                None => {
-                    batch.events.insert((*event.table).clone(), vec![event]);
-                }
-            }
-        }
-        match batch.positions.get_mut(&(r.topic.clone(), r.partition)) {
-            Some(p) => {
-                p.next_offset = r.offset + 1;
-                p.last_vsn = r.vsn;
-            }
-            None => {
-                batch.positions.insert(
-                    (r.topic.clone(), r.partition),
-                    Stored {
-                        topic: r.topic.to_string(),
-                        partition: r.partition,
-                        next_offset: r.offset + 1,
-                        last_vsn: r.vsn,
-                    },
-                );
-            }
-        }
-        batch.records += 1;
-        batch.started.get_or_insert_with(Instant::now);
-        Ok(())
-    }
-
-    /// Writes the batch, its positions and counts in one transaction, in the background:
-    /// waits for the batch before it to land first (its positions are this one's
-    /// compare-and-set values).
-    async fn flush(
-        &mut self,
-        batch: &mut Batch,
-        committed: &mut HashMap<(String, i32), i64>,
-    ) -> Result<(), Failure> {
-        if batch.positions.is_empty() {
-            *batch = Batch::default();
-            return Ok(());
-        }
-        self.landed(committed).await?;
-        let mut sink = self
-            .sink
-            .take()
-            .ok_or_else(|| Failure::Transient("the replay's database session is gone".into()))?;
-        let mut b = std::mem::take(batch);
-        let expected: Vec<i64> = b
-            .positions
-            .values()
-            .map(|new| {
-                committed
-                    .get(&(new.topic.clone(), new.partition))
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .collect();
-        self.inflight = Some(tokio::spawn(async move {
-            let mut moves: Vec<(i64, &Stored)> =
-                expected.into_iter().zip(b.positions.values()).collect();
-            let written = sink
-                .commit(&mut b.events, &mut moves)
-                .await
-                .map(|(counts, _)| counts);
-            drop(moves);
-            Committed {
-                sink,
-                written,
-                positions: b.positions,
-            }
-        }));
-        Ok(())
     }
 }

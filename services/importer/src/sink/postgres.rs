@@ -166,12 +166,6 @@ impl PgSink {
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
-
-    /// Forgets the catalog and prepared statements read so far (after a definite error
-    /// the operator may have fixed).
-    pub(crate) fn forget_tables(&mut self) {
-        self.tables.clear();
-    }
 }
 
 impl Drop for PgSink {

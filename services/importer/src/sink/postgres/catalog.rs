@@ -115,13 +115,6 @@ impl Tables {
         }
     }
 
-    /// Forgets what was read (after a definite error the operator may have fixed).
-    pub(crate) fn clear(&mut self) {
-        self.types = None;
-        self.tables.clear();
-        self.statements.clear();
-    }
-
     /// The destination table `name`, read from the catalog on first use.
     pub(crate) async fn get(
         &mut self,

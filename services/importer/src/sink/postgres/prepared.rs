@@ -37,11 +37,6 @@ impl Statements {
         Ok(s)
     }
 
-    /// Forgets every statement (after a failure that may have been a schema change).
-    pub(crate) fn clear(&mut self) {
-        self.by_sql.clear();
-    }
-
     /// Statements kept now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
