@@ -103,7 +103,15 @@ pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
         let (_stop, shutdown) = ferry_shared::shutdown::channel();
         let mark = CpuMark::start()?;
         let started = Instant::now();
-        let file = ferry_cli::replay::replay_to_file(&config, &opts, Some(&path), shutdown).await;
+        let file = {
+            let (config, opts, path) = (config.clone(), opts.clone(), path.clone());
+            ctx.handles
+                .verb()
+                .spawn(async move {
+                    ferry_cli::replay::replay_to_file(&config, &opts, Some(&path), shutdown).await
+                })
+                .await?
+        };
         let file_seconds = started.elapsed().as_secs_f64();
         let file_usage = mark.finish()?;
         let lines = count_lines(&path);
@@ -125,14 +133,22 @@ pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
         let (_stop, shutdown) = ferry_shared::shutdown::channel();
         let mark = CpuMark::start()?;
         let started = Instant::now();
-        let applied = ferry_cli::replay::replay_to_database(
-            &config,
-            &opts,
-            ReplayTarget::Database(to),
-            "bench",
-            shutdown,
-        )
-        .await
+        let applied = {
+            let (config, opts) = (config.clone(), opts.clone());
+            ctx.handles
+                .verb()
+                .spawn(async move {
+                    ferry_cli::replay::replay_to_database(
+                        &config,
+                        &opts,
+                        ReplayTarget::Database(to),
+                        "bench",
+                        shutdown,
+                    )
+                    .await
+                })
+                .await?
+        }
         .context("ferry replay into a database")?;
         let database_seconds = started.elapsed().as_secs_f64();
         let database_usage = mark.finish()?;

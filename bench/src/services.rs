@@ -68,6 +68,16 @@ pub struct Handles {
     importer: Handle,
 }
 
+impl Handles {
+    /// Where a `ferry` verb runs (`ferry replay`: a multi-thread runtime, one worker per
+    /// core): the importer's runtime, with as many workers and idle while no importer
+    /// runs. The bench's own runtime has one worker, fine for polling, not for a verb
+    /// that spreads its work over the runtime's threads.
+    pub fn verb(&self) -> Handle {
+        self.importer.clone()
+    }
+}
+
 /// One running service.
 struct Service {
     name: &'static str,

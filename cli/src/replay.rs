@@ -10,6 +10,7 @@
 //!
 //! Both stop at the end point, by default the partitions' ends when the replay starts.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -217,7 +218,36 @@ pub async fn replay_to_writer<W: Write>(
     let mut summary = FileSummary::default();
     let started = Instant::now();
     let mut last_report = Instant::now();
+    // Batches decode and turn into JSON on the runtime's threads, several at once, and
+    // are written in the order read: the file is the same as from one task, and decoding
+    // (most of a replay's CPU) is no longer on one core.
+    let mut encoding: VecDeque<tokio::task::JoinHandle<Result<Encoded, ReplayError>>> =
+        VecDeque::new();
+    let mut write = |encoded: Encoded, summary: &mut FileSummary| -> Result<(), ReplayError> {
+        out.write_all(&encoded.lines).map_err(io)?;
+        summary.events += encoded.events;
+        if summary.first_vsn.is_none() {
+            summary.first_vsn = encoded.first_vsn;
+        }
+        if encoded.last_vsn.is_some() {
+            summary.last_vsn = encoded.last_vsn;
+        }
+        Ok(())
+    };
     let result = 'read: loop {
+        // The oldest batch is written once it is done, or when enough wait behind it.
+        while encoding.front().is_some_and(|t| t.is_finished()) || encoding.len() >= IN_FLIGHT {
+            if let Some(task) = encoding.pop_front() {
+                match joined(task.await) {
+                    Ok(encoded) => {
+                        if let Err(e) = write(encoded, &mut summary) {
+                            break 'read Err(e);
+                        }
+                    }
+                    Err(e) => break 'read Err(e),
+                }
+            }
+        }
         let next = tokio::select! {
             biased;
             _ = shutdown.wait() => break Ok(()),
@@ -231,31 +261,87 @@ pub async fn replay_to_writer<W: Write>(
             Some(Err(e)) => break Err(e.into()),
             Some(Ok(records)) => records,
         };
-        for r in &records {
-            let event = match to_json(&decoder, r).await {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                Err(e) => break 'read Err(e),
-            };
-            // Straight into the buffered writer (no line string per event).
-            let written = serde_json::to_writer(&mut *out, &event)
-                .map_err(std::io::Error::other)
-                .and_then(|()| out.write_all(b"\n"));
-            if let Err(e) = written {
-                break 'read Err(io(e));
-            }
-            summary.events += 1;
-            summary.first_vsn.get_or_insert(r.vsn);
-            summary.last_vsn = Some(r.vsn);
-        }
+        let decoder = decoder.clone();
+        encoding.push_back(tokio::spawn(
+            async move { encode(&decoder, &records).await },
+        ));
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
             log_progress(&reader, summary.events, started);
         }
     };
     reader.close().await;
+    // What was read is written (in order), whatever ended the reading; the first error
+    // ends it.
+    let mut result = result;
+    for task in encoding {
+        if result.is_err() {
+            task.abort();
+            continue;
+        }
+        match joined(task.await) {
+            Ok(encoded) => {
+                if let Err(e) = write(encoded, &mut summary) {
+                    result = Err(e);
+                }
+            }
+            Err(e) => result = Err(e),
+        }
+    }
+    if !matches!(result, Ok(())) {
+        summary.completed = false;
+    }
     out.flush().map_err(io)?;
     result.map(|()| summary)
+}
+
+/// Batches being decoded at once, at most.
+const IN_FLIGHT: usize = 8;
+
+/// A batch of records as JSON lines.
+struct Encoded {
+    lines: Vec<u8>,
+    events: u64,
+    first_vsn: Option<Vsn>,
+    last_vsn: Option<Vsn>,
+}
+
+/// Decodes `records` and writes each as one JSON line.
+async fn encode(
+    decoder: &EventDecoder,
+    records: &[RetainedRecord],
+) -> Result<Encoded, ReplayError> {
+    let mut e = Encoded {
+        lines: Vec::with_capacity(records.len() * 256),
+        events: 0,
+        first_vsn: None,
+        last_vsn: None,
+    };
+    for r in records {
+        let Some(event) = to_json(decoder, r).await? else {
+            continue;
+        };
+        // Straight into the batch's buffer (no line string per event).
+        serde_json::to_writer(&mut e.lines, &event).map_err(|err| ReplayError::Decode {
+            at: format!("{}[{}]@{}", r.topic, r.partition, r.offset),
+            message: format!("writing JSON: {err}"),
+        })?;
+        e.lines.push(b'\n');
+        e.events += 1;
+        e.first_vsn.get_or_insert(r.vsn);
+        e.last_vsn = Some(r.vsn);
+    }
+    Ok(e)
+}
+
+/// The result of an encoding task (a panic is an internal error, named).
+fn joined(
+    r: Result<Result<Encoded, ReplayError>, tokio::task::JoinError>,
+) -> Result<Encoded, ReplayError> {
+    r.map_err(|e| ReplayError::Decode {
+        at: "a batch of records".into(),
+        message: format!("the decoding task failed: {e}"),
+    })?
 }
 
 fn log_progress(reader: &MergedReader, events: u64, started: Instant) {
@@ -289,8 +375,9 @@ pub async fn replay_to_file(
             replay_to_writer(config, opts, &mut out, &name, shutdown).await
         }
         None => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            // Not locked across the replay's awaits (a lock guard would make the future
+            // unfit for a multi-thread runtime's spawn); the buffer writes in large pieces.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
             replay_to_writer(config, opts, &mut out, "stdout", shutdown).await
         }
     }
