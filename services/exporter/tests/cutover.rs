@@ -262,6 +262,71 @@ async fn a_stop_requested_while_the_exporter_is_down_completes_on_restart() -> R
     Ok(())
 }
 
+/// Changes that keep coming after the stop marker (an application not stopped) do not
+/// keep the stream reading: it stops within its after-stop window (1 s) and counts them.
+/// Two server-side sessions commit one-row transactions as fast as they can for 20 s;
+/// the stream must stop long before they do. (Here the walsender, not the stream, is the
+/// slower side, so the stream's queue empties between bursts and the window's timer is
+/// reached either way; the stream's check of the window before it takes a waiting event
+/// is for a stream that has fallen behind.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_while_changes_keep_coming() -> Result<()> {
+    const LOAD_S: u64 = 20;
+    let m = Migration::new("cutbusy", 2, "").await?;
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE t (id bigserial PRIMARY KEY, n int);
+         ALTER TABLE t REPLICA IDENTITY FULL;
+         INSERT INTO t (n) SELECT g FROM generate_series(1, 100) g;",
+    )
+    .await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
+    m.sync(
+        &c,
+        "INSERT INTO t (n) VALUES (-1)",
+        Duration::from_secs(120),
+    )
+    .await?;
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let w = m.source().await?;
+        writers.push(tokio::spawn(async move {
+            w.batch_execute(&format!(
+                "DO $$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+                   WHILE clock_timestamp() < t0 + interval '{LOAD_S} seconds' LOOP
+                     INSERT INTO t (n) VALUES (1); COMMIT;
+                   END LOOP; END $$"
+            ))
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut request = msr(&m);
+    request.source_stream.phase = StreamPhase::Stop;
+    write_msr(&m, &request).await?;
+    let asked = std::time::Instant::now();
+    let stopped = within("the exporter to stop", LOAD_S + 60, exporter).await;
+    let took = asked.elapsed();
+    for w in writers {
+        w.await??;
+    }
+    stopped???;
+    drop(trigger);
+    assert!(
+        took < Duration::from_secs(LOAD_S / 2),
+        "the stream stopped {took:?} after the request, while the load ran for {LOAD_S} s: its after-stop window did not end"
+    );
+    let fin: ExporterFinal = stored(&m, &final_key(Stream::Source))
+        .await?
+        .context("no final record")?;
+    assert!(
+        fin.after_stop_events > 0,
+        "the changes after the marker are counted: {fin:?}"
+    );
+    Ok(())
+}
+
 /// A migration whose target is a fresh database of the target cluster.
 async fn with_target(prefix: &str) -> Result<(Migration, String)> {
     let mut m = Migration::new(prefix, 2, "").await?;

@@ -170,6 +170,11 @@ async fn run(
         if shutdown.is_triggered() {
             break;
         }
+        // After the stop, the window ends even while events keep coming (the select
+        // below takes a waiting event first).
+        if after_until.is_some_and(|until| tokio::time::Instant::now() >= until.min(idle_until)) {
+            break;
+        }
         if stop_open && stop_at.is_none() {
             match stop.has_changed() {
                 Ok(true) => {
