@@ -220,6 +220,12 @@ pub(crate) fn plain_read(
         .set("group.id", ferry_testkit::unique_name("bench_plain"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // As the replay's reader: librdkafka's 1 s default wait when its queue is full
+        // would hold the reference to a fraction of what the broker serves.
+        .set(
+            "fetch.queue.backoff.ms",
+            ferry_shared::kafka::FETCH_QUEUE_BACKOFF_MS,
+        )
         .create()
         .context("creating the plain consumer")?;
     let mut tpl = TopicPartitionList::new();

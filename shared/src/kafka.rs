@@ -18,6 +18,13 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 /// How long metadata and admin calls may take.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// librdkafka's `fetch.queue.backoff.ms` for consumers that read a backlog: when its
+/// local queue is over `queued.min.messages` or `queued.max.messages.kbytes`, librdkafka
+/// fetches nothing more for this long (1 s by default). A reader that drains the queue in
+/// less than that then waits for the rest of the second with nothing to do: the replay
+/// spent about half its time so (docs/benchmarks.md, "`ferry replay`").
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// A Kafka operation that failed, naming what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}")]

@@ -233,6 +233,14 @@ impl ConsumerThread {
         if config.get("queued.min.messages").is_none() {
             config.set("queued.min.messages", "1000000");
         }
+        // And once the queue is over those bounds, fetch again 10 ms later, not 1 s
+        // (librdkafka's default), so that a backlog never leaves the workers waiting.
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            config.set(
+                "fetch.queue.backoff.ms",
+                ferry_shared::kafka::FETCH_QUEUE_BACKOFF_MS,
+            );
+        }
         // Batches at the end of the log: the broker holds a fetch until it has
         // FETCH_MIN_BYTES for this consumer or `importer.fetch_wait_ms` passed (and
         // answers at once past that), so a trickle of changes comes in batches of up to
