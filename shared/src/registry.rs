@@ -61,7 +61,9 @@ pub enum RegistryError {
 pub struct RegistryClient {
     url: String,
     settings: Arc<SrSettings>,
-    by_id: Arc<RwLock<HashMap<u32, Arc<AvroType>>>>,
+    /// Parsed schemas by id: read for every record decoded, so a plain lock, never
+    /// held across an await (a tokio lock cost more than the lookup).
+    by_id: Arc<std::sync::RwLock<HashMap<u32, Arc<AvroType>>>>,
     ids: Arc<RwLock<HashMap<(String, String), u32>>>,
 }
 
@@ -192,7 +194,7 @@ impl RegistryClient {
         })?;
         self.by_id
             .write()
-            .await
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(registered.id, Arc::new(parsed));
         self.ids.write().await.insert(key, registered.id);
         Ok(registered.id)
@@ -200,8 +202,14 @@ impl RegistryClient {
 
     /// The schema with id `id`, parsed (fetched once, then cached).
     pub async fn schema(&self, id: u32) -> Result<Arc<AvroType>, RegistryError> {
-        if let Some(ty) = self.by_id.read().await.get(&id) {
-            return Ok(ty.clone());
+        let cached = self
+            .by_id
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        if let Some(ty) = cached {
+            return Ok(ty);
         }
         let registered = get_schema_by_id(id, &self.settings)
             .await
@@ -210,7 +218,10 @@ impl RegistryClient {
             avro::parse_schema(&registered.schema)
                 .map_err(|source| RegistryError::Schema { id, source })?,
         );
-        self.by_id.write().await.insert(id, parsed.clone());
+        self.by_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, parsed.clone());
         Ok(parsed)
     }
 }

@@ -402,8 +402,35 @@ fn write_year_month_day(days: i64, out: &mut String) -> bool {
     } else {
         (year, false)
     };
-    let _ = write!(out, "{shown:04}-{month:02}-{day:02}");
+    push_padded(out, shown, 4);
+    out.push('-');
+    push_padded(out, i64::from(month), 2);
+    out.push('-');
+    push_padded(out, i64::from(day), 2);
     bc
+}
+
+/// `v` in decimal, zero-padded to `width` characters: what `{v:0width$}` writes, without
+/// the formatting machinery (dates and times are written for every row replayed, and it
+/// was a tenth of the replay's CPU).
+fn push_padded(out: &mut String, v: i64, width: usize) {
+    if v < 0 {
+        let _ = write!(out, "{v:0width$}");
+        return;
+    }
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut n = v;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    at = at.min(digits.len().saturating_sub(width));
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 fn write_date(days: i64, out: &mut String) {
@@ -436,15 +463,14 @@ fn parse_time(text: &str) -> Option<i64> {
 fn write_time(micros: i64, out: &mut String) {
     let secs = micros.div_euclid(MICROS_PER_SECOND);
     let frac = micros.rem_euclid(MICROS_PER_SECOND);
-    let _ = write!(
-        out,
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    );
+    push_padded(out, secs / 3600, 2);
+    out.push(':');
+    push_padded(out, (secs / 60) % 60, 2);
+    out.push(':');
+    push_padded(out, secs % 60, 2);
     if frac != 0 {
-        let _ = write!(out, ".{frac:06}");
+        out.push('.');
+        push_padded(out, frac, 6);
     }
 }
 
@@ -713,5 +739,33 @@ mod tests {
     fn options_escape_spaces() {
         assert!(session_settings_options().contains("-c DateStyle=ISO,\\ YMD"));
         assert!(session_settings_sql().contains("SET TimeZone = 'UTC';"));
+    }
+
+    #[test]
+    fn padded_numbers_are_what_the_format_machinery_writes() {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            59,
+            99,
+            100,
+            999,
+            1_000,
+            9_999,
+            10_000,
+            294_276,
+            999_999,
+            -1,
+            -59,
+            i64::MAX,
+        ] {
+            for width in [2, 4, 6] {
+                let mut out = String::from("x");
+                push_padded(&mut out, v, width);
+                assert_eq!(out, format!("x{v:0width$}"), "{v} {width}");
+            }
+        }
     }
 }
