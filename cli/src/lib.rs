@@ -4,3 +4,4 @@ pub mod archive;
 pub mod replay;
 pub mod schema;
 pub mod verify;
+pub mod writer;

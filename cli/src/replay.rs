@@ -13,14 +13,16 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_importer::replay::{ReplayApplied, ReplayApply};
-use ferry_shared::avro::AvroType;
+use ferry_shared::avro::{AvroType, RecordType};
 use ferry_shared::catalog::TableName;
 use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, ConfigError, DatabaseConfig};
-use ferry_shared::json::JsonEvent;
+use ferry_shared::envelope::DecodedEvent;
+use ferry_shared::json::{EventJson, JsonEvent};
 use ferry_shared::position::Vsn;
 use ferry_shared::registry::RegistryClient;
 use ferry_shared::replay::{
@@ -29,6 +31,9 @@ use ferry_shared::replay::{
 };
 use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::{Destination, Stream, Topics};
+use ferry_shared::value::Datum;
+
+use crate::writer::ThreadWriter;
 
 pub use ferry_shared::replay::parse_table;
 
@@ -152,6 +157,23 @@ pub async fn to_json(
     decoder: &EventDecoder,
     r: &RetainedRecord,
 ) -> Result<Option<JsonEvent>, ReplayError> {
+    Ok(decoded(decoder, r)
+        .await?
+        .map(|d| JsonEvent::from_decoded(&d.event, &d.key_layout, &d.key)))
+}
+
+/// A record's event and key, decoded.
+struct Decoded {
+    event: DecodedEvent,
+    key_layout: Arc<RecordType>,
+    key: Vec<Datum>,
+}
+
+/// Decodes one record's value and key (`None` for a record without a value).
+async fn decoded(
+    decoder: &EventDecoder,
+    r: &RetainedRecord,
+) -> Result<Option<Decoded>, ReplayError> {
     let at = || format!("{}[{}]@{}", r.topic, r.partition, r.offset);
     let Some(value) = &r.value else {
         return Ok(None);
@@ -167,17 +189,19 @@ pub async fn to_json(
         at: at(),
         message: "no key".into(),
     })?;
-    let (ty, datum) = decoder
+    let (key_type, datum) = decoder
         .decode_datum(key)
         .await
         .map_err(|e| ReplayError::Decode {
             at: at(),
             message: e.to_string(),
         })?;
-    match (ty.as_ref(), datum) {
-        (AvroType::Record(layout), ferry_shared::value::Datum::Record(values)) => {
-            Ok(Some(JsonEvent::from_decoded(&event, layout, &values)))
-        }
+    match (key_type.as_ref(), datum) {
+        (AvroType::Record(layout), Datum::Record(key)) => Ok(Some(Decoded {
+            event,
+            key_layout: layout.clone(),
+            key,
+        })),
         _ => Err(ReplayError::Decode {
             at: at(),
             message: "the key is not a record".into(),
@@ -318,10 +342,15 @@ async fn encode(
         last_vsn: None,
     };
     for r in records {
-        let Some(event) = to_json(decoder, r).await? else {
+        let Some(d) = decoded(decoder, r).await? else {
             continue;
         };
-        // Straight into the batch's buffer (no line string per event).
+        // Straight into the batch's buffer (no line string or JSON tree per event).
+        let event = EventJson {
+            event: &d.event,
+            key_layout: &d.key_layout,
+            key: &d.key,
+        };
         serde_json::to_writer(&mut e.lines, &event).map_err(|err| ReplayError::Decode {
             at: format!("{}[{}]@{}", r.topic, r.partition, r.offset),
             message: format!("writing JSON: {err}"),
@@ -371,16 +400,32 @@ pub async fn replay_to_file(
                 path: name.clone(),
                 source,
             })?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            replay_to_writer(config, opts, &mut out, &name, shutdown).await
+            to_thread_writer(config, opts, file, &name, shutdown).await
         }
-        None => {
-            // Not locked across the replay's awaits (a lock guard would make the future
-            // unfit for a multi-thread runtime's spawn); the buffer writes in large pieces.
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-            replay_to_writer(config, opts, &mut out, "stdout", shutdown).await
-        }
+        // Not locked across the replay's awaits (a lock guard would make the future unfit
+        // for a multi-thread runtime's spawn); the buffer writes in large pieces.
+        None => to_thread_writer(config, opts, std::io::stdout(), "stdout", shutdown).await,
     }
+}
+
+/// [`replay_to_writer`] into `inner`, written on a thread of its own so that a slow file
+/// or pipe never holds a runtime worker ([`ThreadWriter`]).
+async fn to_thread_writer<W: Write + Send + 'static>(
+    config: &Config,
+    opts: &ReplayOptions,
+    inner: W,
+    name: &str,
+    shutdown: Shutdown,
+) -> Result<FileSummary, ReplayError> {
+    let io = |source| ReplayError::Io {
+        path: name.to_owned(),
+        source,
+    };
+    let writer = ThreadWriter::spawn(inner).map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, writer);
+    // replay_to_writer flushes at its end, which waits for the thread to have written
+    // everything; an error of the thread comes back from that flush.
+    replay_to_writer(config, opts, &mut out, name, shutdown).await
 }
 
 /// Applies the selected events to `to` through the importer's apply path, exactly once,
