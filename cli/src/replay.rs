@@ -402,8 +402,7 @@ pub async fn replay_to_file(
             })?;
             to_thread_writer(config, opts, file, &name, shutdown).await
         }
-        // Not locked across the replay's awaits (a lock guard would make the future unfit
-        // for a multi-thread runtime's spawn); the buffer writes in large pieces.
+        // Written by the writing thread, a batch of lines per write.
         None => to_thread_writer(config, opts, std::io::stdout(), "stdout", shutdown).await,
     }
 }
@@ -421,10 +420,10 @@ async fn to_thread_writer<W: Write + Send + 'static>(
         path: name.to_owned(),
         source,
     };
-    let writer = ThreadWriter::spawn(inner).map_err(io)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, writer);
-    // replay_to_writer flushes at its end, which waits for the thread to have written
-    // everything; an error of the thread comes back from that flush.
+    // No buffer in front: replay_to_writer writes whole batches of lines, each handed to
+    // the thread as it is. It flushes at its end, which waits for the thread to have
+    // written everything; an error of the thread comes back from that flush.
+    let mut out = ThreadWriter::spawn(inner).map_err(io)?;
     replay_to_writer(config, opts, &mut out, name, shutdown).await
 }
 

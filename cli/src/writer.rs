@@ -12,7 +12,8 @@ use std::io::{self, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-/// Chunks waiting for the writing thread, at most (each up to the caller's buffer size).
+/// Writes waiting for the writing thread, at most (the replay writes a batch of lines at
+/// a time, so a few MiB in all for usual rows).
 const QUEUED: usize = 16;
 
 enum Msg {
@@ -35,7 +36,7 @@ impl ThreadWriter {
         let (tx, rx) = mpsc::sync_channel(QUEUED);
         let thread = std::thread::Builder::new()
             .name("ferry-writer".into())
-            .spawn(move || write_all(inner, &rx))?;
+            .spawn(move || write_loop(inner, &rx))?;
         Ok(ThreadWriter {
             tx: Some(tx),
             thread: Some(thread),
@@ -65,7 +66,8 @@ impl ThreadWriter {
     }
 }
 
-fn write_all<W: Write>(mut inner: W, rx: &Receiver<Msg>) -> io::Result<()> {
+/// The thread: writes what comes, in order, until the sender is gone or a write fails.
+fn write_loop<W: Write>(mut inner: W, rx: &Receiver<Msg>) -> io::Result<()> {
     for msg in rx {
         match msg {
             Msg::Bytes(b) => inner.write_all(&b)?,
