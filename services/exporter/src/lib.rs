@@ -47,6 +47,13 @@ pub mod check {
     pub use crate::postgres::check_replication_connection;
 }
 
+/// A snapshot chunk's reading of a table's rows (binary or text COPY), for the tests
+/// that hold the two readings to the same values.
+#[doc(hidden)]
+pub mod snapshot_rows {
+    pub use crate::postgres::{copy_rows, reads_binary};
+}
+
 pub use error::Error;
 pub use ferry_shared::topics::slot_name;
 pub use postgres::pgoutput::DecodeError;

@@ -32,9 +32,11 @@
 //!   token seen is kept.
 
 pub(crate) mod check;
+mod copy_binary;
 pub(crate) mod pgoutput;
 mod slot;
 mod snapshot;
+pub use snapshot::{copy_rows, reads_binary};
 mod stream;
 
 use std::collections::HashSet;

@@ -1,6 +1,7 @@
 //! The consistent snapshot: every selected table read inside one exported snapshot, by
 //! parallel readers that each `SET TRANSACTION SNAPSHOT`, in chunks of heap blocks
-//! (`ctid` ranges), with COPY in text form.
+//! (`ctid` ranges), with COPY in binary form when every column has an exact binary
+//! reading ([`super::copy_binary`]), in text form otherwise.
 //!
 //! Chunks are ctid ranges planned from the table's size; the last chunk is open-ended.
 //! A chunk redone after a crash is read from a newer snapshot: rows that moved between
@@ -20,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
+use super::copy_binary;
 use crate::lead::{wait_for_importers, Lead};
 use crate::sequencer::Item;
 use crate::source::Work;
@@ -193,51 +195,30 @@ async fn read_chunk(
 ) -> Result<(), Error> {
     let enc = &work.table;
     let table = &enc.table;
-    let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let mut filter = format!("ctid >= '({},0)'::tid", work.chunk.start_block);
     if let Some(end) = work.chunk.end_block {
         filter.push_str(&format!(" AND ctid < '({end},0)'::tid"));
     }
-    let sql = format!(
-        "COPY (SELECT {} FROM {} WHERE {filter}) TO STDOUT",
-        columns.join(", "),
-        table.qualified()
-    );
-    let stream = client
-        .copy_out(sql.as_str())
-        .await
-        .map_err(|e| Error::sql(format!("reading table {table}"), e))?;
-    futures::pin_mut!(stream);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut rows = CopyRows::open(client, table, &filter, true).await?;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut row = Vec::with_capacity(table.columns.len());
     let tail = enc.source_tail(true, template).map_err(|e| Error::Encode {
         table: enc.name.clone(),
         source: e,
     })?;
-    while let Some(data) = stream.next().await {
-        let data: Bytes = data.map_err(|e| Error::sql(format!("reading table {table}"), e))?;
-        pending.extend_from_slice(&data);
-        let mut start = 0;
-        while let Some(nl) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &pending[start..start + nl];
-            parse_copy_line(table, line, &mut row)?;
-            let p = enc
-                .encode_snapshot_row(&row, &tail)
-                .map_err(|e| Error::Encode {
-                    table: enc.name.clone(),
-                    source: e,
-                })?;
-            batch.push(Item::Event(p));
-            if batch.len() >= BATCH {
-                items
-                    .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                    .await
-                    .map_err(|_| Error::Internal("the stamper stopped".into()))?;
-            }
-            start += nl + 1;
+    while let Some(row) = rows.next().await? {
+        let p = enc
+            .encode_snapshot_row(row, &tail)
+            .map_err(|e| Error::Encode {
+                table: enc.name.clone(),
+                source: e,
+            })?;
+        batch.push(Item::Event(p));
+        if batch.len() >= BATCH {
+            items
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .await
+                .map_err(|_| Error::Internal("the stamper stopped".into()))?;
         }
-        pending.drain(..start);
     }
     if !batch.is_empty() {
         items
@@ -248,7 +229,130 @@ async fn read_chunk(
     Ok(())
 }
 
-/// One COPY text line to column values, into `row` (cleared first).
+/// Every row of `table` as a snapshot chunk reads it: in binary when `binary` and the
+/// table has an exact binary reading, else in text. For the tests that hold the two
+/// readings to the same values.
+pub async fn copy_rows(
+    client: &Client,
+    table: &TableSchema,
+    binary: bool,
+) -> Result<Vec<Vec<Datum>>, Error> {
+    let mut rows = CopyRows::open(client, table, "true", binary).await?;
+    let mut all = Vec::new();
+    while let Some(row) = rows.next().await? {
+        all.push(row.to_vec());
+    }
+    Ok(all)
+}
+
+/// Whether a snapshot chunk reads `table` with binary COPY.
+pub fn reads_binary(table: &TableSchema) -> bool {
+    copy_binary::forms(table).is_some()
+}
+
+/// The rows of one `COPY (SELECT ...) TO STDOUT`, parsed as they arrive.
+struct CopyRows<'t> {
+    table: &'t TableSchema,
+    stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
+    /// The binary reader; `None`: text COPY.
+    binary: Option<copy_binary::Rows>,
+    /// Bytes received and not parsed yet, from `start`.
+    pending: Vec<u8>,
+    start: usize,
+    row: Vec<Datum>,
+}
+
+impl<'t> CopyRows<'t> {
+    /// Starts the COPY of `table`'s rows that match `filter`, in binary when `binary`
+    /// and every column has an exact binary reading ([`copy_binary`]), else in text.
+    async fn open(
+        client: &Client,
+        table: &'t TableSchema,
+        filter: &str,
+        binary: bool,
+    ) -> Result<CopyRows<'t>, Error> {
+        let binary = if binary {
+            copy_binary::forms(table).map(copy_binary::Rows::new)
+        } else {
+            None
+        };
+        let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let sql = format!(
+            "COPY (SELECT {} FROM {} WHERE {filter}) TO STDOUT{}",
+            columns.join(", "),
+            table.qualified(),
+            if binary.is_some() {
+                " (FORMAT binary)"
+            } else {
+                ""
+            }
+        );
+        let stream = client
+            .copy_out(sql.as_str())
+            .await
+            .map_err(|e| Error::sql(format!("reading table {table}"), e))?;
+        Ok(CopyRows {
+            table,
+            stream: Box::pin(stream),
+            binary,
+            pending: Vec::new(),
+            start: 0,
+            row: Vec::with_capacity(table.columns.len()),
+        })
+    }
+
+    /// The next row; `None` at the end of the COPY.
+    async fn next(&mut self) -> Result<Option<&[Datum]>, Error> {
+        let table = self.table;
+        loop {
+            let rest = &self.pending[self.start..];
+            let used = match &mut self.binary {
+                Some(rows) => match rows
+                    .next(table, rest, &mut self.row)
+                    .map_err(Error::Internal)?
+                {
+                    copy_binary::Next::Row(used) => Some(used),
+                    copy_binary::Next::End(used) => {
+                        self.start += used;
+                        None
+                    }
+                    copy_binary::Next::More => None,
+                },
+                None => match rest.iter().position(|&b| b == b'\n') {
+                    Some(nl) => {
+                        parse_copy_line(table, &rest[..nl], &mut self.row)?;
+                        Some(nl + 1)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(used) = used {
+                self.start += used;
+                return Ok(Some(&self.row));
+            }
+            self.pending.drain(..self.start);
+            self.start = 0;
+            match self.stream.next().await {
+                Some(data) => {
+                    let data: Bytes =
+                        data.map_err(|e| Error::sql(format!("reading table {table}"), e))?;
+                    self.pending.extend_from_slice(&data);
+                }
+                None => {
+                    let ended = self.binary.as_ref().is_none_or(|rows| rows.ended());
+                    if !ended || !self.pending.is_empty() {
+                        return Err(Error::Internal(format!(
+                            "table {table}: COPY ended in the middle of a row ({} bytes left)",
+                            self.pending.len()
+                        )));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
 fn parse_copy_line(table: &TableSchema, line: &[u8], row: &mut Vec<Datum>) -> Result<(), Error> {
     row.clear();
     let not_utf8 = |column: &str| {
