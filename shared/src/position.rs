@@ -25,7 +25,22 @@ impl Lsn {
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        // `{:X}/{:X}` of the two halves, written without the formatting machinery: the
+        // change stream formats one LSN per transaction.
+        let mut buf = [0u8; 17];
+        let mut len = 0;
+        for (i, half) in [self.0 >> 32, self.0 & 0xFFFF_FFFF].into_iter().enumerate() {
+            if i == 1 {
+                buf[len] = b'/';
+                len += 1;
+            }
+            let digits = (32 - (half as u32).leading_zeros()).div_ceil(4).max(1);
+            for d in (0..digits).rev() {
+                buf[len] = b"0123456789ABCDEF"[((half >> (d * 4)) & 0xF) as usize];
+                len += 1;
+            }
+        }
+        f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -134,6 +149,28 @@ impl fmt::Display for KafkaPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsn_text_is_uppercase_hex_halves() {
+        for v in [
+            0u64,
+            1,
+            0xF,
+            0x10,
+            0x16_B374_D848,
+            0xFFFF_FFFF,
+            1 << 32,
+            u64::MAX,
+            0xABC_0000_0000,
+        ] {
+            assert_eq!(
+                Lsn(v).to_string(),
+                format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+            );
+        }
+        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
+        assert_eq!(Lsn(0).to_string(), "0/0");
+    }
 
     #[test]
     fn lsn_round_trips_through_text() {

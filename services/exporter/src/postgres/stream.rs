@@ -244,7 +244,7 @@ async fn run(
                     lsn: Lsn(final_lsn.0).to_string(),
                     xid: i64::from(xid),
                     commit_ms: pgoutput::pg_time_to_unix_ms(commit_time_micros),
-                    tails: HashMap::new(),
+                    tails: Vec::new(),
                 });
             }
             ReplicationEvent::Commit { end_lsn, .. } if reading_after => {
@@ -394,14 +394,15 @@ struct Tx {
     lsn: String,
     xid: i64,
     commit_ms: i64,
-    /// Encoder address -> encoded `source`.
-    tails: HashMap<usize, Arc<[u8]>>,
+    /// Encoder address and encoded `source` of each table changed so far (a short list:
+    /// most transactions change one table or a few).
+    tails: Vec<(usize, Arc<[u8]>)>,
 }
 
 impl Tx {
     fn tail(&mut self, enc: &Arc<TableEncoder>) -> Result<Arc<[u8]>, Error> {
         let id = Arc::as_ptr(enc) as usize;
-        if let Some(tail) = self.tails.get(&id) {
+        if let Some((_, tail)) = self.tails.iter().find(|(at, _)| *at == id) {
             return Ok(tail.clone());
         }
         let tail = enc
@@ -417,7 +418,7 @@ impl Tx {
                 table: enc.name.clone(),
                 source: e,
             })?;
-        self.tails.insert(id, tail.clone());
+        self.tails.push((id, tail.clone()));
         Ok(tail)
     }
 }
