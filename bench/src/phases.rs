@@ -279,9 +279,11 @@ pub struct SnapshotResult {
 #[derive(Debug, Serialize)]
 pub struct SnapshotPeer {
     /// Ferry's exporter alone (no importer): from its start until the table topic held
-    /// every row (the `--staged` measurement).
-    pub ferry_export_seconds: f64,
+    /// every row (the `--staged` measurement), and its first record.
+    pub ferry_export: Exported,
     pub ferry_export_rows_per_second: f64,
+    /// From its first record to its last, as the peer's rate is measured.
+    pub ferry_export_running_rows_per_second: f64,
     pub ferry_export_usage: Usage,
     pub debezium: PeerRun,
 }
@@ -310,7 +312,7 @@ pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<Snapsho
         ferry.start_exporter();
         if staged_mode {
             // The exporter alone until every row is in Kafka, then the importer alone.
-            let export_secs = wait_exported(ctx, ferry, "t", rows, since).await?;
+            let exported = wait_exported(ctx, ferry, "t", rows, since).await?;
             let export_usage = mark.finish()?;
             let mark = CpuMark::start()?;
             let since = Instant::now();
@@ -326,8 +328,9 @@ pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<Snapsho
             )
             .await?;
             staged = Some(Staged {
-                export_seconds: export_secs,
-                export_rows_per_second: rows as f64 / export_secs,
+                exported,
+                export_seconds: exported.seconds,
+                export_rows_per_second: exported.rate_from_launch(rows),
                 export_usage,
                 import_seconds: import_secs,
                 import_rows_per_second: rows as f64 / import_secs,
@@ -411,7 +414,7 @@ async fn snapshot_peer(
     staged: Option<&Staged>,
 ) -> Result<SnapshotPeer> {
     let (ferry_secs, ferry_usage) = match staged {
-        Some(s) => (s.export_seconds, s.export_usage.clone()),
+        Some(s) => (s.exported, s.export_usage.clone()),
         None => {
             p.drop_ferry().await;
             ctx.say("snapshot: Ferry's exporter alone into Kafka (beside Debezium)");
@@ -420,10 +423,10 @@ async fn snapshot_peer(
             let since = Instant::now();
             let ferry = p.ferry()?;
             ferry.start_exporter();
-            let secs = wait_exported(ctx, ferry, "t", rows, since).await?;
+            let exported = wait_exported(ctx, ferry, "t", rows, since).await?;
             let usage = mark.finish()?;
             p.drop_ferry().await;
-            (secs, usage)
+            (exported, usage)
         }
     };
     ctx.say(&format!(
@@ -443,31 +446,42 @@ async fn snapshot_peer(
     )
     .await?;
     Ok(SnapshotPeer {
-        ferry_export_seconds: ferry_secs,
-        ferry_export_rows_per_second: rows as f64 / ferry_secs,
+        ferry_export: ferry_secs,
+        ferry_export_rows_per_second: ferry_secs.rate_from_launch(rows),
+        ferry_export_running_rows_per_second: ferry_secs.rate_once_running(rows),
         ferry_export_usage: ferry_usage,
         debezium: run,
     })
 }
 
 /// Polls `topic`'s end offsets every 100 ms on the bench's runtime until they add up
-/// to `target`; the time since `since`, or `None` after `timeout`.
+/// to `target`; when the first record past `base` and the last were there (since
+/// `since`), or `None` after `timeout`.
 fn watch_topic(
     config: Config,
     topic: String,
+    base: i64,
     target: i64,
     since: Instant,
     timeout: Duration,
-) -> tokio::task::JoinHandle<Option<f64>> {
+) -> tokio::task::JoinHandle<Option<Exported>> {
     tokio::spawn(async move {
         let client = config.kafka.client_config();
+        let mut first = None;
         loop {
             let high: i64 = ferry_shared::kafka::watermarks(&client, &topic)
                 .await
                 .map(|w| w.iter().map(|(_, h)| h).sum())
                 .unwrap_or(0);
+            let t = since.elapsed().as_secs_f64();
+            if high > base && first.is_none() {
+                first = Some(t);
+            }
             if high >= target {
-                return Some(since.elapsed().as_secs_f64());
+                return Some(Exported {
+                    first_seconds: first.unwrap_or(t),
+                    seconds: t,
+                });
             }
             if since.elapsed() > timeout || INTERRUPTED.load(Ordering::Relaxed) {
                 return None;
@@ -491,6 +505,7 @@ async fn topic_records(config: &Config, topic: &str) -> Result<i64> {
 /// `--staged`: the snapshot's two halves measured one after the other.
 #[derive(Debug, Serialize)]
 pub struct Staged {
+    pub exported: Exported,
     pub export_seconds: f64,
     pub export_rows_per_second: f64,
     pub export_usage: Usage,
@@ -499,25 +514,55 @@ pub struct Staged {
     pub import_usage: Usage,
 }
 
-/// Polls the table topic's high watermarks every 250 ms until they hold `rows` records.
+/// When an exporter's records reached Kafka, in seconds since its start.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Exported {
+    /// The first record was seen (polled, so up to one poll late).
+    pub first_seconds: f64,
+    /// Every record was there.
+    pub seconds: f64,
+}
+
+impl Exported {
+    /// `n / seconds`: start-up included.
+    pub fn rate_from_launch(&self, n: i64) -> f64 {
+        n as f64 / self.seconds
+    }
+
+    /// `n` over the time from the first record to the last: the rate once running, as
+    /// the Debezium peer's is measured.
+    pub fn rate_once_running(&self, n: i64) -> f64 {
+        n as f64 / (self.seconds - self.first_seconds).max(0.1)
+    }
+}
+
+/// Polls the table topic's high watermarks every 100 ms until they hold `rows` records.
 pub(crate) async fn wait_exported(
     ctx: &Ctx,
     ferry: &mut Ferry,
     table: &str,
     rows: i64,
     since: Instant,
-) -> Result<f64> {
+) -> Result<Exported> {
     let topic = ferry
         .topics
         .table(ferry_shared::topics::Stream::Source, "public", table);
     let kafka = ferry.config.kafka.client_config();
+    let mut first = None;
     loop {
         let high: i64 = ferry_shared::kafka::watermarks(&kafka, &topic)
             .await
             .map(|w| w.iter().map(|(_, h)| h).sum())
             .unwrap_or(0);
+        let t = since.elapsed().as_secs_f64();
+        if high > 0 && first.is_none() {
+            first = Some(t);
+        }
         if high >= rows {
-            return Ok(since.elapsed().as_secs_f64());
+            return Ok(Exported {
+                first_seconds: first.unwrap_or(t),
+                seconds: t,
+            });
         }
         if let Some(e) = ferry.failure().await {
             return Err(e.context("while waiting for the export"));
@@ -528,7 +573,7 @@ pub(crate) async fn wait_exported(
         if since.elapsed() > ctx.timeout {
             bail!("timed out waiting for the export ({high} of {rows} records in Kafka)");
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -552,8 +597,9 @@ pub struct CdcResult {
     pub checksum: Checksum,
     /// From the exporter's restart until its table topic held every change (measured
     /// during the run above, the importer running alongside).
-    pub ferry_export_seconds: Option<f64>,
-    pub ferry_export_events_per_second: Option<f64>,
+    /// When Ferry's exporter had its first and its last change in Kafka (end to end,
+    /// with the importer running).
+    pub ferry_export: Option<Exported>,
     /// Records the exporter added to the table topic for the load.
     pub ferry_export_records: i64,
     /// The Debezium peer draining the same backlog from its own slot.
@@ -663,6 +709,7 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
         let exported = watch_topic(
             config.clone(),
             table_topic.clone(),
+            before_load,
             before_load + events,
             since,
             ctx.timeout,
@@ -740,8 +787,7 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
             recvlogical_events_per_second: events as f64 / ref_secs,
             usage,
             checksum,
-            ferry_export_seconds: export_secs,
-            ferry_export_events_per_second: export_secs.map(|s| events as f64 / s),
+            ferry_export: export_secs,
             ferry_export_records: export_records,
             peer,
             peer_error,

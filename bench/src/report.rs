@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::cutover::CutoverResult;
 use crate::debezium::{PeerRun, DEBEZIUM_VERSION};
-use crate::phases::{CdcResult, SingleResult, SnapshotPeer, SnapshotResult};
+use crate::phases::{CdcResult, Exported, SingleResult, SnapshotPeer, SnapshotResult};
 use crate::replay::ReplayResult;
 use crate::status::StatusResult;
 use crate::usage::Usage;
@@ -117,6 +117,17 @@ fn peer_rate(d: &PeerRun) -> String {
     )
 }
 
+/// Ferry's exporter's rate into Kafka once running (what the ratio uses, as for the
+/// peer), and from its launch.
+fn ferry_export_rate(e: &Exported, n: i64) -> String {
+    format!(
+        "exporter {} once running ({} from launch, first record after {:.1} s)",
+        rate(e.rate_once_running(n)),
+        rate(e.rate_from_launch(n)),
+        e.first_seconds
+    )
+}
+
 impl Report {
     fn line(
         &mut self,
@@ -171,10 +182,10 @@ impl Report {
     /// The snapshot's source half against the Debezium peer.
     fn snapshot_peer_lines(&mut self, rows: i64, p: &SnapshotPeer) {
         let d = &p.debezium;
-        let ratio = p.ferry_export_rows_per_second / d.running_records_per_second;
+        let ratio = p.ferry_export_running_rows_per_second / d.running_records_per_second;
         self.line(
             &format!("snapshot into Kafka: rows/s, source half ({rows} rows)"),
-            format!("exporter alone {}", rate(p.ferry_export_rows_per_second)),
+            format!("alone, {}", ferry_export_rate(&p.ferry_export, rows)),
             peer_rate(d),
             Some(ratio),
             "ratio ≥ 3",
@@ -321,15 +332,16 @@ impl Report {
                 Some(true),
             );
             if let Some(d) = &c.peer {
-                match c.ferry_export_events_per_second {
-                    Some(ferry) => {
+                match c.ferry_export {
+                    Some(e) => {
+                        let ferry = e.rate_once_running(c.events);
                         let ratio = ferry / d.running_records_per_second;
                         self.line(
                             &format!(
                                 "cdc into Kafka: changes/s, source half ({} changes)",
                                 c.events
                             ),
-                            format!("exporter {}", rate(ferry)),
+                            ferry_export_rate(&e, c.events),
                             peer_rate(d),
                             Some(ratio),
                             "ratio ≥ 3",
