@@ -126,6 +126,8 @@ async fn run(
     let mut batch: Vec<Item> = Vec::new();
     let mut tx: Option<Tx> = None;
     let mut last_end = *durable.borrow();
+    // False once the durable position's sender is gone (the checkpoint writer ended).
+    let mut durable_open = true;
     // The requested stop marker's token, and every marker seen so far with the end of
     // its transaction (a marker may arrive before its token is published).
     let mut stop_at: Option<String> = stop.borrow_and_update().clone();
@@ -221,10 +223,15 @@ async fn run(
                 }
                 continue;
             }
-            changed = durable.changed() => {
-                if changed.is_ok() {
-                    let lsn = *durable.borrow_and_update();
-                    client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+            // A closed channel answers at once, every time: the branch is then left
+            // off, or the loop would spin.
+            changed = durable.changed(), if durable_open => {
+                match changed {
+                    Ok(()) => {
+                        let lsn = *durable.borrow_and_update();
+                        client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+                    }
+                    Err(_) => durable_open = false,
                 }
                 continue;
             }
