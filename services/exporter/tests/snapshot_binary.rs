@@ -113,6 +113,33 @@ const COLUMNS: &[(&str, &str, &[&str])] = &[
             "'00000000-0000-0000-0000-000000000000'",
         ],
     ),
+    (
+        "n2",
+        "numeric(10,2)",
+        &[
+            "0",
+            "-0.01",
+            "12345678.90",
+            "'NaN'",
+            "-99999999.99",
+            "1.5",
+            "10000",
+        ],
+    ),
+    (
+        "n0",
+        "numeric(38,0)",
+        &["99999999999999999999999999999999999999", "-1", "0"],
+    ),
+    (
+        "nbig",
+        "numeric(1000,500)",
+        &[
+            "1e-500",
+            "-123456789012345678901234567890.000000000000000000000000000001",
+            "1e499",
+        ],
+    ),
 ];
 
 #[tokio::test]
@@ -123,7 +150,7 @@ async fn binary_and_text_copy_read_the_same_values() -> anyhow::Result<()> {
     let defs: Vec<String> = COLUMNS.iter().map(|(n, t, _)| format!("{n} {t}")).collect();
     client
         .batch_execute(&format!(
-            "CREATE TABLE every_binary ({}); CREATE TABLE with_numeric (id int PRIMARY KEY, n numeric(10,2));
+            "CREATE TABLE every_binary ({}); CREATE TABLE with_numeric (id int PRIMARY KEY, n numeric);
              INSERT INTO with_numeric VALUES (1, 12.5);",
             defs.join(", ")
         ))
@@ -165,7 +192,7 @@ async fn binary_and_text_copy_read_the_same_values() -> anyhow::Result<()> {
     let numeric = load_table(&client, &types, &table("with_numeric")).await?;
     assert!(
         !reads_binary(&numeric),
-        "a numeric column keeps the table on text COPY"
+        "an unconstrained numeric column keeps the table on text COPY"
     );
     assert_eq!(copy_rows(&client, &numeric, true).await?.len(), 1);
     Ok(())

@@ -5,11 +5,12 @@
 //! columns is of a built-in type whose binary form gives exactly the value the text
 //! path ([`parse_text`](ferry_shared::value::parse_text)) gives, including the values
 //! that ride in the Avro string branch (`±infinity` dates and timestamps, timestamps
-//! past what 64-bit microseconds since 1970 hold). Any other column (numeric, arrays,
-//! json, intervals, domains, enums, ...) keeps the whole table on text COPY.
+//! past what 64-bit microseconds since 1970 hold, numeric `NaN`). Any other column
+//! (unconstrained numeric, arrays, json, intervals, domains, enums, ...) keeps the whole
+//! table on text COPY.
 
 use ferry_shared::catalog::{Column, Kind, TableSchema};
-use ferry_shared::value::{write_pg_timestamp, Datum};
+use ferry_shared::value::{decimal_from_base10000, write_pg_timestamp, Datum};
 
 /// COPY binary signature (11 bytes), then flags and the header extension's length.
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -26,6 +27,9 @@ pub(crate) enum Form {
     Int8,
     Float4,
     Float8,
+    /// `numeric(p,s)` with the column's scale (an unconstrained `numeric` travels as
+    /// text, in its own text form, and keeps the table on text COPY).
+    Numeric(u32),
     /// `text`, `varchar`, `char(n)` (padded, as `bpcharout` writes it), `name`.
     Text,
     Bytea,
@@ -47,6 +51,7 @@ impl Form {
             (20, Kind::Int64) => Form::Int8,
             (700, Kind::Float32) => Form::Float4,
             (701, Kind::Float64) => Form::Float8,
+            (1700, Kind::Decimal { scale, .. }) => Form::Numeric(*scale),
             (19 | 25 | 1042 | 1043, Kind::Text) => Form::Text,
             (17, Kind::Bytes) => Form::Bytea,
             (1082, Kind::Date) => Form::Date,
@@ -190,6 +195,7 @@ fn read_value(form: Form, value: &[u8]) -> Result<Datum, String> {
         Form::Int8 => Datum::Long(i64::from_be_bytes(fixed(value)?)),
         Form::Float4 => Datum::Float(f32::from_be_bytes(fixed(value)?)),
         Form::Float8 => Datum::Double(f64::from_be_bytes(fixed(value)?)),
+        Form::Numeric(scale) => read_numeric(value, scale)?,
         Form::Text => Datum::String(
             std::str::from_utf8(value)
                 .map_err(|_| "is not UTF-8".to_owned())?
@@ -241,6 +247,41 @@ fn read_value(form: Form, value: &[u8]) -> Result<Datum, String> {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `numeric_send`'s form: digit count, weight, sign, display scale (16 bits each), then
+/// the base-10000 digits.
+fn read_numeric(value: &[u8], scale: u32) -> Result<Datum, String> {
+    let word = |i: usize| -> Result<u16, String> {
+        value
+            .get(i * 2..i * 2 + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| format!("numeric has {} bytes, too few", value.len()))
+    };
+    let ndigits = word(0)? as i16;
+    let weight = word(1)? as i16;
+    let sign = word(2)?;
+    if ndigits < 0 || value.len() != 8 + 2 * ndigits as usize {
+        return Err(format!(
+            "numeric has {} bytes for {ndigits} digits",
+            value.len()
+        ));
+    }
+    let special = |text: &str| Ok(Datum::String(text.to_owned()));
+    let negative = match sign {
+        0x0000 => false,
+        0x4000 => true,
+        0xC000 => return special("NaN"),
+        0xD000 => return special("Infinity"),
+        0xF000 => return special("-Infinity"),
+        other => return Err(format!("numeric has the unknown sign {other:#06x}")),
+    };
+    let digits = (0..ndigits as usize)
+        .map(|i| word(4 + i).map(|d| d as i16))
+        .collect::<Result<Vec<i16>, String>>()?;
+    decimal_from_base10000(negative, weight, &digits, scale)
+        .map(Datum::Decimal)
+        .ok_or_else(|| format!("numeric does not fit the column's scale {scale}"))
+}
 
 #[cfg(test)]
 mod tests {
@@ -299,18 +340,23 @@ mod tests {
             forms(&t),
             Some(vec![Form::Int8, Form::Text, Form::TimestampTz])
         );
-        // json is a text kind whose binary form is the text, but jsonb's is not: neither
-        // is listed; nor numeric, arrays, or a domain over int (its own OID).
-        for other in [
-            (114, Kind::Text),
-            (3802, Kind::Text),
-            (
+        assert_eq!(
+            forms(&table(&[(
                 1700,
                 Kind::Decimal {
                     precision: 10,
-                    scale: 2,
-                },
-            ),
+                    scale: 2
+                }
+            )])),
+            Some(vec![Form::Numeric(2)])
+        );
+        // json is a text kind whose binary form is the text, but jsonb's is not: neither
+        // is listed; nor an unconstrained numeric (a text kind), arrays, or a domain over
+        // int (its own OID).
+        for other in [
+            (114, Kind::Text),
+            (3802, Kind::Text),
+            (1700, Kind::Text),
             (1007, Kind::Array(Box::new(Kind::Int32))),
             (90_000, Kind::Int32),
         ] {
