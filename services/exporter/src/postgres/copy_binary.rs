@@ -6,8 +6,8 @@
 //! path ([`parse_text`](ferry_shared::value::parse_text)) gives, including the values
 //! that ride in the Avro string branch (`±infinity` dates and timestamps, timestamps
 //! past what 64-bit microseconds since 1970 hold, numeric `NaN`). Any other column
-//! (unconstrained numeric, arrays, json, intervals, domains, enums, ...) keeps the whole
-//! table on text COPY.
+//! (unconstrained numeric, arrays, intervals, domains, enums, ...) keeps the whole table
+//! on text COPY.
 
 use ferry_shared::catalog::{Column, Kind, TableSchema};
 use ferry_shared::value::{decimal_from_base10000, write_pg_timestamp, Datum};
@@ -30,8 +30,11 @@ pub(crate) enum Form {
     /// `numeric(p,s)` with the column's scale (an unconstrained `numeric` travels as
     /// text, in its own text form, and keeps the table on text COPY).
     Numeric(u32),
-    /// `text`, `varchar`, `char(n)` (padded, as `bpcharout` writes it), `name`.
+    /// `text`, `varchar`, `char(n)` (padded, as `bpcharout` writes it), `name`,
+    /// `json` (the text as stored).
     Text,
+    /// `jsonb`: a version byte (1), then the text `jsonb_out` writes.
+    Jsonb,
     Bytea,
     Date,
     Time,
@@ -52,7 +55,8 @@ impl Form {
             (700, Kind::Float32) => Form::Float4,
             (701, Kind::Float64) => Form::Float8,
             (1700, Kind::Decimal { scale, .. }) => Form::Numeric(*scale),
-            (19 | 25 | 1042 | 1043, Kind::Text) => Form::Text,
+            (19 | 25 | 114 | 1042 | 1043, Kind::Text) => Form::Text,
+            (3802, Kind::Text) => Form::Jsonb,
             (17, Kind::Bytes) => Form::Bytea,
             (1082, Kind::Date) => Form::Date,
             (1083, Kind::Time) => Form::Time,
@@ -201,6 +205,15 @@ fn read_value(form: Form, value: &[u8]) -> Result<Datum, String> {
                 .map_err(|_| "is not UTF-8".to_owned())?
                 .to_owned(),
         ),
+        Form::Jsonb => match value.split_first() {
+            Some((1, text)) => Datum::String(
+                std::str::from_utf8(text)
+                    .map_err(|_| "is not UTF-8".to_owned())?
+                    .to_owned(),
+            ),
+            Some((version, _)) => return Err(format!("jsonb has the unknown version {version}")),
+            None => return Err("jsonb is empty".into()),
+        },
         Form::Bytea => Datum::Bytes(value.to_vec()),
         Form::Date => match i32::from_be_bytes(fixed(value)?) {
             i32::MAX => Datum::String("infinity".into()),
@@ -350,13 +363,15 @@ mod tests {
             )])),
             Some(vec![Form::Numeric(2)])
         );
-        // json is a text kind whose binary form is the text, but jsonb's is not: neither
-        // is listed; nor an unconstrained numeric (a text kind), arrays, or a domain over
-        // int (its own OID).
+        assert_eq!(
+            forms(&table(&[(114, Kind::Text), (3802, Kind::Text)])),
+            Some(vec![Form::Text, Form::Jsonb])
+        );
+        // Not listed: an unconstrained numeric (a text kind whose binary form is not its
+        // text), interval, arrays, a domain over int (its own OID).
         for other in [
-            (114, Kind::Text),
-            (3802, Kind::Text),
             (1700, Kind::Text),
+            (1186, Kind::Text),
             (1007, Kind::Array(Box::new(Kind::Int32))),
             (90_000, Kind::Int32),
         ] {
