@@ -312,7 +312,7 @@ pub async fn snapshot(ctx: &Ctx, rows: i64, staged_mode: bool) -> Result<Snapsho
         ferry.start_exporter();
         if staged_mode {
             // The exporter alone until every row is in Kafka, then the importer alone.
-            let exported = wait_exported(ctx, ferry, "t", rows, since).await?;
+            let exported = wait_exported(ctx, ferry, "t", 0, rows, since).await?;
             let export_usage = mark.finish()?;
             let mark = CpuMark::start()?;
             let since = Instant::now();
@@ -423,7 +423,7 @@ async fn snapshot_peer(
             let since = Instant::now();
             let ferry = p.ferry()?;
             ferry.start_exporter();
-            let exported = wait_exported(ctx, ferry, "t", rows, since).await?;
+            let exported = wait_exported(ctx, ferry, "t", 0, rows, since).await?;
             let usage = mark.finish()?;
             p.drop_ferry().await;
             (exported, usage)
@@ -536,11 +536,13 @@ impl Exported {
     }
 }
 
-/// Polls the table topic's high watermarks every 100 ms until they hold `rows` records.
+/// Polls the table topic's high watermarks every 100 ms until they hold `rows` records
+/// more than `base`.
 pub(crate) async fn wait_exported(
     ctx: &Ctx,
     ferry: &mut Ferry,
     table: &str,
+    base: i64,
     rows: i64,
     since: Instant,
 ) -> Result<Exported> {
@@ -555,10 +557,10 @@ pub(crate) async fn wait_exported(
             .map(|w| w.iter().map(|(_, h)| h).sum())
             .unwrap_or(0);
         let t = since.elapsed().as_secs_f64();
-        if high > 0 && first.is_none() {
+        if high > base && first.is_none() {
             first = Some(t);
         }
-        if high >= rows {
+        if high >= base + rows {
             return Ok(Exported {
                 first_seconds: first.unwrap_or(t),
                 seconds: t,
@@ -600,12 +602,57 @@ pub struct CdcResult {
     /// When Ferry's exporter had its first and its last change in Kafka (end to end,
     /// with the importer running).
     pub ferry_export: Option<Exported>,
+    /// The same for the exporter alone (importer stopped) on a second backlog of the
+    /// same shape, with the peer: what the ratio to Debezium uses.
+    pub ferry_export_alone: Option<Exported>,
+    /// The bench process's CPU while the exporter drained the second backlog alone.
+    pub ferry_export_alone_usage: Option<Usage>,
     /// Records the exporter added to the table topic for the load.
     pub ferry_export_records: i64,
     /// The Debezium peer draining the same backlog from its own slot.
     pub peer: Option<PeerRun>,
     /// Why the peer's part failed (the run fails; Ferry's figures stay).
     pub peer_error: Option<String>,
+}
+
+/// `transactions` transactions of 100 row changes over two sessions: 50 rows inserted
+/// above `insert_base`, 40 of rows `1..=updatable` updated (cycling), 10 deleted above
+/// `delete_base` (rows that exist).
+async fn cdc_load(
+    db: &Database,
+    transactions: i64,
+    updatable: i64,
+    insert_base: i64,
+    delete_base: i64,
+) -> Result<()> {
+    let connections = 2;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let client = db.connect().await?;
+        let sql = format!(
+            "DO $$ DECLARE n bigint; u bigint; d bigint; BEGIN
+               FOR k IN {c}..{last} BY {connections} LOOP
+                 n := {insert_base} + k * 50;
+                 INSERT INTO t SELECT g, {values} FROM generate_series(n + 1, n + 50) g;
+                 u := (k * 40) % {updatable};
+                 UPDATE t SET a = a + 1, b = b + k, ts = ts + interval '1 second'
+                   WHERE id BETWEEN u + 1 AND u + 40;
+                 d := {delete_base} + k * 10;
+                 DELETE FROM t WHERE id BETWEEN d + 1 AND d + 10;
+                 COMMIT;
+               END LOOP;
+             END $$",
+            last = transactions - 1,
+            values = db::row_values("g"),
+        );
+        tasks.push(tokio::spawn(
+            async move { client.batch_execute(&sql).await },
+        ));
+    }
+    for t in tasks {
+        t.await?.context("the CDC load")?;
+    }
+    Ok(())
 }
 
 /// Batched CDC: transactions of 100 row changes (50 inserts, 40 updates, 10 deletes)
@@ -666,33 +713,7 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
             "cdc: writing {transactions} transactions of 100 row changes"
         ));
         let load_started = Instant::now();
-        let connections = 2;
-        let mut tasks = Vec::new();
-        for c in 0..connections {
-            let client = p.dbs[src].connect().await?;
-            let sql = format!(
-                "DO $$ DECLARE n bigint; u bigint; d bigint; BEGIN
-                   FOR k IN {c}..{last} BY {connections} LOOP
-                     n := {inserts_from} + k * 50;
-                     INSERT INTO t SELECT g, {values} FROM generate_series(n + 1, n + 50) g;
-                     u := (k * 40) % {updatable};
-                     UPDATE t SET a = a + 1, b = b + k, ts = ts + interval '1 second'
-                       WHERE id BETWEEN u + 1 AND u + 40;
-                     d := {updatable} + k * 10;
-                     DELETE FROM t WHERE id BETWEEN d + 1 AND d + 10;
-                     COMMIT;
-                   END LOOP;
-                 END $$",
-                last = transactions - 1,
-                values = db::row_values("g"),
-            );
-            tasks.push(tokio::spawn(
-                async move { client.batch_execute(&sql).await },
-            ));
-        }
-        for t in tasks {
-            t.await?.context("the CDC load")?;
-        }
+        cdc_load(&p.dbs[src], transactions, updatable, inserts_from, updatable).await?;
         let load_seconds = load_started.elapsed().as_secs_f64();
         let end_lsn = db::current_lsn(&p.dbs[src]).await?;
         let events = transactions * 100;
@@ -773,6 +794,54 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
         if export_records != events {
             bail!("Ferry's exporter added {export_records} records to {table_topic} for {events} changes");
         }
+        // Beside the peer, Ferry's exporter is also measured alone, as Debezium runs: a
+        // second backlog of the same shape (inserts above the first's, deletes of the
+        // first's inserts) drained by the exporter with the importer stopped; then the
+        // importer applies it and source and target are compared again.
+        let (export_alone, export_alone_usage, checksum) = if ctx.peer.is_some() {
+            ctx.say("cdc: a second backlog of the same shape for Ferry's exporter alone");
+            cdc_load(
+                &p.dbs[src],
+                transactions,
+                updatable,
+                inserts_from + transactions * 50,
+                inserts_from,
+            )
+            .await?;
+            ctx.say("cdc: Ferry's exporter alone drains it (beside Debezium)");
+            let before = topic_records(&config, &table_topic).await?;
+            p.ferry = Some(Ferry::start_coordinator(config.clone(), ctx.handles.clone()).await?);
+            let ferry = p.ferry()?;
+            let mark = CpuMark::start()?;
+            let since = Instant::now();
+            ferry.start_exporter();
+            let exported = wait_exported(ctx, ferry, "t", before, events, since).await?;
+            let usage = mark.finish()?;
+            let since = Instant::now();
+            ferry.start_importer_after_topic("t").await?;
+            wait_applied(
+                ctx,
+                ferry,
+                &target,
+                since,
+                "the second backlog on the target",
+                |c| c.1 >= 2 * events,
+                |c| c.1 > events,
+            )
+            .await?;
+            ferry.stop().await?;
+            let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
+            let expected_rows = expected_rows + transactions * 40;
+            if checksum.rows != expected_rows {
+                bail!(
+                    "the source holds {} rows after the second load, expected {expected_rows}",
+                    checksum.rows
+                );
+            }
+            (Some(exported), Some(usage), checksum)
+        } else {
+            (None, None, checksum)
+        };
         Ok(CdcResult {
             transactions,
             events,
@@ -788,6 +857,8 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
             usage,
             checksum,
             ferry_export: export_secs,
+            ferry_export_alone: export_alone,
+            ferry_export_alone_usage: export_alone_usage,
             ferry_export_records: export_records,
             peer,
             peer_error,

@@ -70,7 +70,7 @@ pub async fn replay(ctx: &Ctx, rows: i64) -> Result<ReplayResult> {
         let since = Instant::now();
         let ferry = p.ferry()?;
         ferry.start_exporter();
-        wait_exported(ctx, ferry, "t", rows, since).await?;
+        wait_exported(ctx, ferry, "t", 0, rows, since).await?;
         ferry.stop_exporter().await?;
         let config = ferry.config.clone();
         let opts = ReplayOptions {

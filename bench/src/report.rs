@@ -332,7 +332,13 @@ impl Report {
                 Some(true),
             );
             if let Some(d) = &c.peer {
-                match c.ferry_export {
+                // The exporter alone on the second backlog when it ran (as Debezium
+                // runs), else beside the importer in the end-to-end drain.
+                let (export, alone) = match c.ferry_export_alone {
+                    Some(e) => (Some(e), "alone, "),
+                    None => (c.ferry_export, "beside the importer, "),
+                };
+                match export {
                     Some(e) => {
                         let ferry = e.rate_once_running(c.events);
                         let ratio = ferry / d.running_records_per_second;
@@ -341,7 +347,7 @@ impl Report {
                                 "cdc into Kafka: changes/s, source half ({} changes)",
                                 c.events
                             ),
-                            ferry_export_rate(&e, c.events),
+                            format!("{alone}{}", ferry_export_rate(&e, c.events)),
                             peer_rate(d),
                             Some(ratio),
                             "ratio ≥ 3",
@@ -357,13 +363,22 @@ impl Report {
                         Some(false),
                     ),
                 }
-                self.peer_cpu_line(
-                    "cdc into Kafka: CPU per change (Ferry: both halves)",
-                    c.usage.ferry_cpu_seconds(),
-                    "exporter+importer",
-                    d,
-                    "change",
-                );
+                match &c.ferry_export_alone_usage {
+                    Some(u) => self.peer_cpu_line(
+                        "cdc into Kafka: CPU per change, source half",
+                        u.ferry_cpu_seconds(),
+                        "exporter alone",
+                        d,
+                        "change",
+                    ),
+                    None => self.peer_cpu_line(
+                        "cdc into Kafka: CPU per change (Ferry: both halves)",
+                        c.usage.ferry_cpu_seconds(),
+                        "exporter+importer",
+                        d,
+                        "change",
+                    ),
+                }
                 self.peer_count_line("cdc", d, "changes");
             }
             self.cdc = Some(c);
@@ -601,7 +616,7 @@ impl Report {
         let mut out = String::new();
         let staged = self.snapshot.as_ref().and_then(|s| s.staged.as_ref());
         let snapshot_peer = self.snapshot.as_ref().and_then(|s| s.peer.as_ref());
-        let phases: [(&str, Option<&Usage>); 7] = [
+        let phases: [(&str, Option<&Usage>); 8] = [
             (
                 "snapshot staged, exporter alone",
                 staged.map(|s| &s.export_usage),
@@ -625,6 +640,12 @@ impl Report {
                 snapshot_peer.map(|p| &p.debezium.usage),
             ),
             ("cdc", self.cdc.as_ref().map(|s| &s.usage)),
+            (
+                "cdc, Ferry's exporter alone on the second backlog (beside Debezium)",
+                self.cdc
+                    .as_ref()
+                    .and_then(|c| c.ferry_export_alone_usage.as_ref()),
+            ),
             (
                 "cdc, Debezium peer (the JVM is `java`, as the broker)",
                 self.cdc
