@@ -594,28 +594,26 @@ fn parse_zone(zone: &str) -> Option<i64> {
 /// before year 1. For the timestamps 64-bit microseconds since 1970 can't hold (after
 /// about 294247 AD), which travel as this text, as they do when read from text COPY.
 pub fn write_pg_timestamp(days: i64, micros_of_day: i64, with_zone: bool, out: &mut String) {
-    let bc = write_year_month_day(days, out);
-    out.push(' ');
-    let start = out.len();
-    write_time(micros_of_day, out);
-    if out[start..].contains('.') {
-        let trimmed = out.trim_end_matches('0').len();
-        out.truncate(trimmed);
-    }
-    if with_zone {
-        out.push_str("+00");
-    }
-    if bc {
-        out.push_str(" BC");
-    }
+    write_timestamp_parts(days, micros_of_day, with_zone, true, out);
 }
 
 fn write_timestamp(micros: i64, with_zone: bool, out: &mut String) {
     let days = micros.div_euclid(MICROS_PER_DAY);
     let time = micros.rem_euclid(MICROS_PER_DAY);
+    write_timestamp_parts(days, time, with_zone, false, out);
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][+00][ BC]`; with `trim`, the fraction without its
+/// trailing zeros (as PostgreSQL's output function writes it).
+fn write_timestamp_parts(days: i64, time: i64, with_zone: bool, trim: bool, out: &mut String) {
     let bc = write_year_month_day(days, out);
     out.push(' ');
+    let start = out.len();
     write_time(time, out);
+    if trim && out[start..].contains('.') {
+        let trimmed = out.trim_end_matches('0').len();
+        out.truncate(trimmed);
+    }
     if with_zone {
         out.push_str("+00");
     }
