@@ -322,10 +322,7 @@ impl Migration {
             now,
         );
         let command = format!("ferry import data to {destination}");
-        let running = states
-            .iter()
-            .filter(|s| s.state == "running" || s.state == "standby" || s.state == "retrying")
-            .count();
+        let running = states.iter().filter(|s| s.is_up()).count();
         if running > 0 {
             return format!(" ({running} instance(s) of \"{command}\" running)");
         }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ferry_shared::envelope::OpCounts;
-use ferry_shared::heartbeat::{ExporterHeartbeat, ImporterHeartbeat};
+use ferry_shared::heartbeat::ExporterHeartbeat;
 use ferry_shared::kafka;
 use ferry_shared::state::{now_ms, MigrationStatus};
 use ferry_shared::topics::{Destination, Stream};
@@ -276,22 +276,15 @@ pub async fn measure(m: &Migration) -> Status {
         let group = m.topics.import_group(destination);
         let stream = msr.importers.get(destination);
         let group_beats = beats.importers.get(destination.as_str());
-        let live: Vec<&ImporterHeartbeat> = group_beats
-            .map(|b| {
-                b.values()
-                    .filter(|h| {
-                        now - h.ts_ms < STALE_MS && h.phase != "failed" && h.phase != "stopped"
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let no_beats = BTreeMap::new();
+        let group_beats = group_beats.unwrap_or(&no_beats);
         let group_errors: Vec<InstanceError> = errors
             .iter()
             .filter(|e| e.role == "importer" && e.unit == destination.as_str())
             .cloned()
             .collect();
-        let instance_states =
-            instance_states(group_beats.unwrap_or(&BTreeMap::new()), &group_errors, now);
+        let instance_states = instance_states(group_beats, &group_errors, now);
+        let live = up_beats(group_beats, &instance_states);
         // A fold from +0.0: an empty f64 sum is -0.0, shown as "-0 events/s".
         let rate_3m: f64 = live.iter().fold(0.0, |a, h| a + h.rate_3m);
         let rate_10m: f64 = live.iter().fold(0.0, |a, h| a + h.rate_10m);
@@ -465,7 +458,9 @@ fn tables(i: TableInputs<'_>) -> Vec<TableStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_shared::heartbeat::{error_key, importer_heartbeat_key, ErrorRecord, ServiceError};
+    use ferry_shared::heartbeat::{
+        error_key, importer_heartbeat_key, ErrorRecord, ImporterHeartbeat, ServiceError,
+    };
 
     fn beat(instance: &str, phase: &str, ts_ms: i64, ok_at_ms: i64) -> ImporterHeartbeat {
         ImporterHeartbeat {
@@ -555,6 +550,35 @@ mod tests {
         let errors = h.current_errors(NOW);
         let states = instance_states(&h.importers["target"], &errors, NOW);
         assert_eq!(states[0].state, "failed", "{states:?}");
+        // Nor is it counted as an instance that runs, nor in the rates.
+        assert!(up_beats(&h.importers["target"], &states).is_empty());
+        // Its failed heartbeat overwritten by a late one of its own sent before it: it
+        // stays stopped after another instance ran successfully (its error no longer
+        // current) too.
+        let mut ok = beat("e:3", "standby", NOW - 100, NOW - 200);
+        ok.started_at_ms = NOW - 500;
+        let h = records(
+            &[beat("d:2", "applying", NOW - 2_000, 0), ok],
+            &[error("d:2", "definite", NOW - 1_000)],
+        );
+        assert!(h.current_errors(NOW).is_empty());
+        let states = instance_states(&h.importers["target"], &[], NOW);
+        assert!(states.iter().all(|s| s.instance != "d:2"), "{states:?}");
+        let h = records(
+            &[
+                beat("d:2", "applying", NOW - 2_000, 0),
+                beat("e:3", "standby", NOW - 100, 0),
+            ],
+            &[error("d:2", "definite", NOW - 1_000)],
+        );
+        let errors = h.current_errors(NOW);
+        let states = instance_states(&h.importers["target"], &errors, NOW);
+        let up = up_beats(&h.importers["target"], &states);
+        assert_eq!(
+            up.iter().map(|b| b.instance.as_str()).collect::<Vec<_>>(),
+            ["e:3"],
+            "{states:?}"
+        );
     }
 
     #[test]

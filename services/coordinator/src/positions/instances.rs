@@ -49,6 +49,21 @@ impl Heartbeats {
                 }
             }
         }
+        // An importer's last heartbeat and its stop come from two producers: a
+        // heartbeat sent before the stop can land after the failed one and replace it.
+        // The stop recorded after that heartbeat is what the instance did last.
+        for r in out.errors.iter().filter(|r| r.role == "importer") {
+            let beat = out
+                .importers
+                .get_mut(&r.unit)
+                .and_then(|b| b.get_mut(&r.instance));
+            if let Some(h) = beat {
+                if h.ts_ms <= r.error.at_ms && h.phase != "failed" && h.phase != "stopped" {
+                    h.phase = "failed".to_owned();
+                    h.error = Some(r.error.clone());
+                }
+            }
+        }
         out
     }
 
@@ -207,6 +222,28 @@ pub struct InstanceState {
     /// Its last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ServiceError>,
+}
+
+impl InstanceState {
+    /// True when it is up: `running`, `standby` or `retrying`.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "standby" | "retrying")
+    }
+}
+
+/// The heartbeats of the instances that `states` ([`instance_states`]) show up: what
+/// the status counts as instances and sums into rates. An instance whose stop was
+/// recorded after its last heartbeat is not one of them, so that the count never says
+/// an instance runs while the list says it failed.
+pub fn up_beats<'a>(
+    beats: &'a BTreeMap<String, ImporterHeartbeat>,
+    states: &[InstanceState],
+) -> Vec<&'a ImporterHeartbeat> {
+    states
+        .iter()
+        .filter(|s| s.is_up())
+        .filter_map(|s| beats.get(&s.instance))
+        .collect()
 }
 
 /// How long an instance that stopped, failed or went silent stays listed when no
