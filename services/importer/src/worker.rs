@@ -97,6 +97,16 @@ pub(crate) struct Pool {
     owner: HashMap<String, HashMap<i32, usize>>,
 }
 
+/// A pool dropped without [`Pool::stop`] (the task that held it was aborted, as a
+/// killed process would be) takes its workers with it: none writes on alone.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 impl Pool {
     /// Starts one worker per sink (each its own connection).
     pub(crate) fn start<S: Sink>(setup: &Setup, sinks: Vec<S>) -> Pool {
@@ -274,10 +284,14 @@ impl Pool {
         }
     }
 
-    /// Stops the workers (without writing what they hold) and waits for them.
-    pub(crate) async fn stop(self) {
-        drop(self.jobs);
-        for task in self.tasks {
+    /// Stops the workers without writing what they hold or what is queued for them,
+    /// and waits until they are gone (a transaction one of them had open is rolled back
+    /// when its connection closes). A caller that wants their work written flushes
+    /// first.
+    pub(crate) async fn stop(mut self) {
+        self.jobs.clear();
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
             let _ = task.await;
         }
     }

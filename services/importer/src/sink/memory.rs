@@ -42,6 +42,9 @@ pub(crate) struct State {
 pub(crate) struct MemorySink {
     group: String,
     db: Arc<Mutex<State>>,
+    /// Every commit of every session waits for it: held by a test, it keeps a worker
+    /// in the middle of its transaction.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MemorySink {
@@ -50,6 +53,7 @@ impl MemorySink {
         MemorySink {
             group: group.to_owned(),
             db: Arc::default(),
+            gate: Arc::default(),
         }
     }
 
@@ -66,7 +70,17 @@ impl MemorySink {
         MemorySink {
             group: group.to_owned(),
             db: self.db.clone(),
+            gate: self.gate.clone(),
         }
+    }
+
+    /// Holds every commit on this database (each waits inside its transaction) until
+    /// the guard is dropped.
+    pub(crate) fn hold_commits(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.gate
+            .clone()
+            .try_lock_owned()
+            .expect("commits are held once at a time")
     }
 
     /// A copy of what the database holds now.
@@ -197,6 +211,7 @@ impl Sink for MemorySink {
         events: &mut BTreeMap<TableName, Vec<Event>>,
         moves: &mut [Move<'_>],
     ) -> Result<Written, Failure> {
+        drop(self.gate.lock().await);
         let mut state = self.state();
         // The transaction: work on a copy, keep it only if everything succeeds.
         let mut next = state.clone();

@@ -316,3 +316,57 @@ async fn a_worker_whose_partition_moved_under_it_fails_with_a_conflict() {
     );
     pool.stop().await;
 }
+
+/// Records for rows `ids` of partition 0 (even ids), each a batch of its own at
+/// `batch_rows` 1, sent to a pool whose commits `db` holds.
+async fn held_pool(stream: &mut Stream, db: &MemorySink) -> Pool {
+    let mut pool = Pool::start(
+        &stream.setup(1, Duration::from_secs(60)),
+        vec![db.session("g")],
+    );
+    pool.assign(db.load_positions(&stream.parts()).await.unwrap())
+        .await
+        .unwrap();
+    let records: Vec<Record> = [2, 4, 6, 8]
+        .into_iter()
+        .map(|id| stream.record(Op::Create, id, Some("x")))
+        .collect();
+    pool.records(records, false).await.unwrap();
+    // The worker is in its first transaction, waiting at the gate.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pool
+}
+
+#[tokio::test]
+async fn a_stopped_pool_writes_nothing_it_held_or_had_queued() {
+    let mut stream = Stream::new().await;
+    let db = database();
+    let gate = db.hold_commits();
+    let pool = held_pool(&mut stream, &db).await;
+    let stopping = tokio::spawn(pool.stop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(gate);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("stopped within the deadline")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(db.snapshot().commits, 0);
+    assert!(rows(&db).is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_pool_takes_its_workers_with_it() {
+    // As when the task holding it is aborted: nothing goes on writing alone.
+    let mut stream = Stream::new().await;
+    let db = database();
+    let gate = db.hold_commits();
+    let pool = held_pool(&mut stream, &db).await;
+    drop(pool);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(gate);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(db.snapshot().commits, 0);
+    let stored = db.load_positions(&stream.parts()).await.unwrap();
+    assert!(stored.iter().all(|s| s.next_offset == 0), "{stored:?}");
+}
