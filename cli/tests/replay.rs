@@ -501,9 +501,27 @@ async fn a_restored_backup_replayed_from_its_vsn_equals_the_source_across_a_kill
     let mut db = fx.config.require_target()?.clone();
     db.database = restore_db.clone();
     let o = opts(StartAt::Vsn(from), EndAt::Now);
+    // The kill must land part-way: small batches, and every row written costs the
+    // restored database a millisecond, so that the whole range takes over a second
+    // after the first batch is committed, on any machine.
+    let mut small = fx.config.clone();
+    small.importer.batch_rows = 20;
+    restored
+        .batch_execute(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.001); RETURN NULL; END $$;
+             CREATE TRIGGER slow AFTER INSERT OR UPDATE OR DELETE ON accounts
+               FOR EACH ROW EXECUTE FUNCTION slow_row();
+             CREATE TRIGGER slow AFTER INSERT OR UPDATE OR DELETE ON items
+               FOR EACH ROW EXECUTE FUNCTION slow_row();
+             -- It applies with session_replication_role = replica.
+             ALTER TABLE accounts ENABLE ALWAYS TRIGGER slow;
+             ALTER TABLE items ENABLE ALWAYS TRIGGER slow;",
+        )
+        .await?;
     // First run: killed once it has committed some batches.
     let first = {
-        let (c, o, db) = (fx.config.clone(), o.clone(), db.clone());
+        let (c, o, db) = (small.clone(), o.clone(), db.clone());
         let s = fx.stop.clone();
         tokio::spawn(async move {
             replay::replay_to_database(&c, &o, ReplayTarget::Database(db), "recover", s).await
@@ -524,7 +542,7 @@ async fn a_restored_backup_replayed_from_its_vsn_equals_the_source_across_a_kill
     first.abort();
     let _ = first.await;
     let second = replay::replay_to_database(
-        &fx.config,
+        &small,
         &o,
         ReplayTarget::Database(db),
         "recover",
