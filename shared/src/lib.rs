@@ -24,6 +24,7 @@ pub mod position;
 pub mod process;
 pub mod rate;
 pub mod registry;
+pub mod repeats;
 pub mod replay;
 pub mod shutdown;
 pub mod state;

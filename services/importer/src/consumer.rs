@@ -322,6 +322,7 @@ fn poll_loop<S: Sink + Sync>(
     // then (the consumer was kept from polling, not stuck).
     let mut blocked = Duration::ZERO;
     let mut stalls: HashMap<(String, i32), FetchStall> = HashMap::new();
+    let mut errors = ferry_shared::repeats::Repeats::new(ferry_shared::repeats::EVERY);
     while !stopped() {
         // Housekeeping (the partition ends every 5 s, the offsets to commit) between
         // batches and every HOUSEKEEPING_EVERY records, not per record: reading the
@@ -398,7 +399,18 @@ fn poll_loop<S: Sink + Sync>(
                 tracing::debug!(error = %e, "subscribed topics not available");
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "kafka consumer error");
+                // Every poll answers with it while the broker is down: once per
+                // interval, with the count.
+                let text = e.to_string();
+                match errors.admit(&text, std::time::Instant::now()) {
+                    Some(0) => tracing::warn!(error = %text, "kafka consumer error"),
+                    Some(again) => tracing::warn!(
+                        error = %text,
+                        again,
+                        "kafka consumer error, still ({again} more since it was last logged)"
+                    ),
+                    None => tracing::debug!(error = %text, "kafka consumer error (repeated)"),
+                }
             }
             None => {
                 // Everything fetched so far is polled.
