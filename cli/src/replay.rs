@@ -22,7 +22,7 @@ use ferry_shared::catalog::TableName;
 use ferry_shared::codec::EventDecoder;
 use ferry_shared::config::{Config, ConfigError, DatabaseConfig};
 use ferry_shared::envelope::DecodedEvent;
-use ferry_shared::json::{EventJson, JsonEvent};
+use ferry_shared::json::JsonEvent;
 use ferry_shared::position::Vsn;
 use ferry_shared::registry::RegistryClient;
 use ferry_shared::replay::{
@@ -342,19 +342,23 @@ async fn encode(
         last_vsn: None,
     };
     for r in records {
-        let Some(d) = decoded(decoder, r).await? else {
+        let Some(value) = &r.value else {
             continue;
         };
-        // Straight into the batch's buffer (no line string or JSON tree per event).
-        let event = EventJson {
-            event: &d.event,
-            key_layout: &d.key_layout,
-            key: &d.key,
-        };
-        serde_json::to_writer(&mut e.lines, &event).map_err(|err| ReplayError::Decode {
-            at: format!("{}[{}]@{}", r.topic, r.partition, r.offset),
-            message: format!("writing JSON: {err}"),
+        let at = || format!("{}[{}]@{}", r.topic, r.partition, r.offset);
+        let key = r.key.as_deref().ok_or_else(|| ReplayError::Decode {
+            at: at(),
+            message: "no key".into(),
         })?;
+        // Straight from the record's bytes into the batch's buffer (no value tree, line
+        // string or JSON tree per event).
+        decoder
+            .write_json_line(key, value, &mut e.lines)
+            .await
+            .map_err(|err| ReplayError::Decode {
+                at: at(),
+                message: err.to_string(),
+            })?;
         e.lines.push(b'\n');
         e.events += 1;
         e.first_vsn.get_or_insert(r.vsn);

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::avro::RecordType;
 use crate::envelope::DecodedEvent;
-use crate::value::{format_text, Datum};
+use crate::value::{format_text, write_text, Datum};
 
 /// Column name → value, in column order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -190,31 +190,60 @@ impl Serialize for EventJson<'_> {
             layout: &e.row_type,
             datums,
         };
-        let mut map = s.serialize_map(Some(8))?;
-        map.serialize_entry("vsn", &e.vsn.0)?;
-        map.serialize_entry("op", e.op.code())?;
-        map.serialize_entry("table", &Dotted(&e.source.schema, &e.source.table))?;
-        map.serialize_entry(
-            "key",
-            &RowJson {
+        EventParts {
+            vsn: e.vsn.0,
+            op: e.op.code(),
+            schema: &e.source.schema,
+            table: &e.source.table,
+            key: RowJson {
                 layout: self.key_layout,
                 datums: self.key,
             },
-        )?;
-        map.serialize_entry("before", &e.before.as_deref().map(row))?;
-        map.serialize_entry("after", &e.after.as_deref().map(row))?;
+            before: e.before.as_deref().map(row),
+            after: e.after.as_deref().map(row),
+            lsn_or_scn: &e.source.lsn_or_scn,
+            txid: e.source.txid,
+            commit_ts_ms: e.source.commit_ts_ms,
+        }
+        .serialize(s)
+    }
+}
+
+/// An event's line from its parts, whatever writes its rows ([`EventJson`] from decoded
+/// values, [`crate::codec::EventDecoder::write_json_line`] from the Avro bytes): the one
+/// place that says what the line holds, in which order.
+pub(crate) struct EventParts<'a, K, R> {
+    pub vsn: u64,
+    pub op: &'a str,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub key: K,
+    pub before: Option<R>,
+    pub after: Option<R>,
+    pub lsn_or_scn: &'a str,
+    pub txid: Option<i64>,
+    pub commit_ts_ms: i64,
+}
+
+impl<K: Serialize, R: Serialize> Serialize for EventParts<'_, K, R> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(8))?;
+        map.serialize_entry("vsn", &self.vsn)?;
+        map.serialize_entry("op", self.op)?;
+        map.serialize_entry("table", &Dotted(self.schema, self.table))?;
+        map.serialize_entry("key", &self.key)?;
+        map.serialize_entry("before", &self.before)?;
+        map.serialize_entry("after", &self.after)?;
         map.serialize_entry(
             "source",
             &JsonSourceRef {
-                lsn_or_scn: &e.source.lsn_or_scn,
-                txid: e.source.txid,
+                lsn_or_scn: self.lsn_or_scn,
+                txid: self.txid,
             },
         )?;
         map.serialize_entry(
             "commit_ts",
-            &iso(&Datum::TimestampTz(
-                e.source.commit_ts_ms.saturating_mul(1000),
-            )),
+            &IsoJson(Datum::TimestampTz(self.commit_ts_ms.saturating_mul(1000))),
         )?;
         map.end()
     }
@@ -256,7 +285,7 @@ impl Serialize for RowJson<'_> {
 }
 
 /// A value as [`datum_to_json`] makes it, serialized without building the [`Value`].
-struct DatumJson<'a>(&'a Datum);
+pub(crate) struct DatumJson<'a>(pub &'a Datum);
 
 impl Serialize for DatumJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -271,7 +300,7 @@ impl Serialize for DatumJson<'_> {
                 s.collect_seq(items.iter().map(DatumJson))
             }
             Datum::Date(_) | Datum::Time(_) | Datum::Timestamp(_) | Datum::TimestampTz(_) => {
-                s.serialize_str(&iso(datum))
+                serialize_iso(datum, s)
             }
             Datum::String(text) => s.serialize_str(text),
             Datum::Bytes(_) | Datum::Decimal(_) => {
@@ -317,19 +346,55 @@ fn float(v: f64, datum: &Datum) -> Value {
 /// PostgreSQL's ISO text form (`YYYY-MM-DD HH:MM:SS[.f]+00`) as ISO 8601; BC values keep
 /// PostgreSQL's form, which ISO 8601 readers would misread.
 fn iso(datum: &Datum) -> String {
-    let mut text = format_text(datum).unwrap_or_default();
-    if text.ends_with(" BC") {
-        return text;
-    }
-    // In place: one allocation per value.
-    if let Some(i) = text.find(' ') {
-        text.replace_range(i..=i, "T");
-    }
-    if text.ends_with("+00") {
-        text.truncate(text.len() - 3);
-        text.push('Z');
-    }
+    let mut text = String::with_capacity(ISO_CAPACITY);
+    write_iso(datum, &mut text);
     text
+}
+
+/// Room for the longest ISO form a date or time value takes.
+const ISO_CAPACITY: usize = 48;
+
+/// Appends [`iso`]'s text to `out`.
+fn write_iso(datum: &Datum, out: &mut String) {
+    let start = out.len();
+    write_text(datum, out);
+    if out.ends_with(" BC") {
+        return;
+    }
+    if let Some(i) = out[start..].find(' ') {
+        out.replace_range(start + i..=start + i, "T");
+    }
+    if out.ends_with("+00") {
+        out.truncate(out.len() - 3);
+        out.push('Z');
+    }
+}
+
+/// Serializes [`iso`]'s text of `datum` as a string without allocating one per value: a
+/// replay writes one or more for every event.
+fn serialize_iso<S: Serializer>(datum: &Datum, s: S) -> Result<S::Ok, S::Error> {
+    thread_local! {
+        static TEXT: std::cell::RefCell<String> =
+            std::cell::RefCell::new(String::with_capacity(ISO_CAPACITY));
+    }
+    TEXT.with(|text| match text.try_borrow_mut() {
+        Ok(mut text) => {
+            text.clear();
+            write_iso(datum, &mut text);
+            s.serialize_str(&text)
+        }
+        // Never nested, but a serializer is free to call anything.
+        Err(_) => s.serialize_str(&iso(datum)),
+    })
+}
+
+/// A date or time value written as [`iso`] writes it.
+struct IsoJson(Datum);
+
+impl Serialize for IsoJson {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_iso(&self.0, s)
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub use encode::{
     encode, encode_field, encode_fields, encode_optional_row, write_bytes, write_long,
 };
 pub use error::AvroError;
+pub(crate) use reader::union_branch;
 pub use reader::{decode, skip, Reader};
 pub use schema::{
     avro_name, describe_kind, key_schema, parse_schema, table_namespace, value_schema, AvroType,

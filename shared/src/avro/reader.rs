@@ -19,7 +19,7 @@ impl<'a> Reader<'a> {
         self.buf.len()
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
         if self.buf.len() < n {
             return Err(AvroError::Malformed(format!(
                 "needed {n} bytes, {} left",
@@ -44,7 +44,8 @@ impl<'a> Reader<'a> {
         Err(AvroError::Malformed("varint longer than 10 bytes".into()))
     }
 
-    fn int(&mut self) -> Result<i32, AvroError> {
+    /// Reads an `int` (a `long` in range).
+    pub fn int(&mut self) -> Result<i32, AvroError> {
         let v = self.long()?;
         i32::try_from(v).map_err(|_| AvroError::Malformed(format!("int out of range: {v}")))
     }
@@ -59,7 +60,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Reads a union's branch index and returns that branch.
-fn union_branch<'t>(
+pub(crate) fn union_branch<'t>(
     branches: &'t [AvroType],
     r: &mut Reader<'_>,
 ) -> Result<&'t AvroType, AvroError> {

@@ -18,7 +18,7 @@ use super::split_header;
 /// Reads framed keys and envelopes written with any registered schema.
 #[derive(Clone, Debug)]
 pub struct EventDecoder {
-    registry: RegistryClient,
+    pub(super) registry: RegistryClient,
     /// Per writer schema id: where the envelope's fields are ([`EventDecoder::decode_change`]).
     plans: Arc<std::sync::RwLock<HashMap<u32, Arc<EnvelopePlan>>>>,
 }
@@ -45,13 +45,13 @@ pub struct DecodedChange<'a> {
 
 /// What to do with each field of a writer schema's envelope, in writer order.
 #[derive(Debug)]
-struct EnvelopePlan {
-    fields: Vec<(Slot, AvroType)>,
-    row_type: Arc<RecordType>,
+pub(super) struct EnvelopePlan {
+    pub(super) fields: Vec<(Slot, AvroType)>,
+    pub(super) row_type: Arc<RecordType>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Slot {
+pub(super) enum Slot {
     Before,
     After,
     Op,
@@ -138,7 +138,7 @@ impl EventDecoder {
         }
     }
 
-    async fn plan(&self, id: u32) -> Result<Arc<EnvelopePlan>, RegistryError> {
+    pub(super) async fn plan(&self, id: u32) -> Result<Arc<EnvelopePlan>, RegistryError> {
         if let Some(p) = self.plans.read().ok().and_then(|m| m.get(&id).cloned()) {
             return Ok(p);
         }

@@ -21,6 +21,7 @@
 
 pub mod decode;
 pub mod encode;
+mod json_line;
 
 pub use decode::{DecodedChange, EventDecoder};
 pub use encode::{stamp, Encoders, Pending, SourceTemplate, TableEncoder};
