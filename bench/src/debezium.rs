@@ -240,10 +240,39 @@ fn log_errors(log: &Path) -> String {
     }
 }
 
+/// Where a running peer's JVM pid is kept, beside its work folders: a bench killed with
+/// SIGKILL runs no cleanup, and its JVM would go on reading the source.
+fn pid_file(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("debezium.pid")
+}
+
+/// Ends the JVM an earlier, killed run left running: the pid in [`pid_file`], if that
+/// process is still a Kafka Connect worker started from this stack's folder.
+async fn kill_leftover_jvm(stack_dir: &Path) {
+    let file = pid_file(stack_dir);
+    let Ok(pid) = std::fs::read_to_string(&file) else {
+        return;
+    };
+    let pid = pid.trim().to_owned();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = cmdline.contains("ConnectStandalone")
+        && cmdline.contains(&*stack_dir.join("debezium").to_string_lossy());
+    if ours {
+        eprintln!("bench: killing the Debezium peer's JVM (pid {pid}) an interrupted run left");
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .await;
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
 /// Removes what earlier runs of the peer left: their work folders (logs), and the
 /// topics of a run that was killed before its cleanup (the bench's stack is its own, so
 /// every `bench_dbz_*` topic there is one of those). Errors are printed.
 pub async fn clear_leftovers(ctx: &Ctx) {
+    kill_leftover_jvm(&ctx.stack.dir).await;
     let _ = std::fs::remove_dir_all(ctx.stack.dir.join("debezium"));
     let text = ctx.stack.config_toml(
         "bench_dbz_cleanup",
@@ -395,6 +424,8 @@ async fn run_in(
         .spawn()
         .with_context(|| format!("starting {} (Java 17+)", peer.java.display()))?;
     let pid = child.id().context("the Debezium peer's JVM has no pid")?;
+    let pid_file = pid_file(&ctx.stack.dir);
+    std::fs::write(&pid_file, pid.to_string())?;
 
     let measured = async {
         let mut first: Option<(f64, f64)> = None;
@@ -453,6 +484,7 @@ async fn run_in(
         eprintln!("bench: the Debezium peer did not stop within 30 s of SIGTERM; killing it");
         let _ = child.kill().await;
     }
+    let _ = std::fs::remove_file(&pid_file);
     let (seconds, first, cpu, running_cpu, rss) = measured?;
     let records = records_in(kafka, topic).await;
     if records != expected {
@@ -481,6 +513,36 @@ async fn run_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_jvm_an_interrupted_run_left_is_killed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("debezium").join("run1");
+        // Stand-ins whose command lines look like the peer's JVM, or do not.
+        let start = |args: &[&str]| {
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 60; true"])
+                .args(args)
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = start(&["ConnectStandalone", &work.to_string_lossy()]);
+        std::fs::write(pid_file(dir.path()), ours.id().to_string()).unwrap();
+        kill_leftover_jvm(dir.path()).await;
+        let status = ours.wait().unwrap();
+        assert!(!status.success(), "{status}");
+        assert!(!pid_file(dir.path()).exists());
+
+        // A pid reused by another process is left alone.
+        let mut other = start(&["ConnectStandalone", "/elsewhere/debezium"]);
+        std::fs::write(pid_file(dir.path()), other.id().to_string()).unwrap();
+        kill_leftover_jvm(dir.path()).await;
+        assert!(other.try_wait().unwrap().is_none());
+        other.kill().unwrap();
+        let _ = other.wait();
+        // No file: nothing to do.
+        kill_leftover_jvm(dir.path()).await;
+    }
 
     #[test]
     fn chunks_hold_at_most_chunk_rows() {
