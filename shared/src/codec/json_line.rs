@@ -318,8 +318,8 @@ mod tests {
         v
     }
 
-    #[tokio::test]
-    async fn a_line_written_from_the_bytes_is_the_line_of_the_decoded_event() {
+    /// An encoder of [`table`] and a decoder, on a registry of the test's own.
+    async fn codecs() -> (TableEncoder, EventDecoder) {
         let url = ferry_testkit::serve_registry(None).await.unwrap();
         let registry = RegistryClient::new(&url, None).unwrap();
         let encoder = TableEncoder::new(
@@ -332,7 +332,12 @@ mod tests {
         )
         .await
         .unwrap();
-        let decoder = EventDecoder::new(registry);
+        (encoder, EventDecoder::new(registry))
+    }
+
+    #[tokio::test]
+    async fn a_line_written_from_the_bytes_is_the_line_of_the_decoded_event() {
+        let (encoder, decoder) = codecs().await;
         let cases = [
             (Op::Read, None, Some(row(1, "snap")), None),
             (Op::Create, None, Some(nulls(2)), Some(17)),
@@ -391,19 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_bytes_are_an_error_not_a_panic() {
-        let url = ferry_testkit::serve_registry(None).await.unwrap();
-        let registry = RegistryClient::new(&url, None).unwrap();
-        let encoder = TableEncoder::new(
-            &registry,
-            table(),
-            "ferry.t.source.public.wide".into(),
-            0,
-            1,
-            "src".into(),
-        )
-        .await
-        .unwrap();
-        let decoder = EventDecoder::new(registry);
+        let (encoder, decoder) = codecs().await;
         let event = ChangeEvent {
             key: vec![Datum::Long(1), Datum::String("k".into())],
             before: None,
