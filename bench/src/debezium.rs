@@ -518,13 +518,26 @@ mod tests {
     async fn a_jvm_an_interrupted_run_left_is_killed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("debezium").join("run1");
-        // Stand-ins whose command lines look like the peer's JVM, or do not.
+        // Stand-ins whose command lines look like the peer's JVM, or do not; returned
+        // once they run sh (until its exec, a child's command line is the test's).
         let start = |args: &[&str]| {
-            std::process::Command::new("sh")
+            let child = std::process::Command::new("sh")
                 .args(["-c", "sleep 60; true"])
                 .args(args)
                 .spawn()
-                .unwrap()
+                .unwrap();
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            let started = Instant::now();
+            while !String::from_utf8_lossy(&std::fs::read(&cmdline).unwrap_or_default())
+                .contains("sleep 60")
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "sh did not start"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            child
         };
         let mut ours = start(&["ConnectStandalone", &work.to_string_lossy()]);
         std::fs::write(pid_file(dir.path()), ours.id().to_string()).unwrap();
