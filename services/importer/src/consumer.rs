@@ -440,22 +440,43 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 /// could not stop. Past `within` the close goes on in the background and is logged; the
 /// broker expires the member after its session timeout.
 fn close_within<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>, within: Duration) {
+    match finish_within(move || drop(consumer), within) {
+        Finished::InTime => {}
+        Finished::NoThread => {
+            tracing::warn!("could not start a thread to close the kafka consumer; leaving it open");
+        }
+        Finished::Late => tracing::warn!(
+            within_s = within.as_secs(),
+            "closing the kafka consumer (leaving the group) did not finish in time; it goes on in the background and the broker expires the member after its session timeout"
+        ),
+    }
+}
+
+/// How [`finish_within`] ended.
+#[derive(Debug, PartialEq)]
+enum Finished {
+    InTime,
+    /// Still running in the background.
+    Late,
+    /// Not started: no thread could be made.
+    NoThread,
+}
+
+/// Runs `work` on a thread of its own and waits for it at most `within`.
+fn finish_within(work: impl FnOnce() + Send + 'static, within: Duration) -> Finished {
     let (done_tx, done_rx) = std_mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("ferry-consumer-close".into())
         .spawn(move || {
-            drop(consumer);
+            work();
             let _ = done_tx.send(());
         });
     if spawned.is_err() {
-        tracing::warn!("could not start a thread to close the kafka consumer; leaving it open");
-        return;
+        return Finished::NoThread;
     }
-    if done_rx.recv_timeout(within).is_err() {
-        tracing::warn!(
-            within_s = within.as_secs(),
-            "closing the kafka consumer (leaving the group) did not finish in time; it goes on in the background and the broker expires the member after its session timeout"
-        );
+    match done_rx.recv_timeout(within) {
+        Ok(()) => Finished::InTime,
+        Err(_) => Finished::Late,
     }
 }
 
@@ -549,6 +570,26 @@ fn run_commands<S: Sink + Sync>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_that_hangs_is_left_in_the_background_after_the_deadline() {
+        // As librdkafka's close with the group coordinator gone: it never answers.
+        let (release, hang) = std_mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let late = finish_within(
+            move || {
+                let _ = hang.recv();
+            },
+            Duration::from_millis(200),
+        );
+        assert_eq!(late, Finished::Late);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let _ = release.send(());
+        assert_eq!(
+            finish_within(|| {}, Duration::from_secs(5)),
+            Finished::InTime
+        );
+    }
 
     #[test]
     fn pattern_escapes_dots() {
