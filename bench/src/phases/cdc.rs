@@ -22,10 +22,8 @@ pub struct CdcResult {
     pub recvlogical_events_per_second: f64,
     pub usage: Usage,
     pub checksum: Checksum,
-    /// From the exporter's restart until its table topic held every change (measured
-    /// during the run above, the importer running alongside).
-    /// When Ferry's exporter had its first and its last change in Kafka (end to end,
-    /// with the importer running).
+    /// When Ferry's exporter, restarted on the backlog, had its first and its last
+    /// change in Kafka (measured during the run above, the importer running alongside).
     pub ferry_export: Option<Exported>,
     /// The same for the exporter alone (importer stopped) on a second backlog of the
     /// same shape, with the peer: what the ratio to Debezium uses.
@@ -208,14 +206,8 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
             }
             _ => (None, None),
         };
-        let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
         let expected_rows = updatable + transactions * 50;
-        if checksum.rows != expected_rows {
-            bail!(
-                "the source holds {} rows after the load, expected {expected_rows}",
-                checksum.rows
-            );
-        }
+        let checksum = verify_rows(&p.dbs[src], &p.dbs[dst], expected_rows, "the load").await?;
         if export_records != events {
             bail!("Ferry's exporter added {export_records} records to {table_topic} for {events} changes");
         }
@@ -255,14 +247,9 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
             )
             .await?;
             ferry.stop().await?;
-            let checksum = verify(&p.dbs[src], &p.dbs[dst]).await?;
             let expected_rows = expected_rows + transactions * 40;
-            if checksum.rows != expected_rows {
-                bail!(
-                    "the source holds {} rows after the second load, expected {expected_rows}",
-                    checksum.rows
-                );
-            }
+            let checksum =
+                verify_rows(&p.dbs[src], &p.dbs[dst], expected_rows, "the second load").await?;
             (Some(exported), Some(usage), checksum)
         } else {
             (None, None, checksum)
@@ -290,4 +277,21 @@ pub async fn cdc(ctx: &Ctx, cdc_rows: i64) -> Result<CdcResult> {
         })
     })
     .await
+}
+
+/// [`verify`], and the source must hold `expected` rows after `what`.
+async fn verify_rows(
+    source: &Database,
+    target: &Database,
+    expected: i64,
+    what: &str,
+) -> Result<Checksum> {
+    let checksum = verify(source, target).await?;
+    if checksum.rows != expected {
+        bail!(
+            "the source holds {} rows after {what}, expected {expected}",
+            checksum.rows
+        );
+    }
+    Ok(checksum)
 }
