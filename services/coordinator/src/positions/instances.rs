@@ -232,9 +232,8 @@ impl InstanceState {
 }
 
 /// The heartbeats of the instances that `states` ([`instance_states`]) show up: what
-/// the status counts as instances and sums into rates. An instance whose stop was
-/// recorded after its last heartbeat is not one of them, so that the count never says
-/// an instance runs while the list says it failed.
+/// the status counts as instances and sums into rates, so that the count and the list
+/// are one answer.
 pub fn up_beats<'a>(
     beats: &'a BTreeMap<String, ImporterHeartbeat>,
     states: &[InstanceState],
@@ -279,11 +278,10 @@ pub fn instance_states(
     let mut out: Vec<InstanceState> = beats
         .values()
         .filter_map(|h| {
+            // A stop recorded after the instance's last heartbeat already reads as
+            // `failed` ([`Heartbeats::from_records`]).
             let current = failed_error(&h.instance);
-            // A stop recorded after the instance's last heartbeat wins over it: the
-            // process may have died before its last heartbeat reached the topic.
-            let stopped_since = current.as_ref().is_some_and(|e| e.at_ms >= h.ts_ms);
-            let state = if live(h) && !stopped_since {
+            let state = if live(h) {
                 match h.phase.as_str() {
                     "standby" => "standby",
                     "retrying" => "retrying",
