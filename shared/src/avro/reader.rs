@@ -19,7 +19,7 @@ impl<'a> Reader<'a> {
         self.buf.len()
     }
 
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
         if self.buf.len() < n {
             return Err(AvroError::Malformed(format!(
                 "needed {n} bytes, {} left",
@@ -44,8 +44,7 @@ impl<'a> Reader<'a> {
         Err(AvroError::Malformed("varint longer than 10 bytes".into()))
     }
 
-    /// Reads an `int` (a `long` in range).
-    pub fn int(&mut self) -> Result<i32, AvroError> {
+    fn int(&mut self) -> Result<i32, AvroError> {
         let v = self.long()?;
         i32::try_from(v).map_err(|_| AvroError::Malformed(format!("int out of range: {v}")))
     }

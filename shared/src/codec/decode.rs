@@ -56,7 +56,8 @@ pub(super) enum Slot {
     After,
     Op,
     Vsn,
-    /// A field of `source`: its schema and table are read, the rest skipped.
+    /// The `source` record: [`EventDecoder::decode_change`] reads its schema and table
+    /// and skips the rest; a JSON line also reads its position, txid and commit time.
     Source,
     Skip,
 }
@@ -75,6 +76,18 @@ fn row_type_of(envelope: &RecordType) -> Result<Arc<RecordType>, RegistryError> 
             _ => None,
         })
         .ok_or_else(|| RegistryError::Envelope("no row record in \"before\"".into()))
+}
+
+/// An envelope's `op` field.
+pub(super) fn read_op(r: &mut Reader<'_>) -> Result<Op, RegistryError> {
+    let code = std::str::from_utf8(r.bytes()?)
+        .map_err(|_| RegistryError::Envelope("op is not UTF-8".into()))?;
+    Op::from_code(code).ok_or_else(|| RegistryError::Envelope("unknown op".into()))
+}
+
+/// An envelope's `vsn` field.
+pub(super) fn read_vsn(r: &mut Reader<'_>) -> Result<Vsn, RegistryError> {
+    Vsn::from_i64(r.long()?).ok_or_else(|| RegistryError::Envelope("negative vsn".into()))
 }
 
 impl EnvelopePlan {
@@ -172,20 +185,8 @@ impl EventDecoder {
             match slot {
                 Slot::Before => before = row(avro::decode(ty, &mut r)?)?,
                 Slot::After => after = row(avro::decode(ty, &mut r)?)?,
-                Slot::Op => {
-                    let code = std::str::from_utf8(r.bytes()?)
-                        .map_err(|_| RegistryError::Envelope("op is not UTF-8".into()))?;
-                    op = Some(
-                        Op::from_code(code)
-                            .ok_or_else(|| RegistryError::Envelope("unknown op".into()))?,
-                    );
-                }
-                Slot::Vsn => {
-                    vsn = Some(
-                        Vsn::from_i64(r.long()?)
-                            .ok_or_else(|| RegistryError::Envelope("negative vsn".into()))?,
-                    );
-                }
+                Slot::Op => op = Some(read_op(&mut r)?),
+                Slot::Vsn => vsn = Some(read_vsn(&mut r)?),
                 Slot::Source => {
                     let AvroType::Record(src) = ty else {
                         return Err(RegistryError::Envelope("no source record".into()));

@@ -1,19 +1,18 @@
 //! A framed change record written straight from its Avro bytes as its JSON line (the
 //! form of [`crate::json`]): what `ferry replay` to a file writes. No value tree is
-//! built for the envelope or its rows: booleans, integers and strings go from the bytes
-//! to the output, every other value through one [`Datum`] written as [`crate::json`]
-//! writes it. The same bytes as decoding the record and writing [`crate::json::EventJson`]
-//! (tested below).
+//! built for the envelope or its rows: strings go from the bytes to the output, every
+//! other value through one [`crate::value::Datum`] (which allocates nothing for
+//! booleans, numbers, dates and times) written as [`crate::json`] writes it. The same
+//! bytes as decoding the record and writing [`crate::json::EventJson`] (tested below).
 
 use std::cell::RefCell;
 
 use serde::ser::{Error as _, SerializeMap};
 use serde::{Serialize, Serializer};
 
-use super::decode::Slot;
+use super::decode::{read_op, read_vsn, Slot};
 use super::{split_header, EventDecoder};
 use crate::avro::{self, AvroError, AvroType, Reader, RecordType};
-use crate::envelope::Op;
 use crate::json::{DatumJson, EventParts};
 use crate::registry::RegistryError;
 
@@ -39,20 +38,8 @@ impl EventDecoder {
             match slot {
                 Slot::Before => env.before = row_bytes(ty, body, &mut r)?,
                 Slot::After => env.after = row_bytes(ty, body, &mut r)?,
-                Slot::Op => {
-                    let code = std::str::from_utf8(r.bytes()?)
-                        .map_err(|_| RegistryError::Envelope("op is not UTF-8".into()))?;
-                    let op = Op::from_code(code)
-                        .ok_or_else(|| RegistryError::Envelope("unknown op".into()))?;
-                    env.op = Some(op.code());
-                }
-                Slot::Vsn => {
-                    let vsn = r.long()?;
-                    if vsn < 0 {
-                        return Err(RegistryError::Envelope("negative vsn".into()));
-                    }
-                    env.vsn = Some(vsn as u64);
-                }
+                Slot::Op => env.op = Some(read_op(&mut r)?.code()),
+                Slot::Vsn => env.vsn = Some(read_vsn(&mut r)?.0),
                 Slot::Source => {
                     let AvroType::Record(source) = ty else {
                         return Err(RegistryError::Envelope("no source record".into()));
@@ -200,21 +187,14 @@ impl Serialize for AvroValue<'_, '_> {
         }
         let fail = |e: AvroError| S::Error::custom(e);
         match ty {
-            AvroType::Null => s.serialize_unit(),
-            AvroType::Boolean => match r.take(1).map_err(fail)?[0] {
-                0 => s.serialize_bool(false),
-                1 => s.serialize_bool(true),
-                b => Err(S::Error::custom(format!("boolean byte {b}"))),
-            },
-            AvroType::Int => s.serialize_i64(i64::from(r.int().map_err(fail)?)),
-            AvroType::Long => s.serialize_i64(r.long().map_err(fail)?),
+            // The one value that would otherwise be copied into a `String` first.
             AvroType::String => {
                 let text = std::str::from_utf8(r.bytes().map_err(fail)?)
                     .map_err(|_| S::Error::custom("string is not UTF-8"))?;
                 s.serialize_str(text)
             }
-            // Dates, times, numbers with a fraction, bytes, arrays: rarer, and written
-            // through the value as the decoded path writes them.
+            // Anything else through its value (no allocation for booleans, numbers,
+            // dates and times), written as the decoded path writes it.
             other => {
                 let datum = avro::decode(other, &mut r).map_err(fail)?;
                 DatumJson(&datum).serialize(s)
@@ -230,7 +210,7 @@ mod tests {
     use super::*;
     use crate::catalog::{Column, Kind, TableSchema};
     use crate::codec::TableEncoder;
-    use crate::envelope::{ChangeEvent, SourceInfo};
+    use crate::envelope::{ChangeEvent, Op, SourceInfo};
     use crate::json::{EventJson, JsonEvent};
     use crate::position::Vsn;
     use crate::registry::RegistryClient;
