@@ -173,7 +173,8 @@ impl JsonEvent {
 
 /// A decoded event as its JSON line, written straight from the decoded values: the same
 /// bytes as [`JsonEvent::from_decoded`] serialized (tested), without copying every column
-/// name and building a [`Value`] per column first. What `ferry replay --to-file` writes.
+/// name and building a [`Value`] per column first. `ferry replay --to-file` writes the
+/// same line from the record's bytes ([`crate::codec::EventDecoder::write_json_line`]).
 pub struct EventJson<'a> {
     /// The event.
     pub event: &'a DecodedEvent,

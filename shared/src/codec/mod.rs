@@ -54,7 +54,7 @@ pub fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), RegistryError> {
 }
 
 /// The VSN of a framed change envelope, read without its schema: `vsn` is the first
-/// field of every envelope schema Ferry writes ([`avro::value_schema`]). `None` when the
+/// field of every envelope schema Ferry writes ([`crate::avro::value_schema`]). `None` when the
 /// bytes are not a framed record starting with a non-negative long.
 pub fn framed_vsn(bytes: &[u8]) -> Option<Vsn> {
     let (_, body) = split_header(bytes).ok()?;

@@ -161,7 +161,7 @@ pub(super) fn parse_zone(zone: &str) -> Option<i64> {
 }
 
 /// A timestamp as PostgreSQL writes it with the session settings of
-/// [`SESSION_SETTINGS`] (ISO, UTC): `days` since 1970-01-01 and `micros_of_day` after
+/// [`super::SESSION_SETTINGS`] (ISO, UTC): `days` since 1970-01-01 and `micros_of_day` after
 /// midnight, fractional seconds without trailing zeros, `+00` for `timestamptz`, ` BC`
 /// before year 1. For the timestamps 64-bit microseconds since 1970 can't hold (after
 /// about 294247 AD), which travel as this text, as they do when read from text COPY.
