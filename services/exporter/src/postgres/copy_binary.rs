@@ -288,10 +288,20 @@ fn read_numeric(value: &[u8], scale: u32) -> Result<Datum, String> {
         0xF000 => return special("-Infinity"),
         other => return Err(format!("numeric has the unknown sign {other:#06x}")),
     };
-    let digits = (0..ndigits as usize)
-        .map(|i| word(4 + i).map(|d| d as i16))
-        .collect::<Result<Vec<i16>, String>>()?;
-    decimal_from_base10000(negative, weight, &digits, scale)
+    // On the stack up to numeric(128) (32 base-10000 digits): no allocation per value.
+    let n = ndigits as usize;
+    let mut small = [0i16; 32];
+    let mut large = Vec::new();
+    let digits: &mut [i16] = if n <= small.len() {
+        &mut small[..n]
+    } else {
+        large.resize(n, 0);
+        &mut large
+    };
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = word(4 + i)? as i16;
+    }
+    decimal_from_base10000(negative, weight, digits, scale)
         .map(Datum::Decimal)
         .ok_or_else(|| format!("numeric does not fit the column's scale {scale}"))
 }
