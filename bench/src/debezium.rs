@@ -502,7 +502,7 @@ async fn run_in(
         seconds,
         records_per_second: expected as f64 / seconds,
         first_record_seconds: first,
-        running_records_per_second: expected as f64 / (seconds - first).max(0.1),
+        running_records_per_second: crate::phases::once_running(expected, seconds, first),
         jvm_cpu_seconds: cpu,
         jvm_running_cpu_seconds: running_cpu,
         jvm_peak_rss_bytes: rss,

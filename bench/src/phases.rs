@@ -468,22 +468,11 @@ fn watch_topic(
     timeout: Duration,
 ) -> tokio::task::JoinHandle<Option<Exported>> {
     tokio::spawn(async move {
-        let client = config.kafka.client_config();
-        let mut first = None;
+        let mut watch = ExportWatch::new(base, target);
         loop {
-            let high: i64 = ferry_shared::kafka::watermarks(&client, &topic)
-                .await
-                .map(|w| w.iter().map(|(_, h)| h).sum())
-                .unwrap_or(0);
-            let t = since.elapsed().as_secs_f64();
-            if high > base && first.is_none() {
-                first = Some(t);
-            }
-            if high >= target {
-                return Some(Exported {
-                    first_seconds: first.unwrap_or(t),
-                    seconds: t,
-                });
+            let high = topic_records(&config, &topic).await.unwrap_or(0);
+            if let Some(exported) = watch.saw(high, since) {
+                return Some(exported);
             }
             if since.elapsed() > timeout || INTERRUPTED.load(Ordering::Relaxed) {
                 return None;
@@ -534,7 +523,43 @@ impl Exported {
     /// `n` over the time from the first record to the last: the rate once running, as
     /// the Debezium peer's is measured.
     pub fn rate_once_running(&self, n: i64) -> f64 {
-        n as f64 / (self.seconds - self.first_seconds).max(0.1)
+        once_running(n, self.seconds, self.first_seconds)
+    }
+}
+
+/// `n` records over the time from the first one (`first` seconds) to the last
+/// (`seconds`), at least 0.1 s: a rate without the start-up.
+pub(crate) fn once_running(n: i64, seconds: f64, first: f64) -> f64 {
+    n as f64 / (seconds - first).max(0.1)
+}
+
+/// What polls of a topic's end offsets saw: when the first record past `base` came,
+/// and, once they reach `target`, when the last did.
+struct ExportWatch {
+    base: i64,
+    target: i64,
+    first: Option<f64>,
+}
+
+impl ExportWatch {
+    fn new(base: i64, target: i64) -> Self {
+        ExportWatch {
+            base,
+            target,
+            first: None,
+        }
+    }
+
+    /// After a poll that found `high` records: `Some` once every record is there.
+    fn saw(&mut self, high: i64, since: Instant) -> Option<Exported> {
+        let t = since.elapsed().as_secs_f64();
+        if high > self.base && self.first.is_none() {
+            self.first = Some(t);
+        }
+        (high >= self.target).then(|| Exported {
+            first_seconds: self.first.unwrap_or(t),
+            seconds: t,
+        })
     }
 }
 
@@ -551,22 +576,11 @@ pub(crate) async fn wait_exported(
     let topic = ferry
         .topics
         .table(ferry_shared::topics::Stream::Source, "public", table);
-    let kafka = ferry.config.kafka.client_config();
-    let mut first = None;
+    let mut watch = ExportWatch::new(base, base + rows);
     loop {
-        let high: i64 = ferry_shared::kafka::watermarks(&kafka, &topic)
-            .await
-            .map(|w| w.iter().map(|(_, h)| h).sum())
-            .unwrap_or(0);
-        let t = since.elapsed().as_secs_f64();
-        if high > base && first.is_none() {
-            first = Some(t);
-        }
-        if high >= base + rows {
-            return Ok(Exported {
-                first_seconds: first.unwrap_or(t),
-                seconds: t,
-            });
+        let high = topic_records(&ferry.config, &topic).await.unwrap_or(0);
+        if let Some(exported) = watch.saw(high, since) {
+            return Ok(exported);
         }
         if let Some(e) = ferry.failure().await {
             return Err(e.context("while waiting for the export"));
