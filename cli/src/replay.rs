@@ -169,12 +169,24 @@ struct Decoded {
     key: Vec<Datum>,
 }
 
+/// Where a record is, for errors: `topic[partition]@offset`.
+fn at(r: &RetainedRecord) -> String {
+    format!("{}[{}]@{}", r.topic, r.partition, r.offset)
+}
+
+/// A record's key; a record without one is an error.
+fn key(r: &RetainedRecord) -> Result<&[u8], ReplayError> {
+    r.key.as_deref().ok_or_else(|| ReplayError::Decode {
+        at: at(r),
+        message: "no key".into(),
+    })
+}
+
 /// Decodes one record's value and key (`None` for a record without a value).
 async fn decoded(
     decoder: &EventDecoder,
     r: &RetainedRecord,
 ) -> Result<Option<Decoded>, ReplayError> {
-    let at = || format!("{}[{}]@{}", r.topic, r.partition, r.offset);
     let Some(value) = &r.value else {
         return Ok(None);
     };
@@ -182,18 +194,15 @@ async fn decoded(
         .decode_event(value)
         .await
         .map_err(|e| ReplayError::Decode {
-            at: at(),
+            at: at(r),
             message: e.to_string(),
         })?;
-    let key = r.key.as_deref().ok_or_else(|| ReplayError::Decode {
-        at: at(),
-        message: "no key".into(),
-    })?;
+    let key = key(r)?;
     let (key_type, datum) = decoder
         .decode_datum(key)
         .await
         .map_err(|e| ReplayError::Decode {
-            at: at(),
+            at: at(r),
             message: e.to_string(),
         })?;
     match (key_type.as_ref(), datum) {
@@ -203,7 +212,7 @@ async fn decoded(
             key,
         })),
         _ => Err(ReplayError::Decode {
-            at: at(),
+            at: at(r),
             message: "the key is not a record".into(),
         }),
     }
@@ -345,18 +354,14 @@ async fn encode(
         let Some(value) = &r.value else {
             continue;
         };
-        let at = || format!("{}[{}]@{}", r.topic, r.partition, r.offset);
-        let key = r.key.as_deref().ok_or_else(|| ReplayError::Decode {
-            at: at(),
-            message: "no key".into(),
-        })?;
+        let key = key(r)?;
         // Straight from the record's bytes into the batch's buffer (no value tree, line
         // string or JSON tree per event).
         decoder
             .write_json_line(key, value, &mut e.lines)
             .await
             .map_err(|err| ReplayError::Decode {
-                at: at(),
+                at: at(r),
                 message: err.to_string(),
             })?;
         e.lines.push(b'\n');
