@@ -323,6 +323,7 @@ fn poll_loop<S: Sink + Sync>(
     let mut blocked = Duration::ZERO;
     let mut stalls: HashMap<(String, i32), FetchStall> = HashMap::new();
     let mut errors = ferry_shared::repeats::Repeats::new(ferry_shared::repeats::EVERY);
+    let mut offsets = PendingCommits::new(Instant::now());
     while !stopped() {
         // Housekeeping (the partition ends every 5 s, the offsets to commit) between
         // batches and every HOUSEKEEPING_EVERY records, not per record: reading the
@@ -358,7 +359,7 @@ fn poll_loop<S: Sink + Sync>(
             }
         }
         if housekeeping {
-            run_commands(&consumer, &commands);
+            run_commands(&consumer, &commands, &mut offsets);
         }
         let timeout = if batch.is_empty() {
             Duration::from_millis(100)
@@ -419,6 +420,12 @@ fn poll_loop<S: Sink + Sync>(
                 }
             }
         }
+    }
+    // What the applier committed since the last commit, so that Kafka's offsets are as
+    // far as the destination's when the consumer leaves.
+    run_commands(&consumer, &commands, &mut offsets);
+    if let Some(newest) = offsets.take() {
+        commit_offsets(&consumer, &newest);
     }
     let _ = consumer.unassign();
     consumer.unsubscribe();
@@ -548,28 +555,112 @@ fn hand_over(
     sent
 }
 
+/// Kafka's committed offsets serve monitoring, tools and the exporter's snapshot lead
+/// (positions live in the destination): they are sent at most this often, the newest
+/// of each partition. One commit per destination commit, hundreds a second under
+/// one-row transactions, queued OffsetCommit requests on the group coordinator's
+/// connection ahead of the heartbeats until the group session timed out and the
+/// importer stopped applying for 45 s while it rejoined (docs/benchmarks.md). Short
+/// beside the exporter's lead check (every 500 ms against `exporter.snapshot_max_lead`).
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// The offsets the applier asked to commit since the last commit, newest per partition.
+#[derive(Debug)]
+struct PendingCommits {
+    newest: HashMap<(String, i32), i64>,
+    last: Instant,
+}
+
+impl PendingCommits {
+    fn new(now: Instant) -> Self {
+        PendingCommits {
+            newest: HashMap::new(),
+            last: now,
+        }
+    }
+
+    fn add(&mut self, offsets: Vec<(String, i32, i64)>) {
+        for (topic, partition, offset) in offsets {
+            let at = self.newest.entry((topic, partition)).or_insert(offset);
+            *at = (*at).max(offset);
+        }
+    }
+
+    /// What to commit now: the newest offsets, once [`COMMIT_EVERY`] passed since the
+    /// last commit and something is pending.
+    fn due(&mut self, now: Instant) -> Option<HashMap<(String, i32), i64>> {
+        if self.newest.is_empty() || now.duration_since(self.last) < COMMIT_EVERY {
+            return None;
+        }
+        self.last = now;
+        self.take()
+    }
+
+    /// Everything pending, whatever the time.
+    fn take(&mut self) -> Option<HashMap<(String, i32), i64>> {
+        (!self.newest.is_empty()).then(|| std::mem::take(&mut self.newest))
+    }
+}
+
 fn run_commands<S: Sink + Sync>(
     consumer: &BaseConsumer<Ctx<S>>,
     commands: &std_mpsc::Receiver<Command>,
+    offsets: &mut PendingCommits,
 ) {
     while let Ok(cmd) = commands.try_recv() {
         match cmd {
-            Command::Commit(offsets) => {
-                let mut tpl = TopicPartitionList::new();
-                for (t, p, o) in &offsets {
-                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-                }
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                    tracing::debug!(error = %e, "committing offsets to kafka (monitoring only)");
-                }
-            }
+            Command::Commit(newest) => offsets.add(newest),
         }
+    }
+    if let Some(newest) = offsets.due(Instant::now()) {
+        commit_offsets(consumer, &newest);
+    }
+}
+
+fn commit_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: &HashMap<(String, i32), i64>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in offsets {
+        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(error = %e, "committing offsets to kafka (monitoring only)");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_are_committed_at_most_once_an_interval_the_newest_per_partition() {
+        let t0 = Instant::now();
+        let mut pending = PendingCommits::new(t0);
+        let topic = || "ferry.m.source.public.t".to_owned();
+        // Many destination commits within the interval: nothing is sent yet.
+        let step = COMMIT_EVERY / 1000;
+        for i in 0..500 {
+            pending.add(vec![(topic(), 0, 10 + i), (topic(), 1, 5 + i)]);
+            assert_eq!(pending.due(t0 + step * i as u32), None);
+        }
+        // Out of order: an older offset does not move a partition back.
+        pending.add(vec![(topic(), 1, 7)]);
+        let sent = pending.due(t0 + COMMIT_EVERY).unwrap_or_default();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent.get(&(topic(), 0)), Some(&509));
+        assert_eq!(sent.get(&(topic(), 1)), Some(&504));
+        // Nothing new: nothing to send, however long it waits.
+        assert_eq!(pending.due(t0 + COMMIT_EVERY * 5), None);
+        // Something new right after a commit waits for the next interval...
+        pending.add(vec![(topic(), 2, 3)]);
+        assert_eq!(pending.due(t0 + COMMIT_EVERY + step), None);
+        // ...unless the consumer is leaving, which takes everything at once.
+        let last = pending.take().unwrap_or_default();
+        assert_eq!(last.get(&(topic(), 2)), Some(&3));
+        assert_eq!(pending.take(), None);
+    }
 
     #[test]
     fn a_close_that_hangs_is_left_in_the_background_after_the_deadline() {
