@@ -22,7 +22,7 @@ mod cdc;
 mod single;
 
 pub use cdc::{cdc, CdcResult};
-pub use single::{single, SingleResult};
+pub use single::{single, SingleResult, STALL_MS};
 
 /// Set by Ctrl-C: waits stop and the phase cleans up.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);

@@ -429,6 +429,24 @@ impl Report {
                 "",
                 None,
             );
+            let st = &s.split.stalls;
+            self.line(
+                &format!(
+                    "single-row txns: pauses ≥ {:.0} ms: nothing produced, nothing applied",
+                    crate::phases::STALL_MS
+                ),
+                format!(
+                    "{} (longest {:.0} ms), {} (longest {:.0} ms)",
+                    st.produced, st.produced_longest_ms, st.applied, st.applied_longest_ms
+                ),
+                format!(
+                    "{} of the {} apply pauses with newer records waiting in Kafka",
+                    st.applied_with_records_waiting, st.applied
+                ),
+                None,
+                "",
+                None,
+            );
             self.usage_lines("single", &s.usage, s.events as f64, "event", false);
             self.line(
                 "single: count + checksum equal",
@@ -675,6 +693,12 @@ impl Report {
             ));
             for (name, secs) in u.machine.iter().take(5) {
                 out.push_str(&format!(" {name} {secs:.1} s ({:.2} cores)", secs / wall));
+            }
+            if let Some(waiting) = u.cpu_waiting {
+                out.push_str(&format!(
+                    "; some task waited for a core {:.0} % of the time (/proc/pressure/cpu)",
+                    100.0 * waiting
+                ));
             }
             out.push('\n');
         }

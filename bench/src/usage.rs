@@ -135,11 +135,28 @@ fn other_processes() -> BTreeMap<u64, (String, f64)> {
     stat_files("/proc", Some(u64::from(std::process::id())))
 }
 
+/// Microseconds so far in which some runnable task of the machine waited for a core:
+/// the "some" line's `total` of `/proc/pressure/cpu` (Linux ≥ 4.20 with PSI); `None`
+/// where the file is missing.
+fn cpu_pressure_us() -> Option<u64> {
+    parse_pressure_some(&std::fs::read_to_string("/proc/pressure/cpu").ok()?)
+}
+
+/// `total` of the `some` line of a PSI file's text.
+fn parse_pressure_some(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
 /// A CPU reading taken at the start of a measured phase.
 pub struct CpuMark {
     total: f64,
     threads: BTreeMap<u64, (String, f64)>,
     others: BTreeMap<u64, (String, f64)>,
+    pressure: Option<u64>,
     started: std::time::Instant,
 }
 
@@ -161,6 +178,9 @@ pub struct Usage {
     /// name (PostgreSQL, the broker, ...), largest first; processes that started and
     /// ended inside the phase are not seen.
     pub machine: Vec<(String, f64)>,
+    /// Share of the phase's wall time in which some runnable task of the machine waited
+    /// for a core (`/proc/pressure/cpu`, "some"); `None` without PSI.
+    pub cpu_waiting: Option<f64>,
 }
 
 impl CpuMark {
@@ -171,6 +191,7 @@ impl CpuMark {
             total: process_cpu()?,
             threads: threads(),
             others: other_processes(),
+            pressure: cpu_pressure_us(),
             started: std::time::Instant::now(),
         })
     }
@@ -206,13 +227,21 @@ impl CpuMark {
         let mut machine: Vec<(String, f64)> =
             by_name.into_iter().filter(|(_, s)| *s >= 0.05).collect();
         machine.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let wall_seconds = self.started.elapsed().as_secs_f64();
+        let cpu_waiting = match (self.pressure, cpu_pressure_us()) {
+            (Some(before), Some(after)) => {
+                Some(after.saturating_sub(before) as f64 / 1e6 / wall_seconds.max(1e-9))
+            }
+            _ => None,
+        };
         Ok(Usage {
             cpu_seconds: total,
             bench_cpu_seconds: bench,
             split,
             peak_rss_bytes: peak,
-            wall_seconds: self.started.elapsed().as_secs_f64(),
+            wall_seconds,
             machine,
+            cpu_waiting,
         })
     }
 }
@@ -234,6 +263,15 @@ mod tests {
         let (name, secs) = parse_stat(text).unwrap_or_default();
         assert_eq!(name, "rdk:broker (1)");
         assert!((secs - 300.0 / ticks_per_second()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reads_the_some_total_of_a_pressure_file() {
+        let text = "some avg10=2.28 avg60=24.24 avg300=26.94 total=5779499314\n\
+                    full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_pressure_some(text), Some(5_779_499_314));
+        assert_eq!(parse_pressure_some("full avg10=0.00 total=7\n"), None);
+        assert_eq!(parse_pressure_some("some avg10=0.00\n"), None);
     }
 
     #[test]

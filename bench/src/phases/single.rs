@@ -208,7 +208,30 @@ pub struct LatencySplit {
     /// the broker, the importer's fetch, batching and commit.
     pub from_kafka_p50_ms: f64,
     pub from_kafka_p99_ms: f64,
+    /// Where the tail comes from: pauses of the two streams of stamps.
+    pub stalls: Stalls,
 }
+
+/// Pauses of at least [`STALL_MS`] in the single phase's streams of stamps while the
+/// load ran without a pause (it commits at a steady rate): a pause in the Kafka
+/// timestamps is one upstream of the producer (WAL, the walsender, the exporter); a
+/// pause in the apply times during which records produced after its start sat in Kafka
+/// is one downstream (the broker, the importer, the target).
+#[derive(Debug, Serialize, Default)]
+pub struct Stalls {
+    /// Pauses with nothing produced, and the longest (ms).
+    pub produced: i64,
+    pub produced_longest_ms: f64,
+    /// Pauses with nothing applied, and the longest (ms).
+    pub applied: i64,
+    pub applied_longest_ms: f64,
+    /// Of `applied`, those during which records produced after the pause began waited.
+    pub applied_with_records_waiting: i64,
+}
+
+/// The shortest pause [`Stalls`] counts, ms: at the phase's rates (thousands of
+/// events a second) a pause this long is never a gap between two events.
+pub const STALL_MS: f64 = 100.0;
 
 /// Reads every record of `topic` (the key of `t` is one Avro `long`) with its Kafka
 /// timestamp, loads `(id, timestamp)` into a temporary table on the target and splits
@@ -278,11 +301,40 @@ async fn latency_split(
         )
         .await?;
     let get = |i: usize| -> f64 { row.get::<_, Option<f64>>(i).unwrap_or(0.0) };
+    let stalls = stalls(target, after_id).await?;
     target.batch_execute("DROP TABLE kafka_ts").await?;
     Ok(LatencySplit {
         to_kafka_p50_ms: get(0),
         to_kafka_p99_ms: get(1),
         from_kafka_p50_ms: get(2),
         from_kafka_p99_ms: get(3),
+        stalls,
+    })
+}
+
+/// [`Stalls`] of the rows of `t` above `after_id` and their Kafka timestamps in
+/// `kafka_ts`, computed on the target.
+async fn stalls(target: &tokio_postgres::Client, after_id: i64) -> Result<Stalls> {
+    let row = target
+        .query_one(
+            "WITH k AS (SELECT max(ms)::float8 AS at FROM kafka_ts WHERE id > $1 GROUP BY id),
+                  a AS (SELECT extract(epoch FROM applied)::float8 * 1000 AS at FROM t WHERE id > $1),
+                  kg AS (SELECT lag(at) OVER (ORDER BY at) AS from_at, at AS to_at FROM k),
+                  ag AS (SELECT lag(at) OVER (ORDER BY at) AS from_at, at AS to_at FROM a),
+                  kp AS (SELECT to_at - from_at AS ms FROM kg WHERE to_at - from_at >= $2),
+                  ap AS (SELECT from_at, to_at, to_at - from_at AS ms FROM ag WHERE to_at - from_at >= $2)
+             SELECT (SELECT count(*) FROM kp), (SELECT max(ms) FROM kp),
+                    (SELECT count(*) FROM ap), (SELECT max(ms) FROM ap),
+                    (SELECT count(*) FROM ap
+                      WHERE EXISTS (SELECT 1 FROM k WHERE k.at > ap.from_at AND k.at < ap.to_at - $2 / 2))",
+            &[&after_id, &STALL_MS],
+        )
+        .await?;
+    Ok(Stalls {
+        produced: row.get(0),
+        produced_longest_ms: row.get::<_, Option<f64>>(1).unwrap_or(0.0),
+        applied: row.get(2),
+        applied_longest_ms: row.get::<_, Option<f64>>(3).unwrap_or(0.0),
+        applied_with_records_waiting: row.get(4),
     })
 }
