@@ -148,7 +148,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
 /// Runs the exporter of `stream` (the source database for [`Stream::Source`], the
 /// target for [`Stream::Target`]) as the migration status record directs
-/// ([`cutover`]): waits while the stream is on standby, exports while it runs, stops
+/// (`cutover`): waits while the stream is on standby, exports while it runs, stops
 /// and writes the stream's final record when a cutover stops it, and returns at once
 /// when the stream was stopped already or the migration ended.
 ///

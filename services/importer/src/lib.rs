@@ -4,19 +4,20 @@
 //! Exactly once rests on three rules:
 //!
 //! 1. Every batch writes its rows, its partitions' positions (next offset, last applied
-//!    VSN) and its per-table counts in ONE destination transaction ([`sink::Sink`],
-//!    [`sink::postgres::positions`]).
+//!    VSN) and its per-table counts in ONE destination transaction (`sink::Sink`,
+//!    `sink::postgres::positions`).
 //! 2. On every partition assignment the consumer is positioned at the offsets stored in
-//!    the destination, never at Kafka's committed offsets ([`consumer`]); positions move
+//!    the destination, never at Kafka's committed offsets (`consumer`); positions move
 //!    by compare-and-set, so an importer that lost a partition in a rebalance cannot
 //!    write it again.
 //! 3. Records below the stored offset, and events whose VSN is not above the partition's
-//!    last applied VSN, are skipped; apply is idempotent anyway ([`sink::postgres`]).
+//!    last applied VSN, are skipped; apply is idempotent anyway (`sink::postgres`).
 //!
-//! Kafka offsets are committed after each destination commit, for monitoring only.
+//! Kafka offsets are committed, for monitoring and the exporter's snapshot lead only, at
+//! most every 200 ms: the newest each destination commit reached.
 //! Any number of importer processes may share a group; partitions move between them
 //! with nothing lost or applied twice. Inside a process, `importer.workers` apply tasks
-//! share the assigned partitions, each with its own connection ([`worker`]).
+//! share the assigned partitions, each with its own connection (`worker`).
 
 mod consumer;
 mod error;

@@ -2,7 +2,7 @@
 //!
 //! The coordinator serves the subset of the Confluent Schema Registry REST API that Avro
 //! clients use (see [`router`]), so a single machine needs no other registry. Its state lives in
-//! a compacted one-partition Kafka topic ([`storage`]) and in memory ([`state`]).
+//! a compacted one-partition Kafka topic (`storage`) and in memory ([`state`]).
 //!
 //! Invariants:
 //! - single writer: only one coordinator writes the topic; writes are serialized by a mutex
