@@ -75,6 +75,59 @@ async fn snapshot_then_changes_apply_exactly_once_and_duplicates_are_skipped() -
     Ok(())
 }
 
+/// Kafka's committed offsets (for tools and the exporter's snapshot lead) follow the
+/// positions stored in the destination: sent while the importer runs (at most every
+/// 200 ms, however many destination commits), and the last ones when it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_offsets_follow_the_stored_positions_while_running_and_on_leaving() -> Result<()> {
+    let mut f = Fixture::new("imp_offsets", DDL, DDL, 4, 50).await?;
+    let kafka = f.config().kafka.client_config();
+    let (group, topic) = (f.group(), f.topic.clone());
+    let committed = |want: usize| {
+        let (kafka, group, topic) = (kafka.clone(), group.clone(), topic.clone());
+        async move {
+            let sum = tokio::task::spawn_blocking(move || {
+                let probe = ferry_shared::kafka::LagProbe::new(&kafka, &[group], &[topic])?;
+                Ok::<_, anyhow::Error>(probe.committed()?.first().and_then(|(_, s)| *s))
+            })
+            .await??;
+            Ok((sum == Some(want as u64)).then_some(()))
+        }
+    };
+    f.snapshot(300).await?;
+    f.changes(700, 700).await?;
+    let importer = f.start();
+    f.wait_caught_up().await?;
+    let end = f.produced.len();
+    wait_until(
+        "kafka's committed offsets at the topic's end while running",
+        WAIT,
+        || committed(end),
+    )
+    .await?;
+    // Batches of 50 rows: many destination commits. The stop comes the moment the
+    // destination has every row, well inside the 200 ms between two commits, so that
+    // it is the commit sent on leaving that brings Kafka's offsets to the end.
+    f.changes(600, 700).await?;
+    let (want, deadline) = (f.total(), tokio::time::Instant::now() + WAIT);
+    while f.stored_counts().await?.iter().sum::<i64>() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the importer did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    importer.stop().await?;
+    let end = f.produced.len();
+    wait_until(
+        "kafka's committed offsets at the topic's end after the importer left",
+        Duration::from_secs(3),
+        || committed(end),
+    )
+    .await?;
+    f.assert_equal().await
+}
+
 /// Four workers share eight partitions: snapshot, changes, redelivered events and a
 /// restart end equal, with exact counts and positions at the topic's end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
