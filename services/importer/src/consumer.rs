@@ -8,8 +8,10 @@
 //! sends [`Item::Assigned`] through the same channel as the records, so the applier
 //! learns the positions before it sees any record fetched from them.
 //!
-//! Kafka offsets are committed (asynchronously, for monitoring and tools) only on the
-//! applier's request, after the destination transaction that stored them committed.
+//! Kafka offsets are committed (asynchronously, for monitoring, tools and the exporter's
+//! snapshot lead) only as far as destination transactions that stored them committed:
+//! the newest per partition at most every [`COMMIT_EVERY`], before partitions are
+//! revoked, and when the consumer leaves.
 
 use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
@@ -71,6 +73,37 @@ struct Ctx<S> {
     /// Where the positions are read on assignment.
     positions: Arc<S>,
     items: mpsc::Sender<Item>,
+    /// The applier's requests, and the offsets to commit to Kafka: read by the polling
+    /// thread and by the rebalance callback (which commits before partitions go).
+    commands: std::sync::Mutex<(std_mpsc::Receiver<Command>, PendingCommits)>,
+}
+
+impl<S> Ctx<S> {
+    /// Takes the applier's requests; commits the offsets when [`COMMIT_EVERY`] passed
+    /// since the last commit, or at once when `now` (partitions going, the consumer
+    /// leaving).
+    fn commit_offsets(&self, consumer: &BaseConsumer<Self>, now: bool)
+    where
+        Self: ConsumerContext,
+    {
+        let Ok(mut guard) = self.commands.lock() else {
+            return;
+        };
+        let (commands, pending) = &mut *guard;
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Commit(newest) => pending.add(newest),
+            }
+        }
+        let due = if now {
+            pending.take()
+        } else {
+            pending.due(Instant::now())
+        };
+        if let Some(newest) = due {
+            commit_offsets(consumer, &newest);
+        }
+    }
 }
 
 impl<S: Sink + Sync> ClientContext for Ctx<S> {
@@ -140,6 +173,10 @@ impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
                 let _ = self.items.blocking_send(Item::Assigned(positions));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Kafka's offsets as far as the destination's before another member
+                // takes the partitions: committed later, they could overwrite what the
+                // new owner committed since, and stay behind while it applies nothing.
+                self.commit_offsets(consumer, true);
                 let _ = consumer.unassign();
                 // try_send: this also runs when the consumer closes, possibly on a runtime
                 // thread; a full channel means the applier restarts anyway.
@@ -260,10 +297,12 @@ impl ConsumerThread {
             }
         }
         let (tx, rx) = mpsc::channel(capacity.max(16));
+        let (cmd_tx, cmd_rx) = std_mpsc::channel::<Command>();
         let ctx = Ctx {
             runtime: tokio::runtime::Handle::current(),
             positions,
             items: tx.clone(),
+            commands: std::sync::Mutex::new((cmd_rx, PendingCommits::new(Instant::now()))),
         };
         let consumer: BaseConsumer<Ctx<S>> = config
             .create_with_context(ctx)
@@ -271,12 +310,11 @@ impl ConsumerThread {
         consumer
             .subscribe(&[pattern])
             .map_err(|e| kafka_failure("subscribing", &e))?;
-        let (cmd_tx, cmd_rx) = std_mpsc::channel::<Command>();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-importer-consumer".into())
-            .spawn(move || poll_loop(consumer, tx, cmd_rx, stop2))
+            .spawn(move || poll_loop(consumer, tx, stop2))
             .map_err(|e| Failure::Transient(format!("cannot start the consumer thread: {e}")))?;
         Ok(ConsumerThread {
             items: rx,
@@ -310,7 +348,6 @@ impl Drop for ConsumerThread {
 fn poll_loop<S: Sink + Sync>(
     consumer: BaseConsumer<Ctx<S>>,
     items: mpsc::Sender<Item>,
-    commands: std_mpsc::Receiver<Command>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let stopped = || stop.load(std::sync::atomic::Ordering::SeqCst);
@@ -323,7 +360,6 @@ fn poll_loop<S: Sink + Sync>(
     let mut blocked = Duration::ZERO;
     let mut stalls: HashMap<(String, i32), FetchStall> = HashMap::new();
     let mut errors = ferry_shared::repeats::Repeats::new(ferry_shared::repeats::EVERY);
-    let mut offsets = PendingCommits::new(Instant::now());
     while !stopped() {
         // Housekeeping (the partition ends every 5 s, the offsets to commit) between
         // batches and every HOUSEKEEPING_EVERY records, not per record: reading the
@@ -359,7 +395,7 @@ fn poll_loop<S: Sink + Sync>(
             }
         }
         if housekeeping {
-            run_commands(&consumer, &commands, &mut offsets);
+            consumer.context().commit_offsets(&consumer, false);
         }
         let timeout = if batch.is_empty() {
             Duration::from_millis(100)
@@ -423,10 +459,7 @@ fn poll_loop<S: Sink + Sync>(
     }
     // What the applier committed since the last commit, so that Kafka's offsets are as
     // far as the destination's when the consumer leaves.
-    run_commands(&consumer, &commands, &mut offsets);
-    if let Some(newest) = offsets.take() {
-        commit_offsets(&consumer, &newest);
-    }
+    consumer.context().commit_offsets(&consumer, true);
     let _ = consumer.unassign();
     consumer.unsubscribe();
     close_within(consumer, CLOSE_WITHIN);
@@ -599,21 +632,6 @@ impl PendingCommits {
     /// Everything pending, whatever the time.
     fn take(&mut self) -> Option<HashMap<(String, i32), i64>> {
         (!self.newest.is_empty()).then(|| std::mem::take(&mut self.newest))
-    }
-}
-
-fn run_commands<S: Sink + Sync>(
-    consumer: &BaseConsumer<Ctx<S>>,
-    commands: &std_mpsc::Receiver<Command>,
-    offsets: &mut PendingCommits,
-) {
-    while let Ok(cmd) = commands.try_recv() {
-        match cmd {
-            Command::Commit(newest) => offsets.add(newest),
-        }
-    }
-    if let Some(newest) = offsets.due(Instant::now()) {
-        commit_offsets(consumer, &newest);
     }
 }
 
