@@ -11,7 +11,8 @@
 //! Kafka offsets are committed (asynchronously, for monitoring, tools and the exporter's
 //! snapshot lead) only as far as destination transactions that stored them committed:
 //! the newest per partition at most every [`COMMIT_EVERY`], before partitions are
-//! revoked, and when the consumer leaves.
+//! revoked, and when the consumer leaves; only for partitions held at the time, and a
+//! refused commit is sent again unless the broker stored a newer offset meanwhile.
 
 use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
@@ -74,7 +75,8 @@ struct Ctx<S> {
     positions: Arc<S>,
     items: mpsc::Sender<Item>,
     /// The applier's requests, and the offsets to commit to Kafka: read by the polling
-    /// thread and by the rebalance callback (which commits before partitions go).
+    /// thread, by the rebalance callback (which commits before partitions go) and by the
+    /// commit callback (which puts back what the broker refused).
     commands: std::sync::Mutex<(std_mpsc::Receiver<Command>, PendingCommits)>,
 }
 
@@ -100,7 +102,23 @@ impl<S> Ctx<S> {
         } else {
             pending.due(Instant::now())
         };
-        if let Some(newest) = due {
+        let Some(mut newest) = due else {
+            return;
+        };
+        // Only partitions held now: the applier's commits for partitions already
+        // revoked (it writes what it held after the revocation) could overwrite what
+        // the new owner committed since. Kafka's offset of such a partition waits for
+        // the new owner's first commit instead.
+        let Ok(assigned) = consumer.assignment() else {
+            return;
+        };
+        let elements = assigned.elements();
+        let held: std::collections::HashSet<(&str, i32)> = elements
+            .iter()
+            .map(|e| (e.topic(), e.partition()))
+            .collect();
+        newest.retain(|(t, p), _| held.contains(&(t.as_str(), *p)));
+        if !newest.is_empty() {
             commit_offsets(consumer, &newest);
         }
     }
@@ -113,6 +131,37 @@ impl<S: Sink + Sync> ClientContext for Ctx<S> {
 }
 
 impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
+    /// The broker's answer to a commit: what it refused (a rebalance in progress, the
+    /// coordinator moving) goes back to the pending offsets for the next commit, what
+    /// it stored keeps older offsets from being sent after it.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        let (mut stored, mut refused) = (Vec::new(), Vec::new());
+        for e in offsets.elements() {
+            if let Offset::Offset(at) = e.offset() {
+                let entry = (e.topic().to_owned(), e.partition(), at);
+                if result.is_err() || e.error().is_err() {
+                    refused.push(entry);
+                } else {
+                    stored.push(entry);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            tracing::debug!(
+                partitions = refused.len(),
+                "kafka refused an offset commit (monitoring only); sent again with the next one"
+            );
+        }
+        if let Ok(mut guard) = self.commands.lock() {
+            guard.1.stored(stored);
+            guard.1.add(refused);
+        }
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -597,10 +646,13 @@ fn hand_over(
 /// beside the exporter's lead check (every 500 ms against `exporter.snapshot_max_lead`).
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
-/// The offsets the applier asked to commit since the last commit, newest per partition.
+/// The offsets the applier asked to commit since the last commit, newest per partition,
+/// and the newest the broker stored: an offset not above that one is never sent, so a
+/// refused commit sent again cannot move a partition back.
 #[derive(Debug)]
 struct PendingCommits {
     newest: HashMap<(String, i32), i64>,
+    stored: HashMap<(String, i32), i64>,
     last: Instant,
 }
 
@@ -608,13 +660,30 @@ impl PendingCommits {
     fn new(now: Instant) -> Self {
         PendingCommits {
             newest: HashMap::new(),
+            stored: HashMap::new(),
             last: now,
         }
     }
 
     fn add(&mut self, offsets: Vec<(String, i32, i64)>) {
         for (topic, partition, offset) in offsets {
-            let at = self.newest.entry((topic, partition)).or_insert(offset);
+            let key = (topic, partition);
+            if self.stored.get(&key).is_some_and(|&s| s >= offset) {
+                continue;
+            }
+            let at = self.newest.entry(key).or_insert(offset);
+            *at = (*at).max(offset);
+        }
+    }
+
+    /// The broker stored these offsets.
+    fn stored(&mut self, offsets: Vec<(String, i32, i64)>) {
+        for (topic, partition, offset) in offsets {
+            let key = (topic, partition);
+            if self.newest.get(&key).is_some_and(|&n| n <= offset) {
+                self.newest.remove(&key);
+            }
+            let at = self.stored.entry(key).or_insert(offset);
             *at = (*at).max(offset);
         }
     }
@@ -678,6 +747,34 @@ mod tests {
         let last = pending.take().unwrap_or_default();
         assert_eq!(last.get(&(topic(), 2)), Some(&3));
         assert_eq!(pending.take(), None);
+    }
+
+    #[test]
+    fn a_refused_commit_is_sent_again_unless_a_newer_one_was_stored() {
+        let t0 = Instant::now();
+        let mut pending = PendingCommits::new(t0);
+        let p = |o: i64| vec![("ferry.m.source.public.t".to_owned(), 0, o)];
+        // 100 refused, then 150 stored: 100 is not sent again, in either order.
+        pending.add(p(100));
+        pending.stored(p(150));
+        assert_eq!(pending.take(), None);
+        pending.add(p(100));
+        assert_eq!(pending.take(), None);
+        // Refused alone: sent with the next commit.
+        pending.add(p(180));
+        assert_eq!(
+            pending
+                .due(t0 + COMMIT_EVERY)
+                .and_then(|n| n.into_values().next()),
+            Some(180)
+        );
+        // A newer offset waiting stays when an older one is stored.
+        pending.add(p(200));
+        pending.stored(p(180));
+        assert_eq!(
+            pending.take().and_then(|n| n.into_values().next()),
+            Some(200)
+        );
     }
 
     #[test]
