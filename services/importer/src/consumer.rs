@@ -31,7 +31,7 @@ use crate::error::Failure;
 use crate::sink::{Sink, Stored};
 
 mod commits;
-use commits::{commit_offsets, PendingCommits};
+use commits::{commit_held, PendingCommits};
 
 /// One record as the applier needs it.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ impl<S> Ctx<S> {
     /// Takes the applier's requests; commits the offsets when [`commits::COMMIT_EVERY`] passed
     /// since the last commit, or at once when `now` (partitions going, the consumer
     /// leaving).
-    fn commit_offsets(&self, consumer: &BaseConsumer<Self>, now: bool)
+    fn send_offsets(&self, consumer: &BaseConsumer<Self>, now: bool)
     where
         Self: ConsumerContext,
     {
@@ -105,24 +105,8 @@ impl<S> Ctx<S> {
         } else {
             pending.due(Instant::now())
         };
-        let Some(mut newest) = due else {
-            return;
-        };
-        // Only partitions held now: the applier's commits for partitions already
-        // revoked (it writes what it held after the revocation) could overwrite what
-        // the new owner committed since. Kafka's offset of such a partition waits for
-        // the new owner's first commit instead.
-        let Ok(assigned) = consumer.assignment() else {
-            return;
-        };
-        let elements = assigned.elements();
-        let held: std::collections::HashSet<(&str, i32)> = elements
-            .iter()
-            .map(|e| (e.topic(), e.partition()))
-            .collect();
-        newest.retain(|(t, p), _| held.contains(&(t.as_str(), *p)));
-        if !newest.is_empty() {
-            commit_offsets(consumer, &newest);
+        if let Some(newest) = due {
+            commit_held(consumer, newest);
         }
     }
 }
@@ -228,7 +212,7 @@ impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
                 // Kafka's offsets as far as the destination's before another member
                 // takes the partitions: committed later, they could overwrite what the
                 // new owner committed since, and stay behind while it applies nothing.
-                self.commit_offsets(consumer, true);
+                self.send_offsets(consumer, true);
                 let _ = consumer.unassign();
                 // try_send: this also runs when the consumer closes, possibly on a runtime
                 // thread; a full channel means the applier restarts anyway.
@@ -447,7 +431,7 @@ fn poll_loop<S: Sink + Sync>(
             }
         }
         if housekeeping {
-            consumer.context().commit_offsets(&consumer, false);
+            consumer.context().send_offsets(&consumer, false);
         }
         let timeout = if batch.is_empty() {
             Duration::from_millis(100)
@@ -511,7 +495,7 @@ fn poll_loop<S: Sink + Sync>(
     }
     // What the applier committed since the last commit, so that Kafka's offsets are as
     // far as the destination's when the consumer leaves.
-    consumer.context().commit_offsets(&consumer, true);
+    consumer.context().send_offsets(&consumer, true);
     let _ = consumer.unassign();
     consumer.unsubscribe();
     close_within(consumer, CLOSE_WITHIN);

@@ -2,7 +2,7 @@
 //! Kafka at most every [`COMMIT_EVERY`] (the consumer thread and its callbacks use
 //! them, see the parent module).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -75,13 +75,31 @@ impl PendingCommits {
     }
 }
 
-pub(super) fn commit_offsets<C: ConsumerContext>(
+/// Commits `newest` (async) for the partitions `consumer` holds now. The applier's
+/// commits for partitions already revoked (it writes what it held after the
+/// revocation) are left out: sent later, they could overwrite what the new owner
+/// committed since, so Kafka's offset of such a partition waits for the new owner's
+/// first commit instead.
+pub(super) fn commit_held<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    offsets: &HashMap<(String, i32), i64>,
+    newest: HashMap<(String, i32), i64>,
 ) {
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    let elements = assigned.elements();
+    let held: HashSet<(&str, i32)> = elements
+        .iter()
+        .map(|e| (e.topic(), e.partition()))
+        .collect();
     let mut tpl = TopicPartitionList::new();
-    for ((t, p), o) in offsets {
-        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+    for ((t, p), o) in &newest {
+        if held.contains(&(t.as_str(), *p)) {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+    }
+    if tpl.count() == 0 {
+        return;
     }
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::debug!(error = %e, "committing offsets to kafka (monitoring only)");
