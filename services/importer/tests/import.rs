@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use common::*;
-use ferry_shared::catalog::{self, TableName, TypeCatalog};
 use ferry_shared::codec::TableEncoder;
 use ferry_shared::config::Config;
 use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
@@ -381,16 +380,7 @@ async fn a_table_topic_created_while_running_is_picked_up() -> Result<()> {
     let source = stack.source.connect(&f.source_db).await?;
     source.batch_execute(ddl).await?;
     f.target().await?.batch_execute(ddl).await?;
-    let types = TypeCatalog::load(&source).await?;
-    let table = catalog::load_table(
-        &source,
-        &types,
-        &TableName {
-            schema: "public".into(),
-            name: "t2".into(),
-        },
-    )
-    .await?;
+    let table = public_table(&source, "t2").await?;
     let topic = Topics::new(format!("ferry.{}", f.id)).table(Stream::Source, "public", "t2");
     kafka::create_topic(&stack.kafka_bootstrap, &topic, 1, false).await?;
     let codec = TableEncoder::new(

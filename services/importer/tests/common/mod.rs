@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferry_shared::catalog::{self, TableName, TypeCatalog};
+use ferry_shared::catalog::{self, TableName, TableSchema, TypeCatalog};
 use ferry_shared::codec::TableEncoder;
 use ferry_shared::config::Config;
 use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
@@ -74,16 +74,7 @@ impl Fixture {
             .await?
             .batch_execute(target_ddl)
             .await?;
-        let types = TypeCatalog::load(&source).await?;
-        let table = catalog::load_table(
-            &source,
-            &types,
-            &TableName {
-                schema: "public".into(),
-                name: "t".into(),
-            },
-        )
-        .await?;
+        let table = public_table(&source, "t").await?;
         let registry_url = ferry_testkit::serve_registry(None).await?;
         let topics = Topics::new(format!("ferry.{id}"));
         let topic = topics.table(Stream::Source, "public", "t");
@@ -403,3 +394,17 @@ impl Importer {
 }
 
 pub const DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, c1 text, c2 integer, c3 text)";
+
+/// The catalog's view of table `public.<name>` on `source`.
+pub async fn public_table(source: &tokio_postgres::Client, name: &str) -> Result<TableSchema> {
+    let types = TypeCatalog::load(source).await?;
+    Ok(catalog::load_table(
+        source,
+        &types,
+        &TableName {
+            schema: "public".into(),
+            name: name.into(),
+        },
+    )
+    .await?)
+}
