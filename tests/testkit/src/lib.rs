@@ -10,6 +10,7 @@
 //! ([`test_deadline`]): past it, its test binary ends with a message naming it.
 
 mod broker;
+pub mod events;
 pub mod kafka;
 mod names;
 pub mod procs;

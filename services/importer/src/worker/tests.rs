@@ -5,7 +5,7 @@
 
 use ferry_shared::catalog::{Column, Kind, TableSchema};
 use ferry_shared::codec::TableEncoder;
-use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
+use ferry_shared::envelope::Op;
 use ferry_shared::registry::RegistryClient;
 use ferry_shared::value::Datum;
 
@@ -76,27 +76,7 @@ impl Stream {
     fn record(&mut self, op: Op, id: i64, v: Option<&str>) -> Record {
         let row = |v: &str| vec![Datum::Long(id), Datum::String(v.to_owned())];
         let before = self.expected.get(&id).map(|v| row(v));
-        let event = ChangeEvent {
-            key: vec![Datum::Long(id)],
-            before: if matches!(op, Op::Update | Op::Delete) {
-                before
-            } else {
-                None
-            },
-            after: v.map(row),
-            op,
-            ts_ms: 0,
-            vsn: Vsn(self.next_vsn),
-            source: SourceInfo {
-                db: "src".into(),
-                schema: "public".into(),
-                table: "t".into(),
-                snapshot: op == Op::Read,
-                lsn_or_scn: "0/0".into(),
-                txid: None,
-                commit_ts_ms: 0,
-            },
-        };
+        let event = ferry_testkit::events::on_t(op, id, self.next_vsn, before, v.map(row));
         self.next_vsn += 1;
         match v {
             Some(v) => self.expected.insert(id, v.to_owned()),

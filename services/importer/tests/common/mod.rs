@@ -16,8 +16,7 @@ use anyhow::{Context, Result};
 use ferry_shared::catalog::{self, TableName, TableSchema, TypeCatalog};
 use ferry_shared::codec::TableEncoder;
 use ferry_shared::config::Config;
-use ferry_shared::envelope::{ChangeEvent, Op, SourceInfo};
-use ferry_shared::position::Vsn;
+use ferry_shared::envelope::Op;
 use ferry_shared::registry::RegistryClient;
 use ferry_shared::shutdown::{self, ShutdownTrigger};
 use ferry_shared::topics::{Destination, Stream, Topics};
@@ -158,27 +157,7 @@ impl Fixture {
     ) -> Result<()> {
         let before = self.expected.get(&id).map(|v| Self::row(id, v));
         let after = values.as_ref().map(|v| Self::row(id, v));
-        let event = ChangeEvent {
-            key: vec![Datum::Long(id)],
-            before: if op == Op::Update || op == Op::Delete {
-                before
-            } else {
-                None
-            },
-            after,
-            op,
-            ts_ms: 0,
-            vsn: Vsn(self.next_vsn),
-            source: SourceInfo {
-                db: "src".into(),
-                schema: "public".into(),
-                table: "t".into(),
-                snapshot: op == Op::Read,
-                lsn_or_scn: "0/0".into(),
-                txid: None,
-                commit_ts_ms: 0,
-            },
-        };
+        let event = ferry_testkit::events::on_t(op, id, self.next_vsn, before, after);
         self.next_vsn += 1;
         let (key, value) = self.codec.encode_event(&event)?;
         let partition = (id.rem_euclid(i64::from(self.partitions))) as i32;
