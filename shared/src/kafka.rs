@@ -322,7 +322,13 @@ pub fn idempotent_producer_config(config: &ClientConfig) -> ClientConfig {
         ("linger.ms", "5"),
         // A bounded local queue: when the broker takes less than the exporter makes,
         // the stamper waits (QueueFull) instead of the queue growing to gigabytes.
-        ("queue.buffering.max.messages", "100000"),
+        //
+        // 20,000 records, not more: a record is acknowledged, handed to the delivery
+        // report and freed while it is still in the CPU's cache. With 100,000 queued in a
+        // snapshot (about 30 MB with librdkafka's own data) each was cold again by then,
+        // and those three passes cost 10 % more CPU per snapshot row (docs/benchmarks.md,
+        // "Changes of 2026-12-07 (fourth session)"). It still holds two full batches.
+        ("queue.buffering.max.messages", "20000"),
         ("queue.buffering.max.kbytes", "65536"),
         ("batch.num.messages", "10000"),
         ("compression.type", "lz4"),
