@@ -216,21 +216,24 @@ impl TableEncoder {
         after: Option<&[Datum]>,
         tail: &Arc<[u8]>,
     ) -> Result<Pending, AvroError> {
-        self.encode_with(op, key.iter(), before, after, tail)
+        self.encode_with(op, key.iter(), before, after, tail, now_ms())
     }
 
-    /// Encodes a snapshot row (op `r`): the key is read from the row itself.
+    /// Encodes a snapshot row (op `r`): the key is read from the row itself. `ts_ms` is
+    /// the envelope's time, taken by the caller once for many rows (a clock read per row
+    /// was about 1 % of the snapshot's CPU).
     pub fn encode_snapshot_row(
         &self,
         row: &[Datum],
         tail: &Arc<[u8]>,
+        ts_ms: i64,
     ) -> Result<Pending, AvroError> {
         let key = self
             .table
             .primary_key
             .iter()
             .map(|&i| row.get(i).unwrap_or(&Datum::Null));
-        self.encode_with(Op::Read, key, None, Some(row), tail)
+        self.encode_with(Op::Read, key, None, Some(row), tail, ts_ms)
     }
 
     /// The framed key and value of a whole event, its VSN and `source` as given (the
@@ -259,6 +262,7 @@ impl TableEncoder {
         before: Option<&[Datum]>,
         after: Option<&[Datum]>,
         tail: &Arc<[u8]>,
+        ts_ms: i64,
     ) -> Result<Pending, AvroError> {
         let mut framed_key = Vec::with_capacity(32);
         write_header(self.key_id, &mut framed_key);
@@ -281,7 +285,7 @@ impl TableEncoder {
         avro::encode_optional_row(&self.value_fields[2], after, &mut head)?;
         // `op` (string) and `ts_ms` (long), checked in `new`.
         avro::write_bytes(op.code().as_bytes(), &mut head);
-        avro::write_long(now_ms(), &mut head);
+        avro::write_long(ts_ms, &mut head);
         Ok(Pending {
             topic_index: self.topic_index,
             op,

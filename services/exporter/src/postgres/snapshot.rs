@@ -16,6 +16,7 @@ use ferry_shared::catalog::{quote_ident, TableSchema};
 use ferry_shared::checkpoint::Chunk;
 use ferry_shared::config::DatabaseConfig;
 use ferry_shared::shutdown::Shutdown;
+use ferry_shared::clock::now_ms;
 use ferry_shared::value::{parse_text, session_settings_sql, Datum};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -205,9 +206,11 @@ async fn read_chunk(
         table: enc.name.clone(),
         source: e,
     })?;
+    // The envelope's ts_ms: read once per batch of rows.
+    let mut ts_ms = now_ms();
     while let Some(row) = rows.next().await? {
         let p = enc
-            .encode_snapshot_row(row, &tail)
+            .encode_snapshot_row(row, &tail, ts_ms)
             .map_err(|e| Error::Encode {
                 table: enc.name.clone(),
                 source: e,
@@ -218,6 +221,7 @@ async fn read_chunk(
                 .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
                 .await
                 .map_err(|_| Error::Internal("the stamper stopped".into()))?;
+            ts_ms = now_ms();
         }
     }
     if !batch.is_empty() {
