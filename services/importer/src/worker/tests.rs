@@ -86,13 +86,13 @@ impl Stream {
         let partition = (id % 2) as i32;
         let offset = self.offsets.entry(partition).or_insert(0);
         *offset += 1;
-        Record {
-            topic: self.topic.clone(),
+        Record::new(
+            self.topic.clone(),
             partition,
-            offset: *offset - 1,
-            key: Some(key),
-            payload: Some(payload),
-        }
+            *offset - 1,
+            Some(&key),
+            Some(&payload),
+        )
     }
 
     fn parts(&self) -> Vec<(String, i32)> {
@@ -144,12 +144,9 @@ async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
     // Delivered twice (a consumer that re-fetched): the second copy is skipped.
     let again: Vec<Record> = records
         .iter()
-        .map(|r| Record {
-            topic: r.topic.clone(),
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key.clone(),
-            payload: r.payload.clone(),
+        .map(|r| {
+            let (key, payload) = (r.data.key(), r.data.payload());
+            Record::new(r.topic.clone(), r.partition, r.offset, key, payload)
         })
         .collect();
     pool.records(records, false).await.unwrap();
@@ -349,4 +346,62 @@ async fn a_dropped_pool_takes_its_workers_with_it() {
     assert_eq!(db.snapshot().commits, 0);
     let stored = db.load_positions(&stream.parts()).await.unwrap();
     assert!(stored.iter().all(|s| s.next_offset == 0), "{stored:?}");
+}
+
+#[test]
+fn the_owner_of_a_run_is_looked_up_once_and_again_for_another_partition_or_topic() {
+    let mut owner: HashMap<String, HashMap<i32, usize>> = HashMap::new();
+    owner.insert("s.a".into(), HashMap::from([(0, 0), (1, 1)]));
+    owner.insert("s.b".into(), HashMap::from([(0, 2)]));
+    let a: Arc<str> = Arc::from("s.a");
+    let record = |topic: &Arc<str>, partition| Record::new(topic.clone(), partition, 0, None, None);
+    let mut owners = Owners::new(&owner);
+    assert_eq!(owners.of(&record(&a, 0)), Some(0));
+    assert_eq!(owners.of(&record(&a, 0)), Some(0));
+    assert_eq!(owners.of(&record(&a, 1)), Some(1));
+    // Another topic on the same partition number, and the same name in another Arc.
+    assert_eq!(owners.of(&record(&Arc::from("s.b"), 1)), None);
+    assert_eq!(owners.of(&record(&Arc::from("s.b"), 0)), Some(2));
+    assert_eq!(owners.of(&record(&Arc::from("s.a"), 0)), Some(0));
+    // A partition not assigned here.
+    assert_eq!(owners.of(&record(&a, 7)), None);
+    assert_eq!(owners.of(&record(&a, 1)), Some(1));
+}
+
+#[test]
+fn the_partition_map_hashes_apart_every_partition_and_finds_each_again() {
+    let hash = |topic: &str, partition: i32| {
+        let mut h = WordHash::default();
+        std::hash::Hash::hash(&(Arc::<str>::from(topic), partition), &mut h);
+        h.finish()
+    };
+    assert_eq!(
+        hash("ferry.m.source.public.t", 3),
+        hash("ferry.m.source.public.t", 3)
+    );
+    let mut seen = std::collections::HashSet::new();
+    for topic in [
+        "ferry.m.source.public.t",
+        "ferry.m.source.public.t2",
+        "a",
+        "",
+        "abcdefgh",
+    ] {
+        for partition in 0..500 {
+            assert!(
+                seen.insert(hash(topic, partition)),
+                "{topic}[{partition}] collides"
+            );
+        }
+    }
+    let mut parts: HashMap<(Arc<str>, i32), i32, BuildHasherDefault<WordHash>> = HashMap::default();
+    for partition in 0..1000 {
+        parts.insert((Arc::from("ferry.m.source.public.t"), partition), partition);
+    }
+    for partition in 0..1000 {
+        assert_eq!(
+            parts.get(&(Arc::from("ferry.m.source.public.t"), partition)),
+            Some(&partition)
+        );
+    }
 }
