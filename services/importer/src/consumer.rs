@@ -39,8 +39,54 @@ pub(crate) struct Record {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
+    pub data: RecordData,
+}
+
+/// A record's key and payload in one allocation, not two.
+#[derive(Debug)]
+pub(crate) struct RecordData {
+    /// The key's bytes, then the payload's.
+    bytes: Vec<u8>,
+    /// Where the key ends in `bytes`; none: the record has no key.
+    key_end: Option<usize>,
+    /// False: the record has no payload (a tombstone).
+    has_payload: bool,
+}
+
+impl Record {
+    pub(crate) fn new(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Record {
+        let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
+        let mut bytes = Vec::with_capacity(k.len() + p.len());
+        bytes.extend_from_slice(k);
+        bytes.extend_from_slice(p);
+        Record {
+            topic,
+            partition,
+            offset,
+            data: RecordData {
+                bytes,
+                key_end: key.map(|_| k.len()),
+                has_payload: payload.is_some(),
+            },
+        }
+    }
+}
+
+impl RecordData {
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        self.key_end.and_then(|end| self.bytes.get(..end))
+    }
+
+    pub(crate) fn payload(&self) -> Option<&[u8]> {
+        let start = self.key_end.unwrap_or(0);
+        self.has_payload.then(|| self.bytes.get(start..)).flatten()
+    }
 }
 
 /// What the consumer thread tells the applier, in order.
@@ -449,13 +495,13 @@ fn poll_loop<S: Sink + Sync>(
                         t
                     }
                 };
-                batch.push(Record {
+                batch.push(Record::new(
                     topic,
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                });
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.payload(),
+                ));
                 if batch.len() >= MAX_RECORDS_PER_ITEM
                     && !hand_over(&items, &mut batch, &mut blocked, false)
                 {
@@ -646,6 +692,26 @@ mod tests {
             finish_within(|| {}, Duration::from_secs(5)),
             Finished::InTime
         );
+    }
+
+    #[test]
+    fn a_record_keeps_its_key_and_payload_apart_in_one_buffer() {
+        let topic: Arc<str> = Arc::from("t");
+        let r = Record::new(topic.clone(), 1, 7, Some(b"key"), Some(b"value"));
+        assert_eq!(r.data.key(), Some(&b"key"[..]));
+        assert_eq!(r.data.payload(), Some(&b"value"[..]));
+        let r = Record::new(topic.clone(), 1, 7, None, Some(b"value"));
+        assert_eq!(r.data.key(), None);
+        assert_eq!(r.data.payload(), Some(&b"value"[..]));
+        let r = Record::new(topic.clone(), 1, 7, Some(b"key"), None);
+        assert_eq!(r.data.key(), Some(&b"key"[..]));
+        assert_eq!(r.data.payload(), None);
+        // Empty is not absent.
+        let r = Record::new(topic.clone(), 1, 7, Some(b""), Some(b""));
+        assert_eq!(r.data.key(), Some(&b""[..]));
+        assert_eq!(r.data.payload(), Some(&b""[..]));
+        let r = Record::new(topic, 1, 7, None, None);
+        assert_eq!((r.data.key(), r.data.payload()), (None, None));
     }
 
     #[test]

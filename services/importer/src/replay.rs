@@ -321,12 +321,14 @@ impl Run {
                     Some(Ok(records)) => {
                         let records = records
                             .into_iter()
-                            .map(|r| Record {
-                                topic: r.topic,
-                                partition: r.partition,
-                                offset: r.offset,
-                                key: r.key,
-                                payload: r.value,
+                            .map(|r| {
+                                Record::new(
+                                    r.topic,
+                                    r.partition,
+                                    r.offset,
+                                    r.key.as_deref(),
+                                    r.value.as_deref(),
+                                )
                             })
                             .collect();
                         pool.records(records, false).await?;
