@@ -327,7 +327,7 @@ pub fn idempotent_producer_config(config: &ClientConfig) -> ClientConfig {
         // report and freed while it is still in the CPU's cache. With 100,000 queued in a
         // snapshot (about 30 MB with librdkafka's own data) each was cold again by then,
         // and those three passes cost 10 % more CPU per snapshot row (docs/benchmarks.md,
-        // "Changes of 2026-12-07 (fourth session)"). It still holds two full batches.
+        // "Changes of 2026-12-07 (fourth session)"). That is twice batch.num.messages.
         ("queue.buffering.max.messages", "20000"),
         ("queue.buffering.max.kbytes", "65536"),
         ("batch.num.messages", "10000"),
