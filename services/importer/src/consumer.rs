@@ -42,18 +42,27 @@ pub(crate) struct Record {
     pub data: RecordData,
 }
 
-/// A record's key and payload in one allocation, not two.
+/// A record's key and payload.
 #[derive(Debug)]
-pub(crate) struct RecordData {
-    /// The key's bytes, then the payload's.
-    bytes: Vec<u8>,
-    /// Where the key ends in `bytes`; none: the record has no key.
-    key_end: Option<usize>,
-    /// False: the record has no payload (a tombstone).
-    has_payload: bool,
+pub(crate) enum RecordData {
+    /// Copied from the consumer's message into one allocation, not two.
+    Joined {
+        /// The key's bytes, then the payload's.
+        bytes: Vec<u8>,
+        /// Where the key ends in `bytes`; none: the record has no key.
+        key_end: Option<usize>,
+        /// False: the record has no payload (a tombstone).
+        has_payload: bool,
+    },
+    /// Already owned apart (a replay's records): kept as they are, not copied again.
+    Apart {
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    },
 }
 
 impl Record {
+    /// A record copied from a consumer's message.
     pub(crate) fn new(
         topic: Arc<str>,
         partition: i32,
@@ -69,7 +78,7 @@ impl Record {
             topic,
             partition,
             offset,
-            data: RecordData {
+            data: RecordData::Joined {
                 bytes,
                 key_end: key.map(|_| k.len()),
                 has_payload: payload.is_some(),
@@ -80,12 +89,23 @@ impl Record {
 
 impl RecordData {
     pub(crate) fn key(&self) -> Option<&[u8]> {
-        self.key_end.and_then(|end| self.bytes.get(..end))
+        match self {
+            RecordData::Joined { bytes, key_end, .. } => key_end.and_then(|end| bytes.get(..end)),
+            RecordData::Apart { key, .. } => key.as_deref(),
+        }
     }
 
     pub(crate) fn payload(&self) -> Option<&[u8]> {
-        let start = self.key_end.unwrap_or(0);
-        self.has_payload.then(|| self.bytes.get(start..)).flatten()
+        match self {
+            RecordData::Joined {
+                bytes,
+                key_end,
+                has_payload,
+            } => has_payload
+                .then(|| bytes.get(key_end.unwrap_or(0)..))
+                .flatten(),
+            RecordData::Apart { payload, .. } => payload.as_deref(),
+        }
     }
 }
 
@@ -712,6 +732,11 @@ mod tests {
         assert_eq!(r.data.payload(), Some(&b""[..]));
         let r = Record::new(topic, 1, 7, None, None);
         assert_eq!((r.data.key(), r.data.payload()), (None, None));
+        let apart = RecordData::Apart {
+            key: Some(b"key".to_vec()),
+            payload: None,
+        };
+        assert_eq!((apart.key(), apart.payload()), (Some(&b"key"[..]), None));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Topics;
 use tokio_postgres::Client;
 
-use crate::consumer::Record;
+use crate::consumer::{Record, RecordData};
 use crate::error::Failure;
 use crate::sink::postgres::{self, ConnectionTask, PgSink};
 use crate::sink::{Counts, Sink, Stored};
@@ -321,14 +321,14 @@ impl Run {
                     Some(Ok(records)) => {
                         let records = records
                             .into_iter()
-                            .map(|r| {
-                                Record::new(
-                                    r.topic,
-                                    r.partition,
-                                    r.offset,
-                                    r.key.as_deref(),
-                                    r.value.as_deref(),
-                                )
+                            .map(|r| Record {
+                                topic: r.topic,
+                                partition: r.partition,
+                                offset: r.offset,
+                                data: RecordData::Apart {
+                                    key: r.key,
+                                    payload: r.value,
+                                },
                             })
                             .collect();
                         pool.records(records, false).await?;
