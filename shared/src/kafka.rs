@@ -323,11 +323,15 @@ pub fn idempotent_producer_config(config: &ClientConfig) -> ClientConfig {
         // A bounded local queue: when the broker takes less than the exporter makes,
         // the stamper waits (QueueFull) instead of the queue growing to gigabytes.
         //
-        // 20,000 records, not more: a record is acknowledged, handed to the delivery
-        // report and freed while it is still in the CPU's cache. With 100,000 queued in a
-        // snapshot (about 30 MB with librdkafka's own data) each was cold again by then,
-        // and those three passes cost 10 % more CPU per snapshot row (docs/benchmarks.md,
-        // "Changes of 2026-12-07 (fourth session)"). That is twice batch.num.messages.
+        // 20,000 records, not more: librdkafka walks a record three more times after
+        // sending it (its offset from the broker's answer, the acknowledgement, the
+        // delivery report), and in a snapshot, where the queue is always full, a
+        // record that waited behind 100,000 others (about 30 MB) was out of the CPU's
+        // caches again by then: 10 % more CPU per snapshot row (docs/benchmarks.md,
+        // "Changes of 2026-12-07 (fourth session)"). A record counts until its
+        // delivery report is served, so this also bounds the records in flight: about
+        // 20,000 per acknowledged round trip, ample on a local network; a broker tens
+        // of milliseconds away wants more (docs/architecture.md).
         ("queue.buffering.max.messages", "20000"),
         ("queue.buffering.max.kbytes", "65536"),
         ("batch.num.messages", "10000"),
