@@ -720,6 +720,11 @@ mod tests {
         let r = Record::new(topic.clone(), 1, 7, Some(b"key"), Some(b"value"));
         assert_eq!(r.data.key(), Some(&b"key"[..]));
         assert_eq!(r.data.payload(), Some(&b"value"[..]));
+        assert!(
+            matches!(&r.data, RecordData::Joined { bytes, .. } if bytes == b"keyvalue"),
+            "{:?}",
+            r.data
+        );
         let r = Record::new(topic.clone(), 1, 7, None, Some(b"value"));
         assert_eq!(r.data.key(), None);
         assert_eq!(r.data.payload(), Some(&b"value"[..]));
@@ -737,6 +742,11 @@ mod tests {
             payload: None,
         };
         assert_eq!((apart.key(), apart.payload()), (Some(&b"key"[..]), None));
+        let apart = RecordData::Apart {
+            key: None,
+            payload: Some(Vec::new()),
+        };
+        assert_eq!((apart.key(), apart.payload()), (None, Some(&b""[..])));
     }
 
     #[test]

@@ -98,16 +98,26 @@ pub(crate) struct Pool {
     owner: HashMap<String, HashMap<i32, usize>>,
 }
 
-/// The worker owning a record's partition, looked up again only when the partition
-/// differs from the last record's.
+/// The worker owning a record's partition, looked up again only when the record's
+/// partition or topic `Arc` differs from the last record's (the consumer thread gives
+/// the records of a run one `Arc`; a replay's records, merged in VSN order, rarely
+/// come in runs).
 struct Owners<'a> {
     owner: &'a HashMap<String, HashMap<i32, usize>>,
     last: Option<(Arc<str>, i32, Option<usize>)>,
+    /// Lookups in `owner` so far.
+    #[cfg(test)]
+    lookups: usize,
 }
 
 impl<'a> Owners<'a> {
     fn new(owner: &'a HashMap<String, HashMap<i32, usize>>) -> Self {
-        Owners { owner, last: None }
+        Owners {
+            owner,
+            last: None,
+            #[cfg(test)]
+            lookups: 0,
+        }
     }
 
     fn of(&mut self, r: &Record) -> Option<usize> {
@@ -115,6 +125,10 @@ impl<'a> Owners<'a> {
             if *partition == r.partition && Arc::ptr_eq(topic, &r.topic) {
                 return *found;
             }
+        }
+        #[cfg(test)]
+        {
+            self.lookups += 1;
         }
         let found = self
             .owner
@@ -224,7 +238,7 @@ impl Pool {
         }
         // Records come in runs of one partition: an item whose records all have one
         // owner goes to it whole. The owner is looked up once per run (the records of a
-        // run share their topic's name).
+        // run share their topic's `Arc`).
         let mut owners = Owners::new(&self.owner);
         if let Some(first) = records.first().map(|r| owners.of(r)) {
             if records.iter().all(|r| owners.of(r) == first) {
@@ -417,8 +431,9 @@ struct Worker<S> {
     setup: Setup,
     /// The worker's own destination session.
     sink: S,
-    /// Looked up for every record: hashed with [`WordHash`], not SipHash (the keys are
-    /// the stream's own topic names, nothing an outsider chooses).
+    /// Looked up for every record: hashed with [`WordHash`], not SipHash. The keys are
+    /// this worker's assigned partitions, named after the migration's tables: keys
+    /// chosen to collide would need DDL on the source and could only slow this map.
     parts: HashMap<(Arc<str>, i32), Part, BuildHasherDefault<WordHash>>,
     batch: Batch,
     reports: mpsc::UnboundedSender<Report>,

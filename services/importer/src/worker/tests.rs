@@ -356,15 +356,22 @@ fn the_owner_of_a_run_is_looked_up_once_and_again_for_another_partition_or_topic
     let a: Arc<str> = Arc::from("s.a");
     let record = |topic: &Arc<str>, partition| Record::new(topic.clone(), partition, 0, None, None);
     let mut owners = Owners::new(&owner);
-    assert_eq!(owners.of(&record(&a, 0)), Some(0));
-    assert_eq!(owners.of(&record(&a, 0)), Some(0));
+    // A run of one partition: one lookup.
+    for _ in 0..5 {
+        assert_eq!(owners.of(&record(&a, 0)), Some(0));
+    }
+    assert_eq!(owners.lookups, 1);
     assert_eq!(owners.of(&record(&a, 1)), Some(1));
+    assert_eq!(owners.lookups, 2);
     // Another topic on the same partition number, and the same name in another Arc.
     assert_eq!(owners.of(&record(&Arc::from("s.b"), 1)), None);
     assert_eq!(owners.of(&record(&Arc::from("s.b"), 0)), Some(2));
     assert_eq!(owners.of(&record(&Arc::from("s.a"), 0)), Some(0));
-    // A partition not assigned here.
+    assert_eq!(owners.lookups, 5);
+    // A partition not assigned here, remembered as such for its run.
     assert_eq!(owners.of(&record(&a, 7)), None);
+    assert_eq!(owners.of(&record(&a, 7)), None);
+    assert_eq!(owners.lookups, 6);
     assert_eq!(owners.of(&record(&a, 1)), Some(1));
 }
 
@@ -394,6 +401,21 @@ fn the_partition_map_hashes_apart_every_partition_and_finds_each_again() {
             );
         }
     }
+    // The bits the map uses: the low bits pick the bucket, the top 7 the tag compared
+    // first. 1,024 partitions of one topic spread over both.
+    let topic = "ferry.m.source.public.t";
+    let low: std::collections::HashSet<u64> = (0..1024).map(|p| hash(topic, p) & 1023).collect();
+    let top: std::collections::HashSet<u64> = (0..1024).map(|p| hash(topic, p) >> 57).collect();
+    assert!(
+        low.len() > 600,
+        "1,024 partitions fall in {} of 1,024 buckets",
+        low.len()
+    );
+    assert!(
+        top.len() > 100,
+        "1,024 partitions have {} of 128 tags",
+        top.len()
+    );
     let mut parts: HashMap<(Arc<str>, i32), i32, BuildHasherDefault<WordHash>> = HashMap::default();
     for partition in 0..1000 {
         parts.insert((Arc::from("ferry.m.source.public.t"), partition), partition);
