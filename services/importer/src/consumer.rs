@@ -39,74 +39,8 @@ pub(crate) struct Record {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub data: RecordData,
-}
-
-/// A record's key and payload.
-#[derive(Debug)]
-pub(crate) enum RecordData {
-    /// Copied from the consumer's message into one allocation, not two.
-    Joined {
-        /// The key's bytes, then the payload's.
-        bytes: Vec<u8>,
-        /// Where the key ends in `bytes`; none: the record has no key.
-        key_end: Option<usize>,
-        /// False: the record has no payload (a tombstone).
-        has_payload: bool,
-    },
-    /// Already owned apart (a replay's records): kept as they are, not copied again.
-    Apart {
-        key: Option<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-    },
-}
-
-impl Record {
-    /// A record copied from a consumer's message.
-    pub(crate) fn new(
-        topic: Arc<str>,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-    ) -> Record {
-        let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
-        let mut bytes = Vec::with_capacity(k.len() + p.len());
-        bytes.extend_from_slice(k);
-        bytes.extend_from_slice(p);
-        Record {
-            topic,
-            partition,
-            offset,
-            data: RecordData::Joined {
-                bytes,
-                key_end: key.map(|_| k.len()),
-                has_payload: payload.is_some(),
-            },
-        }
-    }
-}
-
-impl RecordData {
-    pub(crate) fn key(&self) -> Option<&[u8]> {
-        match self {
-            RecordData::Joined { bytes, key_end, .. } => key_end.and_then(|end| bytes.get(..end)),
-            RecordData::Apart { key, .. } => key.as_deref(),
-        }
-    }
-
-    pub(crate) fn payload(&self) -> Option<&[u8]> {
-        match self {
-            RecordData::Joined {
-                bytes,
-                key_end,
-                has_payload,
-            } => has_payload
-                .then(|| bytes.get(key_end.unwrap_or(0)..))
-                .flatten(),
-            RecordData::Apart { payload, .. } => payload.as_deref(),
-        }
-    }
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
 }
 
 /// What the consumer thread tells the applier, in order.
@@ -515,13 +449,13 @@ fn poll_loop<S: Sink + Sync>(
                         t
                     }
                 };
-                batch.push(Record::new(
+                batch.push(Record {
                     topic,
-                    m.partition(),
-                    m.offset(),
-                    m.key(),
-                    m.payload(),
-                ));
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                });
                 if batch.len() >= MAX_RECORDS_PER_ITEM
                     && !hand_over(&items, &mut batch, &mut blocked, false)
                 {
@@ -712,41 +646,6 @@ mod tests {
             finish_within(|| {}, Duration::from_secs(5)),
             Finished::InTime
         );
-    }
-
-    #[test]
-    fn a_record_keeps_its_key_and_payload_apart_in_one_buffer() {
-        let topic: Arc<str> = Arc::from("t");
-        let r = Record::new(topic.clone(), 1, 7, Some(b"key"), Some(b"value"));
-        assert_eq!(r.data.key(), Some(&b"key"[..]));
-        assert_eq!(r.data.payload(), Some(&b"value"[..]));
-        assert!(
-            matches!(&r.data, RecordData::Joined { bytes, .. } if bytes == b"keyvalue"),
-            "{:?}",
-            r.data
-        );
-        let r = Record::new(topic.clone(), 1, 7, None, Some(b"value"));
-        assert_eq!(r.data.key(), None);
-        assert_eq!(r.data.payload(), Some(&b"value"[..]));
-        let r = Record::new(topic.clone(), 1, 7, Some(b"key"), None);
-        assert_eq!(r.data.key(), Some(&b"key"[..]));
-        assert_eq!(r.data.payload(), None);
-        // Empty is not absent.
-        let r = Record::new(topic.clone(), 1, 7, Some(b""), Some(b""));
-        assert_eq!(r.data.key(), Some(&b""[..]));
-        assert_eq!(r.data.payload(), Some(&b""[..]));
-        let r = Record::new(topic, 1, 7, None, None);
-        assert_eq!((r.data.key(), r.data.payload()), (None, None));
-        let apart = RecordData::Apart {
-            key: Some(b"key".to_vec()),
-            payload: None,
-        };
-        assert_eq!((apart.key(), apart.payload()), (Some(&b"key"[..]), None));
-        let apart = RecordData::Apart {
-            key: None,
-            payload: Some(Vec::new()),
-        };
-        assert_eq!((apart.key(), apart.payload()), (None, Some(&b""[..])));
     }
 
     #[test]

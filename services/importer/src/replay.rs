@@ -30,7 +30,7 @@ use ferry_shared::shutdown::Shutdown;
 use ferry_shared::topics::Topics;
 use tokio_postgres::Client;
 
-use crate::consumer::{Record, RecordData};
+use crate::consumer::Record;
 use crate::error::Failure;
 use crate::sink::postgres::{self, ConnectionTask, PgSink};
 use crate::sink::{Counts, Sink, Stored};
@@ -325,10 +325,8 @@ impl Run {
                                 topic: r.topic,
                                 partition: r.partition,
                                 offset: r.offset,
-                                data: RecordData::Apart {
-                                    key: r.key,
-                                    payload: r.value,
-                                },
+                                key: r.key,
+                                payload: r.value,
                             })
                             .collect();
                         pool.records(records, false).await?;

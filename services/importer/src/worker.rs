@@ -529,10 +529,10 @@ impl<S: Sink> Worker<S> {
         }
         part.expected = r.offset + 1;
         let at = || format!("{}[{}]@{}", key.0, key.1, r.offset);
-        if let Some(payload) = r.data.payload() {
+        if let Some(payload) = &r.payload {
             let event = Event::decode(
                 &self.setup.decoder,
-                r.data.key(),
+                r.key.as_deref(),
                 payload,
                 &mut part.table,
                 &at,

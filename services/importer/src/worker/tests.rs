@@ -86,13 +86,13 @@ impl Stream {
         let partition = (id % 2) as i32;
         let offset = self.offsets.entry(partition).or_insert(0);
         *offset += 1;
-        Record::new(
-            self.topic.clone(),
+        Record {
+            topic: self.topic.clone(),
             partition,
-            *offset - 1,
-            Some(&key),
-            Some(&payload),
-        )
+            offset: *offset - 1,
+            key: Some(key),
+            payload: Some(payload),
+        }
     }
 
     fn parts(&self) -> Vec<(String, i32)> {
@@ -144,9 +144,12 @@ async fn workers_apply_every_partition_once_and_skip_what_was_applied() {
     // Delivered twice (a consumer that re-fetched): the second copy is skipped.
     let again: Vec<Record> = records
         .iter()
-        .map(|r| {
-            let (key, payload) = (r.data.key(), r.data.payload());
-            Record::new(r.topic.clone(), r.partition, r.offset, key, payload)
+        .map(|r| Record {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            payload: r.payload.clone(),
         })
         .collect();
     pool.records(records, false).await.unwrap();
@@ -354,7 +357,13 @@ fn the_owner_of_a_run_is_looked_up_once_and_again_for_another_partition_or_topic
     owner.insert("s.a".into(), HashMap::from([(0, 0), (1, 1)]));
     owner.insert("s.b".into(), HashMap::from([(0, 2)]));
     let a: Arc<str> = Arc::from("s.a");
-    let record = |topic: &Arc<str>, partition| Record::new(topic.clone(), partition, 0, None, None);
+    let record = |topic: &Arc<str>, partition| Record {
+        topic: topic.clone(),
+        partition,
+        offset: 0,
+        key: None,
+        payload: None,
+    };
     let mut owners = Owners::new(&owner);
     // A run of one partition: one lookup.
     for _ in 0..5 {
