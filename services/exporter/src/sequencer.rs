@@ -2,9 +2,13 @@
 //!
 //! Invariants kept here (DESIGN.md §4, §4a):
 //!
-//! - One task assigns VSNs, in the order items arrive, and hands each event to one
-//!   idempotent producer (`enable.idempotence`, `acks=all`) before stamping the next,
-//!   so VSNs strictly increase along the stream and inside every partition.
+//! - One task assigns VSNs, in the order items arrive, and hands the events of each
+//!   batch it receives, in that order, to one idempotent producer
+//!   (`enable.idempotence`, `acks=all`) in calls of many records
+//!   ([`ferry_produce_batch`], which never enqueues a record after a refused one of its
+//!   partition), so VSNs strictly increase along the stream and inside every
+//!   partition. A marker taken between two events of a batch may be queued before the
+//!   events before it are produced: it is written only once they are acknowledged.
 //! - VSNs of one run are contiguous; an [`AckWindow`] tracks the highest VSN below
 //!   which Kafka acknowledged everything.
 //! - A checkpoint is a marker taken by the stamper between two events (after a commit,
@@ -19,15 +23,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_produce_batch::{BatchProducer, Record};
 use ferry_shared::checkpoint::{checkpoint_key, ExporterCheckpoint};
 use ferry_shared::envelope::OpCounts;
 use ferry_shared::kafka::idempotent_producer_config;
 use ferry_shared::position::{Lsn, Vsn};
 use ferry_shared::topics::Stream;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{
-    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
-    ThreadedProducer,
+    DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::{mpsc, watch};
@@ -189,8 +193,11 @@ impl Pipeline {
             window: VecDeque::new(),
             error: None,
         }));
-        let producer: ThreadedProducer<AckContext> = idempotent_producer_config(&cfg.kafka)
+        let producer_config = idempotent_producer_config(&cfg.kafka);
+        let producer: ThreadedProducer<AckContext> = producer_config
             .create_with_context(AckContext { acks: acks.clone() })
+            .map_err(SequencerError::Produce)?;
+        let producer = BatchProducer::new(producer, &producer_config, &cfg.topics)
             .map_err(SequencerError::Produce)?;
         let state_producer: FutureProducer = idempotent_producer_config(&cfg.kafka)
             .set("linger.ms", "0")
@@ -269,7 +276,7 @@ impl Pipeline {
 #[allow(clippy::too_many_arguments)]
 async fn stamp_loop(
     mut rx: mpsc::Receiver<Vec<Item>>,
-    producer: ThreadedProducer<AckContext>,
+    mut producer: BatchProducer<AckContext>,
     acks: Arc<Mutex<AckWindow>>,
     markers: Arc<Mutex<VecDeque<Marker>>>,
     topics: Vec<String>,
@@ -279,7 +286,7 @@ async fn stamp_loop(
     progress: Arc<Progress>,
 ) -> Result<u64, SequencerError> {
     let mut next = first;
-    let mut value = Vec::with_capacity(256);
+    let mut stamped = Stamped::default();
     // Counted by index while stamping, written into the checkpoint at each marker.
     let mut counts: Vec<OpCounts> = tables
         .iter()
@@ -318,28 +325,12 @@ async fn stamp_loop(
             let marker = at == last_marker;
             match item {
                 Item::Event(p) => {
-                    let vsn = Vsn(next);
-                    stamp(&p, vsn, &mut value);
-                    let topic = topics.get(p.topic_index).map(String::as_str).unwrap_or("");
-                    loop {
-                        // No record headers: the VSN is the envelope's first field
-                        // (registry::framed_vsn), and a header per record costs librdkafka
-                        // about a microsecond of CPU per event.
-                        let record = BaseRecord::with_opaque_to(topic, next as usize)
-                            .partition(p.partition)
-                            .key(&p.key)
-                            .payload(&value);
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                                _,
-                            )) => {
-                                // A full local queue means wait, not fail.
-                                tokio::time::sleep(Duration::from_millis(2)).await;
-                            }
-                            Err((e, _)) => return Err(SequencerError::Produce(e)),
-                        }
+                    // No record headers: the VSN is the envelope's first field
+                    // (registry::framed_vsn), and a header per record costs librdkafka
+                    // about a microsecond of CPU per event.
+                    stamped.push(&p, Vsn(next));
+                    if stamped.bytes.len() >= STAMPED_BYTES {
+                        stamped.produce(&mut producer, &topics).await?;
                     }
                     if let Some(c) = counts.get_mut(p.topic_index) {
                         c.add(p.op);
@@ -376,6 +367,7 @@ async fn stamp_loop(
                 }
             }
         }
+        stamped.produce(&mut producer, &topics).await?;
         if let Ok(a) = acks.lock() {
             if let Some((vsn, topic, message)) = &a.error {
                 return Err(SequencerError::Delivery {
@@ -389,7 +381,7 @@ async fn stamp_loop(
     // Intake closed: wait for the producer's queue to drain.
     let producer = Arc::new(producer);
     let p = producer.clone();
-    let flushed = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(300)))
+    let flushed = tokio::task::spawn_blocking(move || p.producer().flush(Duration::from_secs(300)))
         .await
         .map_err(|e| SequencerError::Internal(format!("flush: {e}")))?;
     flushed.map_err(SequencerError::Produce)?;
@@ -403,6 +395,96 @@ async fn stamp_loop(
         }
     }
     Ok(next - 1)
+}
+
+/// How many bytes of stamped keys and values the stamper gathers before it produces
+/// them (a batch of large rows is produced in several calls).
+const STAMPED_BYTES: usize = 1 << 20;
+
+/// The stamped events of a batch, produced together: their keys and values one after
+/// the other in one buffer.
+#[derive(Default)]
+struct Stamped {
+    bytes: Vec<u8>,
+    records: Vec<StampedRecord>,
+}
+
+/// Where a stamped event's key ends and its value ends in [`Stamped::bytes`] (its key
+/// starts where the previous value ended).
+struct StampedRecord {
+    topic: usize,
+    partition: i32,
+    vsn: u64,
+    key_end: usize,
+    value_end: usize,
+}
+
+impl Stamped {
+    fn push(&mut self, p: &Pending, vsn: Vsn) {
+        self.bytes.extend_from_slice(&p.key);
+        let key_end = self.bytes.len();
+        stamp(p, vsn, &mut self.bytes);
+        self.records.push(StampedRecord {
+            topic: p.topic_index,
+            partition: p.partition,
+            vsn: vsn.0,
+            key_end,
+            value_end: self.bytes.len(),
+        });
+    }
+
+    /// Produces every gathered event, in order, one call per run of one topic; waits
+    /// while librdkafka's local queue is full.
+    async fn produce(
+        &mut self,
+        producer: &mut BatchProducer<AckContext>,
+        topics: &[String],
+    ) -> Result<(), SequencerError> {
+        let mut start = 0;
+        let mut records = Vec::with_capacity(self.records.len());
+        let mut from = 0;
+        while from < self.records.len() {
+            let topic = self.records[from].topic;
+            let to = self.records[from..]
+                .iter()
+                .position(|r| r.topic != topic)
+                .map_or(self.records.len(), |n| from + n);
+            records.clear();
+            for r in &self.records[from..to] {
+                records.push(Record {
+                    partition: r.partition,
+                    key: &self.bytes[start..r.key_end],
+                    payload: &self.bytes[r.key_end..r.value_end],
+                    opaque: r.vsn as usize,
+                });
+                start = r.value_end;
+            }
+            let mut sent = 0;
+            while sent < records.len() {
+                match producer.send_batch(topic, &records[sent..]) {
+                    Ok(n) => sent += n,
+                    Err((i, e)) => {
+                        let name = topics.get(topic).map(String::as_str).unwrap_or("?");
+                        let vsn = self.records[from + sent + i].vsn;
+                        tracing::error!(topic = name, vsn, "kafka refused an event: {e}");
+                        return Err(SequencerError::Produce(e));
+                    }
+                }
+                if sent < records.len() {
+                    // A full local queue means wait, not fail.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            from = to;
+        }
+        self.records.clear();
+        self.bytes.clear();
+        // One very large row does not keep its buffer for the rest of the run.
+        if self.bytes.capacity() > 4 * STAMPED_BYTES {
+            self.bytes.shrink_to(STAMPED_BYTES);
+        }
+        Ok(())
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -441,3 +441,72 @@ async fn a_snapshot_waits_while_an_importer_is_too_far_behind() -> Result<()> {
     check_tables(&m, &["s"]).await?;
     Ok(())
 }
+
+/// The stamper produces each batch's events in calls of many records and waits when
+/// librdkafka's local queue is full: with a queue of 64 records that happens inside
+/// nearly every call, and rows of about 190 kB make it produce a batch in several calls
+/// (every megabyte). Nothing may be lost, doubled or reordered inside a partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_and_large_rows_lose_double_and_reorder_nothing() -> Result<()> {
+    let mut m = Migration::new("tinyq", 3, "chunk_rows = 2000\nsnapshot_workers = 2").await?;
+    m.config
+        .kafka
+        .properties
+        .insert("queue.buffering.max.messages".into(), "64".into());
+    let c = m.source().await?;
+    c.batch_execute(
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         CREATE TABLE wide (id int PRIMARY KEY, blob text);
+         ALTER TABLE s REPLICA IDENTITY FULL;
+         ALTER TABLE wide REPLICA IDENTITY FULL;
+         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 6000) g;
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 6000) FROM generate_series(1, 40) g;",
+    )
+    .await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
+    // The changes come after the slot (and its snapshot) was made.
+    let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
+    ferry_testkit::wait_until("the slot", Duration::from_secs(60), || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .get(0);
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+    // Transactions over both tables, large and small rows interleaved.
+    for i in 0..30 {
+        c.batch_execute(&format!(
+            "BEGIN;
+             UPDATE s SET v = v || '+' WHERE id <= 3000 AND id % 30 = {i};
+             UPDATE wide SET blob = repeat(md5('{i}' || id), 6000) WHERE id % 10 = {m10};
+             INSERT INTO s VALUES ({new}, 'new');
+             DELETE FROM s WHERE id = {gone};
+             COMMIT",
+            m10 = i % 10,
+            new = 10_000 + i,
+            gone = 5000 + i,
+        ))
+        .await?;
+    }
+    m.sync(
+        &c,
+        "UPDATE s SET v = 'synced' WHERE id = 1",
+        Duration::from_secs(120),
+    )
+    .await?;
+    trigger.trigger();
+    exporter.await??;
+    check_tables(&m, &["s", "wide"]).await?;
+    // Every change is there once: 6000 snapshot rows of s, 30 × (100 updates + 1 insert +
+    // 1 delete), and the sync.
+    let s = read_topic(&m, &m.topics().table(Stream::Source, "public", "s")).await?;
+    assert_eq!(s.len(), 6000 + 30 * 102 + 1);
+    let wide = read_topic(&m, &m.topics().table(Stream::Source, "public", "wide")).await?;
+    assert_eq!(wide.len(), 40 + 30 * 4);
+    Ok(())
+}

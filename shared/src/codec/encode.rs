@@ -308,9 +308,9 @@ pub struct SourceTemplate<'a> {
     pub commit_ts_ms: i64,
 }
 
-/// Writes framing + vsn + the rest of the head + tail: the complete framed value.
+/// Appends framing + vsn + the rest of the head + tail, the complete framed value, to
+/// `out` (the stamper gathers a batch's values in one buffer).
 pub fn stamp(pending: &Pending, vsn: Vsn, out: &mut Vec<u8>) {
-    out.clear();
     let (framing, rest) = pending.head.split_at(FRAMING.min(pending.head.len()));
     out.extend_from_slice(framing);
     // Avro long: zigzag varint.
