@@ -3,8 +3,8 @@
 //! Invariants kept here (DESIGN.md §4, §4a):
 //!
 //! - One task assigns VSNs, in the order items arrive, and hands the events of each
-//!   batch it receives, in that order, to one idempotent producer
-//!   (`enable.idempotence`, `acks=all`) in calls of many records
+//!   batch it receives to one idempotent producer (`enable.idempotence`, `acks=all`)
+//!   grouped by topic and partition, each partition's in VSN order, one call per group
 //!   ([`ferry_produce_batch`], which never enqueues a record after a refused one of its
 //!   partition), so VSNs strictly increase along the stream and inside every
 //!   partition. A marker taken between two events of a batch may be queued before the
@@ -433,46 +433,48 @@ impl Stamped {
         });
     }
 
-    /// Produces every gathered event, in order, one call per run of one topic; waits
-    /// while librdkafka's local queue is full.
+    /// Produces every gathered event: one call per run of one topic and partition
+    /// (records of a topic grouped by partition, each partition's in VSN order, so
+    /// librdkafka finds each partition once per call); waits while librdkafka's local
+    /// queue is full.
     async fn produce(
         &mut self,
         producer: &mut BatchProducer<AckContext>,
         topics: &[String],
     ) -> Result<(), SequencerError> {
-        let mut start = 0;
-        let mut records = Vec::with_capacity(self.records.len());
         let mut from = 0;
+        let mut records: Vec<Record<'_>> = Vec::with_capacity(self.records.len());
+        let mut starts: Vec<usize> = Vec::new();
         while from < self.records.len() {
             let topic = self.records[from].topic;
             let to = self.records[from..]
                 .iter()
                 .position(|r| r.topic != topic)
                 .map_or(self.records.len(), |n| from + n);
-            records.clear();
-            for r in &self.records[from..to] {
-                records.push(Record {
-                    partition: r.partition,
-                    key: &self.bytes[start..r.key_end],
-                    payload: &self.bytes[r.key_end..r.value_end],
-                    opaque: r.vsn as usize,
-                });
-                start = r.value_end;
-            }
-            let mut sent = 0;
-            while sent < records.len() {
-                match producer.send_batch(topic, &records[sent..]) {
-                    Ok(n) => sent += n,
-                    Err((i, e)) => {
-                        let name = topics.get(topic).map(String::as_str).unwrap_or("?");
-                        let vsn = self.records[from + sent + i].vsn;
-                        tracing::error!(topic = name, vsn, "kafka refused an event: {e}");
-                        return Err(SequencerError::Produce(e));
+            group_by_partition(
+                &self.records,
+                &self.bytes,
+                from..to,
+                &mut records,
+                &mut starts,
+            );
+            for group in starts.windows(2) {
+                let group = &records[group[0]..group[1]];
+                let mut sent = 0;
+                while sent < group.len() {
+                    match producer.send_batch(topic, &group[sent..]) {
+                        Ok(n) => sent += n,
+                        Err((i, e)) => {
+                            let name = topics.get(topic).map(String::as_str).unwrap_or("?");
+                            let vsn = group[sent + i].opaque;
+                            tracing::error!(topic = name, vsn, "kafka refused an event: {e}");
+                            return Err(SequencerError::Produce(e));
+                        }
                     }
-                }
-                if sent < records.len() {
-                    // A full local queue means wait, not fail.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    if sent < group.len() {
+                        // A full local queue means wait, not fail.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
                 }
             }
             from = to;
@@ -484,6 +486,64 @@ impl Stamped {
             self.bytes.shrink_to(STAMPED_BYTES);
         }
         Ok(())
+    }
+}
+
+/// The records of `stamped[range]` (all of one topic) into `out`, grouped by partition
+/// in the order of partition numbers, each group in stamping order (a counting sort);
+/// `starts` gets each group's start in `out`, and `out.len()` last.
+fn group_by_partition<'a>(
+    stamped: &[StampedRecord],
+    bytes: &'a [u8],
+    range: std::ops::Range<usize>,
+    out: &mut Vec<Record<'a>>,
+    starts: &mut Vec<usize>,
+) {
+    let run = &stamped[range.clone()];
+    // Where each record's key starts: where the previous record's value ended.
+    let start_of = |i: usize| if i == 0 { 0 } else { stamped[i - 1].value_end };
+    let record = |i: usize| {
+        let r = &stamped[i];
+        Record {
+            partition: r.partition,
+            key: &bytes[start_of(i)..r.key_end],
+            payload: &bytes[r.key_end..r.value_end],
+            opaque: r.vsn as usize,
+        }
+    };
+    out.clear();
+    starts.clear();
+    let parts = run.iter().map(|r| r.partition).max().unwrap_or(0);
+    let ordinary = run.iter().all(|r| r.partition >= 0);
+    if !ordinary || parts == 0 {
+        // One partition (or a negative one, which librdkafka refuses): as stamped.
+        out.extend(range.map(record));
+        starts.extend([0, out.len()]);
+        return;
+    }
+    let parts = parts as usize + 1;
+    // counts[p + 1] = records of partition p, then prefix sums: where each group starts.
+    let mut next = vec![0usize; parts + 1];
+    for r in run {
+        next[r.partition as usize + 1] += 1;
+    }
+    for p in 1..=parts {
+        next[p] += next[p - 1];
+    }
+    starts.extend(next.iter().copied().filter({
+        let mut last = None;
+        move |&at| {
+            let new = last != Some(at);
+            last = Some(at);
+            new
+        }
+    }));
+    let first = record(range.start);
+    out.resize(run.len(), first);
+    for i in range {
+        let p = stamped[i].partition as usize;
+        out[next[p]] = record(i);
+        next[p] += 1;
     }
 }
 
@@ -560,5 +620,96 @@ async fn checkpoint_loop(
             _ = tick.tick() => {}
             _ = finish.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stamped records of topic 0 in `partitions`, record `i` with key `k<i>`, value
+    /// `value <i>` and VSN `100 + i`, one after the other in one buffer.
+    fn stamped(partitions: &[i32]) -> (Vec<StampedRecord>, Vec<u8>) {
+        let mut bytes = Vec::new();
+        let mut records = Vec::new();
+        for (i, &partition) in partitions.iter().enumerate() {
+            bytes.extend_from_slice(format!("k{i}").as_bytes());
+            let key_end = bytes.len();
+            bytes.extend_from_slice(format!("value {i}").as_bytes());
+            records.push(StampedRecord {
+                topic: 0,
+                partition,
+                vsn: 100 + i as u64,
+                key_end,
+                value_end: bytes.len(),
+            });
+        }
+        (records, bytes)
+    }
+
+    /// `(partition, opaque, key, value)` of each grouped record.
+    fn seen(out: &[Record<'_>]) -> Vec<(i32, usize, String, String)> {
+        out.iter()
+            .map(|r| {
+                (
+                    r.partition,
+                    r.opaque,
+                    String::from_utf8_lossy(r.key).into_owned(),
+                    String::from_utf8_lossy(r.payload).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// What `group_by_partition` must give for records `range` of `partitions`.
+    fn expected(
+        partitions: &[i32],
+        range: std::ops::Range<usize>,
+    ) -> Vec<(i32, usize, String, String)> {
+        let mut by_partition: Vec<usize> = range.collect();
+        by_partition.sort_by_key(|&i| partitions[i]); // stable: stamping order kept
+        by_partition
+            .into_iter()
+            .map(|i| {
+                (
+                    partitions[i],
+                    100 + i,
+                    format!("k{i}"),
+                    format!("value {i}"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_topics_records_go_out_grouped_by_partition_each_group_in_stamping_order() {
+        let partitions = [2, 0, 2, 1, 0, 2, 2, 0, 1];
+        let (records, bytes) = stamped(&partitions);
+        let (mut out, mut starts) = (Vec::new(), Vec::new());
+        group_by_partition(&records, &bytes, 0..9, &mut out, &mut starts);
+        assert_eq!(seen(&out), expected(&partitions, 0..9));
+        assert_eq!(starts, [0, 3, 5, 9]);
+    }
+
+    #[test]
+    fn a_run_after_another_topics_records_keeps_its_keys_and_skips_empty_partitions() {
+        // Records 1..5 (partitions 2, 1, 2, 1; none in 0): keys start where the record
+        // before the run ended.
+        let partitions = [0, 2, 1, 2, 1, 0];
+        let (records, bytes) = stamped(&partitions);
+        let (mut out, mut starts) = (Vec::new(), Vec::new());
+        group_by_partition(&records, &bytes, 1..5, &mut out, &mut starts);
+        assert_eq!(seen(&out), expected(&partitions, 1..5));
+        assert_eq!(starts, [0, 2, 4]);
+    }
+
+    #[test]
+    fn one_partition_goes_out_as_stamped_in_one_group() {
+        let partitions = [0, 0, 0];
+        let (records, bytes) = stamped(&partitions);
+        let (mut out, mut starts) = (Vec::new(), Vec::new());
+        group_by_partition(&records, &bytes, 0..3, &mut out, &mut starts);
+        assert_eq!(seen(&out), expected(&partitions, 0..3));
+        assert_eq!(starts, [0, 3]);
     }
 }

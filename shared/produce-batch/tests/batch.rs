@@ -191,7 +191,10 @@ async fn a_full_queue_enqueues_a_prefix_and_the_rest_follows_in_order_exactly_on
             .collect();
         assert_eq!(parts.get(&part), Some(&expected), "partition {part}");
     }
-    let reports = reports.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let reports = reports
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     assert_eq!(reports.len(), 1000);
     assert!(reports.iter().all(|(_, outcome)| outcome.is_ok()));
     delete_topic(bootstrap, &topic).await
