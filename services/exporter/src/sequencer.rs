@@ -330,7 +330,7 @@ async fn stamp_loop(
                     // about a microsecond of CPU per event.
                     stamped.push(&p, Vsn(next));
                     if stamped.bytes.len() >= STAMPED_BYTES {
-                        stamped.produce(&mut producer, &topics).await?;
+                        stamped.produce(&mut producer, &topics, &acks).await?;
                     }
                     if let Some(c) = counts.get_mut(p.topic_index) {
                         c.add(p.op);
@@ -367,15 +367,9 @@ async fn stamp_loop(
                 }
             }
         }
-        stamped.produce(&mut producer, &topics).await?;
-        if let Ok(a) = acks.lock() {
-            if let Some((vsn, topic, message)) = &a.error {
-                return Err(SequencerError::Delivery {
-                    vsn: *vsn,
-                    topic: topic.clone(),
-                    message: message.clone(),
-                });
-            }
+        stamped.produce(&mut producer, &topics, &acks).await?;
+        if let Some(e) = delivery_error(&acks) {
+            return Err(e);
         }
     }
     // Intake closed: wait for the producer's queue to drain.
@@ -385,14 +379,8 @@ async fn stamp_loop(
         .await
         .map_err(|e| SequencerError::Internal(format!("flush: {e}")))?;
     flushed.map_err(SequencerError::Produce)?;
-    if let Ok(a) = acks.lock() {
-        if let Some((vsn, topic, message)) = &a.error {
-            return Err(SequencerError::Delivery {
-                vsn: *vsn,
-                topic: topic.clone(),
-                message: message.clone(),
-            });
-        }
+    if let Some(e) = delivery_error(&acks) {
+        return Err(e);
     }
     Ok(next - 1)
 }
@@ -441,6 +429,7 @@ impl Stamped {
         &mut self,
         producer: &mut BatchProducer<AckContext>,
         topics: &[String],
+        acks: &Mutex<AckWindow>,
     ) -> Result<(), SequencerError> {
         let mut from = 0;
         let mut records: Vec<Record<'_>> = Vec::with_capacity(self.records.len());
@@ -472,7 +461,11 @@ impl Stamped {
                         }
                     }
                     if sent < group.len() {
-                        // A full local queue means wait, not fail.
+                        // A full local queue means wait, not fail; unless Kafka refused
+                        // an event already, which ends the run anyway.
+                        if let Some(e) = delivery_error(acks) {
+                            return Err(e);
+                        }
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                 }
@@ -487,6 +480,17 @@ impl Stamped {
         }
         Ok(())
     }
+}
+
+/// The first event Kafka did not acknowledge, if any.
+fn delivery_error(acks: &Mutex<AckWindow>) -> Option<SequencerError> {
+    let a = acks.lock().ok()?;
+    let (vsn, topic, message) = a.error.as_ref()?;
+    Some(SequencerError::Delivery {
+        vsn: *vsn,
+        topic: topic.clone(),
+        message: message.clone(),
+    })
 }
 
 /// The records of `stamped[range]` (all of one topic) into `out`, grouped by partition
@@ -516,7 +520,8 @@ fn group_by_partition<'a>(
     let parts = run.iter().map(|r| r.partition).max().unwrap_or(0);
     let ordinary = run.iter().all(|r| r.partition >= 0);
     if !ordinary || parts == 0 {
-        // One partition (or a negative one, which librdkafka refuses): as stamped.
+        // One partition (or a negative one, which `send_batch` refuses; the stamper's
+        // partitions never are): as stamped.
         out.extend(range.map(record));
         starts.extend([0, out.len()]);
         return;

@@ -54,6 +54,24 @@ async fn write_load(m: &Migration, until: tokio::time::Instant) -> Result<u64> {
     Ok(n)
 }
 
+/// Waits until the exporter made its slot (changes after this are streamed, not read
+/// by the snapshot).
+async fn wait_for_slot(m: &Migration, c: &tokio_postgres::Client) -> Result<()> {
+    let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
+    ferry_testkit::wait_until("the slot", Duration::from_secs(60), || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .get(0);
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
 async fn check_tables(m: &Migration, tables: &[&str]) -> Result<()> {
     let c = m.source().await?;
     for table in tables {
@@ -264,18 +282,7 @@ async fn changes_only_sends_no_snapshot_rows() -> Result<()> {
     .await?;
     let (trigger, shutdown) = shutdown::channel();
     let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
-    let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
-    ferry_testkit::wait_until("the slot", Duration::from_secs(60), || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await?
-            .get(0);
-        Ok((n == 1).then_some(()))
-    })
-    .await?;
+    wait_for_slot(&m, &c).await?;
     m.sync(
         &c,
         "UPDATE s SET v = 'x' WHERE id = 7; DELETE FROM s WHERE id = 8",
@@ -466,18 +473,7 @@ async fn a_full_producer_queue_and_large_rows_lose_double_and_reorder_nothing() 
     let (trigger, shutdown) = shutdown::channel();
     let exporter = tokio::spawn(ferry_exporter::run(m.config.clone(), shutdown));
     // The changes come after the slot (and its snapshot) was made.
-    let slot = ferry_exporter::slot_name(&m.config.migration.id, Stream::Source);
-    ferry_testkit::wait_until("the slot", Duration::from_secs(60), || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await?
-            .get(0);
-        Ok((n == 1).then_some(()))
-    })
-    .await?;
+    wait_for_slot(&m, &c).await?;
     // Transactions over both tables, large and small rows interleaved.
     for i in 0..30 {
         c.batch_execute(&format!(

@@ -3,8 +3,9 @@
 //! rust-rdkafka's `BaseProducer::send` hands librdkafka one record per call of
 //! `rd_kafka_producev`, by topic name: per record it copies the name into a new C string,
 //! and librdkafka takes the client's lock to find the topic by that name, takes the
-//! topic's lock and reads the clock twice. In a snapshot that was 4–5 % of Ferry's CPU
-//! per row (docs/benchmarks.md, "Changes of 2026-12-07 (fifth session)").
+//! topic's lock and reads the clock twice. In a snapshot that was about 0.15–0.2 µs of
+//! Ferry's CPU per row, a quarter of the exporter's own (docs/benchmarks.md, "Changes of
+//! 2026-12-07 (fifth session)").
 //! [`BatchProducer::send_batch`] does those once per call, for a topic handle made once.
 //!
 //! This is the workspace's one crate with unsafe code (docs/architecture.md, "Decision:
@@ -19,7 +20,7 @@
 //!   refuses a record of a batch when its local queue is full, and then every later
 //!   record of the call too; when the topic is unknown or in error, and then every
 //!   record; when the partition does not exist, and then every record of that
-//!   partition; and when the record is over `message.max.bytes`, and then it goes on
+//!   partition (a negative one is refused here, before librdkafka); and when the record is over `message.max.bytes`, and then it goes on
 //!   with the next. So a record that could be over that size never goes into a batch:
 //!   it is sent alone, with `BaseProducer::send`, once every record before it was
 //!   enqueued.
@@ -51,7 +52,8 @@ const RECORD_OVERHEAD: usize = 128;
 /// One record of a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Record<'a> {
-    /// The partition (the caller chooses it; librdkafka's partitioner is not used).
+    /// The partition (the caller chooses it; librdkafka's partitioner is not used, and a
+    /// negative partition is refused).
     pub partition: i32,
     /// The key (an empty slice is an empty key, not a null one, as with
     /// `BaseRecord::key`).
@@ -99,9 +101,74 @@ impl Drop for Topic {
     }
 }
 
+/// `rd_kafka_message_t` with `err` as the C `int` it is. The bindings type it as a Rust
+/// enum, and librdkafka may write a code the enum does not name (a topic's error is
+/// the broker's code as it came): reading that through the enum would be undefined
+/// behaviour, reading an `i32` is not.
+#[repr(C)]
+struct Message {
+    err: i32,
+    rkt: *mut rdsys::rd_kafka_topic_t,
+    partition: i32,
+    payload: *mut c_void,
+    len: usize,
+    key: *mut c_void,
+    key_len: usize,
+    offset: i64,
+    private: *mut c_void,
+}
+
+// The same layout as the bindings' struct, which librdkafka reads and writes.
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    type Bindings = rdsys::rd_kafka_message_t;
+    assert!(size_of::<Message>() == size_of::<Bindings>());
+    assert!(align_of::<Message>() == align_of::<Bindings>());
+    assert!(offset_of!(Message, err) == offset_of!(Bindings, err));
+    assert!(offset_of!(Message, rkt) == offset_of!(Bindings, rkt));
+    assert!(offset_of!(Message, partition) == offset_of!(Bindings, partition));
+    assert!(offset_of!(Message, payload) == offset_of!(Bindings, payload));
+    assert!(offset_of!(Message, len) == offset_of!(Bindings, len));
+    assert!(offset_of!(Message, key) == offset_of!(Bindings, key));
+    assert!(offset_of!(Message, key_len) == offset_of!(Bindings, key_len));
+    assert!(offset_of!(Message, offset) == offset_of!(Bindings, offset));
+    assert!(offset_of!(Message, private) == offset_of!(Bindings, _private));
+};
+
+/// librdkafka's "no error".
+const NO_ERROR: i32 = rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR as i32;
+
+/// The codes a refused record of a batch comes with, by name; any other is
+/// [`RDKafkaErrorCode::Unknown`].
+const REFUSALS: [rdsys::rd_kafka_resp_err_t; 10] = {
+    use rdsys::rd_kafka_resp_err_t::*;
+    [
+        RD_KAFKA_RESP_ERR__QUEUE_FULL,
+        RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+        RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION,
+        RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
+        RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        RD_KAFKA_RESP_ERR__FATAL,
+        RD_KAFKA_RESP_ERR__INVALID_ARG,
+        RD_KAFKA_RESP_ERR__STATE,
+        RD_KAFKA_RESP_ERR__PURGE_QUEUE,
+    ]
+};
+
+/// The error of a refused record's code.
+fn refusal(code: i32) -> RDKafkaErrorCode {
+    REFUSALS
+        .iter()
+        .find(|known| **known as i32 == code)
+        .map_or(RDKafkaErrorCode::Unknown, |known| {
+            RDKafkaErrorCode::from(*known)
+        })
+}
+
 /// The records of one call in librdkafka's layout. It is emptied before every call
 /// returns, so it holds no pointer between calls.
-struct Scratch(Vec<rdsys::rd_kafka_message_t>);
+struct Scratch(Vec<Message>);
 
 // SAFETY: between calls the vector is empty (see above); during a call it is reached
 // only through `&mut BatchProducer`.
@@ -160,7 +227,7 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
     /// Returns how many records were enqueued, from the first: all of them, or fewer when
     /// librdkafka's local queue is full (serve delivery reports, then send the rest).
     /// `Err((i, error))`: record `i` was refused for another reason (an unknown topic or
-    /// partition, a record over `message.max.bytes`). Every record before it was
+    /// partition, a negative partition, a record over `message.max.bytes`). Every record before it was
     /// enqueued; no later record of its partition was, and the caller must not go on
     /// (a later record of another partition may have been, when `i`'s partition does not
     /// exist).
@@ -176,7 +243,12 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
             ));
         };
         let limit = self.max_message_bytes;
-        let fits = |r: &Record<'_>| r.key.len() + r.payload.len() + RECORD_OVERHEAD <= limit;
+        // A record that may be over message.max.bytes, or with a negative partition
+        // (-1 would be librdkafka's partitioner, other negatives a refusal that
+        // librdkafka leaks), is not put in a batch.
+        let fits = |r: &Record<'_>| {
+            r.partition >= 0 && r.key.len() + r.payload.len() + RECORD_OVERHEAD <= limit
+        };
         let mut done = 0;
         while done < records.len() {
             let rest = &records[done..];
@@ -189,9 +261,15 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
                 }
                 continue;
             }
+            let r = &rest[0];
+            if r.partition < 0 {
+                return Err((
+                    done,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition),
+                ));
+            }
             // A record that may be over message.max.bytes: alone, so that a refusal
             // leaves nothing after it enqueued.
-            let r = &rest[0];
             let record = BaseRecord::with_opaque_to(self.topics[topic].name.as_str(), r.opaque)
                 .partition(r.partition)
                 .key(r.key)
@@ -220,8 +298,8 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
         for chunk in records.chunks(c_int::MAX as usize) {
             let scratch = &mut self.scratch.0;
             scratch.clear();
-            scratch.extend(chunk.iter().map(|r| rdsys::rd_kafka_message_t {
-                err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            scratch.extend(chunk.iter().map(|r| Message {
+                err: NO_ERROR,
                 rkt: std::ptr::null_mut(),
                 partition: r.partition,
                 payload: r.payload.as_ptr().cast_mut().cast::<c_void>(),
@@ -231,7 +309,7 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
                 offset: 0,
                 // How rust-rdkafka passes a `usize` opaque, and reads it back in the
                 // delivery report (`IntoOpaque for usize`).
-                _private: std::ptr::without_provenance_mut(r.opaque),
+                private: std::ptr::without_provenance_mut(r.opaque),
             }));
             let count = c_int::try_from(scratch.len()).unwrap_or(c_int::MAX);
             // SAFETY: `handle` is a live topic handle of this producer's client (the
@@ -239,29 +317,26 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
             // records whose key and payload point into slices borrowed for this call;
             // with RD_KAFKA_MSG_F_COPY librdkafka copies both before returning and keeps
             // no pointer into them (nor into `scratch`, which it only writes `err` of).
-            // RD_KAFKA_MSG_F_PARTITION: each record's own partition.
+            // `Message` has the bindings' layout (checked above). RD_KAFKA_MSG_F_PARTITION:
+            // each record's own partition, never negative (`send_batch` checks).
             #[allow(unsafe_code)]
             unsafe {
                 rdsys::rd_kafka_produce_batch(
                     handle.as_ptr(),
                     PARTITION_UNASSIGNED,
                     rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION,
-                    scratch.as_mut_ptr(),
+                    scratch.as_mut_ptr().cast::<rdsys::rd_kafka_message_t>(),
                     count,
                 )
             };
-            let refused = scratch
-                .iter()
-                .position(|m| m.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+            let refused = scratch.iter().position(|m| m.err != NO_ERROR);
             let outcome = match refused {
                 None => None,
                 Some(i) => {
-                    let code = RDKafkaErrorCode::from(scratch[i].err);
+                    let code = refusal(scratch[i].err);
                     // After a full queue librdkafka refuses every later record; one
                     // enqueued after it would break the order, so it is an error then.
-                    let later_enqueued = scratch[i + 1..]
-                        .iter()
-                        .any(|m| m.err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+                    let later_enqueued = scratch[i + 1..].iter().any(|m| m.err == NO_ERROR);
                     Some((i, code, later_enqueued))
                 }
             };
@@ -290,6 +365,15 @@ fn max_message_bytes(config: &ClientConfig) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusals_code_is_named_and_a_code_librdkafka_does_not_name_is_unknown() {
+        assert_eq!(refusal(-184), RDKafkaErrorCode::QueueFull);
+        assert_eq!(refusal(10), RDKafkaErrorCode::MessageSizeTooLarge);
+        assert_eq!(refusal(-190), RDKafkaErrorCode::UnknownPartition);
+        assert_eq!(refusal(29), RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert_eq!(refusal(31_337), RDKafkaErrorCode::Unknown);
+    }
 
     #[test]
     fn the_size_limit_is_read_from_the_configuration_or_is_librdkafkas_default() {

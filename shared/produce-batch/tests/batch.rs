@@ -249,7 +249,8 @@ async fn a_record_over_message_max_bytes_is_refused_and_nothing_after_it_is_enqu
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unknown_partition_or_topic_is_refused_and_named() -> anyhow::Result<()> {
+async fn a_missing_or_negative_partition_and_an_unknown_topic_index_are_refused_and_named(
+) -> anyhow::Result<()> {
     let bootstrap = &Stack::get().kafka_bootstrap;
     let topic = unique_name("batch_unknown");
     create_topic(bootstrap, &topic, 2, false).await?;
@@ -266,6 +267,13 @@ async fn an_unknown_partition_or_topic_is_refused_and_named() -> anyhow::Result<
         Err((2, KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition))) => {}
         other => anyhow::bail!("expected record 2 refused for its partition, got {other:?}"),
     }
+    // A negative partition never reaches librdkafka (-1 would be its partitioner).
+    match p.send_batch(0, &[record(0, 4), record(-1, 5), record(0, 6)]) {
+        Err((1, KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition))) => {}
+        other => anyhow::bail!("expected record 1 refused for its partition, got {other:?}"),
+    }
+    // An index past the topics given to `new` (librdkafka's own unknown-topic refusal is
+    // not reached here: a producer may not know a new topic yet, and then queues).
     match p.send_batch(1, &records[..1]) {
         Err((0, KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopic))) => {}
         other => anyhow::bail!("expected topic 1 unknown, got {other:?}"),
@@ -276,7 +284,8 @@ async fn an_unknown_partition_or_topic_is_refused_and_named() -> anyhow::Result<
     let _ = p.producer().flush(Duration::from_secs(3));
     drop(p);
     let parts = read_back(&topic).await?;
-    assert_eq!(parts.get(&0).map(Vec::len), Some(1));
+    // Records 0 (first call) and 4 (the third), in partition 0.
+    assert_eq!(parts.get(&0).map(Vec::len), Some(2));
     assert_eq!(parts.get(&1).map(Vec::len), Some(1));
     delete_topic(bootstrap, &topic).await
 }
