@@ -535,14 +535,9 @@ fn group_by_partition<'a>(
     for p in 1..=parts {
         next[p] += next[p - 1];
     }
-    starts.extend(next.iter().copied().filter({
-        let mut last = None;
-        move |&at| {
-            let new = last != Some(at);
-            last = Some(at);
-            new
-        }
-    }));
+    // The group starts, without the empty partitions' (equal neighbours).
+    starts.extend_from_slice(&next);
+    starts.dedup();
     let first = record(range.start);
     out.resize(run.len(), first);
     for i in range {
