@@ -25,6 +25,13 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// spent about half its time so (docs/benchmarks.md, "`ferry replay`").
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// librdkafka's `queued.max.messages.kbytes` for consumers that read a backlog (the
+/// importer, the replay): 16 MiB of prefetched records instead of 64. Such a reader's
+/// queue is full for as long as the backlog lasts, and each queued record also holds
+/// librdkafka's bookkeeping and its share of a fetch's buffers, so the default cost a
+/// snapshot tens of MiB of peak RSS for no speed (docs/benchmarks.md).
+pub const CONSUMER_QUEUE_KBYTES: &str = "16384";
+
 /// A Kafka operation that failed, naming what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}")]

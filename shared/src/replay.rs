@@ -294,7 +294,7 @@ fn config_for_reading(kafka: &ClientConfig) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed")
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", kafka::CONSUMER_QUEUE_KBYTES)
         .set("fetch.queue.backoff.ms", kafka::FETCH_QUEUE_BACKOFF_MS);
     c
 }
