@@ -293,9 +293,16 @@ fn config_for_reading(kafka: &ClientConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "error")
-        .set("isolation.level", "read_committed")
-        .set("queued.max.messages.kbytes", kafka::CONSUMER_QUEUE_KBYTES)
-        .set("fetch.queue.backoff.ms", kafka::FETCH_QUEUE_BACKOFF_MS);
+        .set("isolation.level", "read_committed");
+    // Tuning, unless `[kafka.properties]` sets it.
+    for (key, value) in [
+        ("queued.max.messages.kbytes", kafka::CONSUMER_QUEUE_KBYTES),
+        ("fetch.queue.backoff.ms", kafka::FETCH_QUEUE_BACKOFF_MS),
+    ] {
+        if c.get(key).is_none() {
+            c.set(key, value);
+        }
+    }
     c
 }
 
@@ -698,6 +705,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_readers_tuning_gives_way_to_kafka_properties() {
+        let ours = config_for_reading(&rdkafka::ClientConfig::new());
+        assert_eq!(ours.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(ours.get("fetch.queue.backoff.ms"), Some("10"));
+        let mut set = rdkafka::ClientConfig::new();
+        set.set("queued.max.messages.kbytes", "4096")
+            .set("isolation.level", "read_uncommitted");
+        let theirs = config_for_reading(&set);
+        assert_eq!(theirs.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(theirs.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(theirs.get("isolation.level"), Some("read_committed"));
+    }
 
     #[test]
     fn a_records_vsn_comes_from_an_old_header_else_from_the_value() {
