@@ -51,7 +51,8 @@ impl Error {
         }
     }
 
-    fn msg(what: impl Into<String>) -> Self {
+    /// An error with no underlying cause: `what` says what went wrong.
+    pub fn msg(what: impl Into<String>) -> Self {
         Error {
             what: what.into(),
             source: None,

@@ -354,7 +354,13 @@ async fn export(e: Export<'_>) -> Result<(), Error> {
     let mut topic_names = Vec::with_capacity(tables.len());
     for (i, table) in tables.into_iter().map(|t| t.schema).enumerate() {
         let topic = topics.table(stream, &table.schema, &table.name);
-        let n = counts.get(&topic).copied().unwrap_or(partitions);
+        // ensure_topics answers for every topic asked or fails; never guess a count (a
+        // partition the topic lacks would have its records refused).
+        let n = counts.get(&topic).copied().ok_or_else(|| {
+            kafka::Error::msg(format!(
+                "the broker's metadata did not list topic {topic} of table {table}"
+            ))
+        })?;
         let name = table.to_string();
         let enc = TableEncoder::new(&registry, table, topic.clone(), i, n, db.database.clone())
             .await
