@@ -713,10 +713,11 @@ mod tests {
         assert_eq!(ours.get("fetch.queue.backoff.ms"), Some("10"));
         let mut set = rdkafka::ClientConfig::new();
         set.set("queued.max.messages.kbytes", "4096")
+            .set("fetch.queue.backoff.ms", "250")
             .set("isolation.level", "read_uncommitted");
         let theirs = config_for_reading(&set);
         assert_eq!(theirs.get("queued.max.messages.kbytes"), Some("4096"));
-        assert_eq!(theirs.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(theirs.get("fetch.queue.backoff.ms"), Some("250"));
         assert_eq!(theirs.get("isolation.level"), Some("read_committed"));
     }
 

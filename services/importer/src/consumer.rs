@@ -664,6 +664,7 @@ mod tests {
         assert_eq!(ours.get("fetch.min.bytes"), Some("262144"));
         assert_eq!(ours.get("fetch.wait.max.ms"), Some("50"));
         assert_eq!(ours.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(ours.get("heartbeat.interval.ms"), Some("1000"));
         assert_eq!(ours.get("group.id"), Some("g"));
 
         let mut theirs = ClientConfig::new();
