@@ -8,6 +8,9 @@
 //! 2026-12-07 (fifth session)").
 //! [`BatchProducer::send_batch`] does those once per call, for a topic handle made once.
 //!
+//! The consumer's side, [`BatchQueue`], takes many records in one call of
+//! `rd_kafka_consume_batch_queue` (module `consume`).
+//!
 //! This is the workspace's one crate with unsafe code (docs/architecture.md, "Decision:
 //! one module of unsafe code, for librdkafka's batch produce"); every unsafe block says
 //! why it is sound.
@@ -28,6 +31,9 @@
 //!   with `send`, with the record's opaque.
 //! - librdkafka copies the key and the payload (`RD_KAFKA_MSG_F_COPY`): the caller's
 //!   buffers are free again when the call returns.
+
+mod consume;
+pub use consume::{BatchQueue, Consumed};
 
 use std::ffi::{c_int, c_void, CString};
 use std::ptr::NonNull;
