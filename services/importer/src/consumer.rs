@@ -8,6 +8,11 @@
 //! sends [`Item::Assigned`] through the same channel as the records, so the applier
 //! learns the positions before it sees any record fetched from them.
 //!
+//! Records are taken up to [`MAX_RECORDS_PER_ITEM`] at a time from a [`BatchQueue`]
+//! that every assigned partition is forwarded to (before its assignment, and again
+//! every [`FORWARD_AGAIN_EVERY`]); `poll` serves the group's events (docs/architecture.md,
+//! "Records taken in batches").
+//!
 //! Kafka offsets are committed (asynchronously, for monitoring, tools and the exporter's
 //! snapshot lead) only as far as destination transactions that stored them committed:
 //! the newest per partition at most every [`commits::COMMIT_EVERY`], before partitions are
@@ -19,6 +24,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_produce_batch::BatchQueue;
 use ferry_shared::fetch_stall::FetchStall;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -32,6 +38,8 @@ use crate::sink::{Sink, Stored};
 
 mod commits;
 use commits::{commit_held, PendingCommits};
+mod settings;
+use settings::settings;
 
 /// One record as the applier needs it.
 #[derive(Debug)]
@@ -81,6 +89,11 @@ struct Ctx<S> {
     /// thread, by the rebalance callback (which commits before partitions go) and by the
     /// commit callback (which puts back what the broker refused).
     commands: std::sync::Mutex<(std_mpsc::Receiver<Command>, PendingCommits)>,
+    /// Where the assigned partitions' records go (each partition's fetch queue is
+    /// forwarded to it before the partition is assigned), taken by the polling thread
+    /// many at a time; none if it could not be made, and then records come through
+    /// `poll`. Emptied before the consumer is dropped.
+    batches: std::sync::Mutex<Option<Arc<BatchQueue>>>,
 }
 
 impl<S> Ctx<S> {
@@ -196,6 +209,25 @@ impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
                         return;
                     }
                 }
+                // Before the assignment: librdkafka keeps a forward that is there when
+                // a partition's fetch starts, and clears it when the fetch stops.
+                // One that cannot be forwarded fails the session: once forwarded, a
+                // partition assigned without it gets its records nowhere.
+                let batches = self.batches.lock().ok().and_then(|b| b.clone());
+                if let Some(batches) = batches {
+                    for p in &positions {
+                        if let Err(e) = batches.forward(consumer, &p.topic, p.partition) {
+                            let what = format!(
+                                "forwarding {}[{}] to the batch queue",
+                                p.topic, p.partition
+                            );
+                            let _ = self
+                                .items
+                                .blocking_send(Item::Failed(kafka_failure(&what, &e)));
+                            return;
+                        }
+                    }
+                }
                 if let Err(e) = consumer.assign(&at) {
                     let _ = self
                         .items
@@ -252,10 +284,6 @@ pub(crate) fn topic_pattern(prefix: &str, stream: &str) -> String {
     out
 }
 
-/// What the broker gathers for a fetch at the end of the log before it answers, unless
-/// `importer.fetch_wait_ms` passed first.
-const FETCH_MIN_BYTES: u32 = 256 * 1024;
-
 /// Records handed over in one [`Item::Records`] at most.
 pub(crate) const MAX_RECORDS_PER_ITEM: usize = 1024;
 
@@ -286,6 +314,7 @@ impl ConsumerThread {
             positions,
             items: tx.clone(),
             commands: std::sync::Mutex::new((cmd_rx, PendingCommits::new(Instant::now()))),
+            batches: std::sync::Mutex::new(None),
         };
         let consumer: BaseConsumer<Ctx<S>> = config
             .create_with_context(ctx)
@@ -343,6 +372,21 @@ fn poll_loop<S: Sink + Sync>(
     let mut blocked = Duration::ZERO;
     let mut stalls: HashMap<(String, i32), FetchStall> = HashMap::new();
     let mut errors = ferry_shared::repeats::Repeats::new(ferry_shared::repeats::EVERY);
+    // Made before the first poll, so before any assignment.
+    let batches = match BatchQueue::new(&consumer) {
+        Ok(queue) => {
+            let queue = Arc::new(queue);
+            if let Ok(mut b) = consumer.context().batches.lock() {
+                *b = Some(queue.clone());
+            }
+            Some(queue)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "taking records one by one: no batch queue");
+            None
+        }
+    };
+    let mut last_forward = Instant::now();
     while !stopped() {
         // Housekeeping (the partition ends every 5 s, the offsets to commit) between
         // batches and every HOUSEKEEPING_EVERY records, not per record: reading the
@@ -380,65 +424,93 @@ fn poll_loop<S: Sink + Sync>(
         if housekeeping {
             consumer.context().send_offsets(&consumer, false);
         }
+        if let Some(queue) = &batches {
+            if last_forward.elapsed() >= FORWARD_AGAIN_EVERY {
+                last_forward = Instant::now();
+                if let Err(failed) = forward_again(&consumer, queue) {
+                    let _ = items.blocking_send(Item::Failed(failed));
+                    break;
+                }
+            }
+        }
         let timeout = if batch.is_empty() {
             Duration::from_millis(100)
         } else {
             Duration::ZERO
         };
-        match consumer.poll(timeout) {
+        // The group's events (rebalances, commits, errors) and the records of a
+        // partition not forwarded to the batch queue come through `poll`; with the batch
+        // queue there, it does not wait.
+        let polled = consumer.poll(if batches.is_some() {
+            Duration::ZERO
+        } else {
+            timeout
+        });
+        let mut caught_up = match polled {
             Some(Ok(m)) => {
-                // Records come in runs of one partition: share the topic's name.
-                let topic = match &last_topic {
-                    Some(t) if **t == *m.topic() => t.clone(),
-                    _ => {
-                        let t: Arc<str> = Arc::from(m.topic());
-                        last_topic = Some(t.clone());
-                        t
-                    }
-                };
-                batch.push(Record {
-                    topic,
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                });
-                if batch.len() >= MAX_RECORDS_PER_ITEM
-                    && !hand_over(&items, &mut batch, &mut blocked, false)
-                {
-                    break;
-                }
-            }
-            Some(Err(e)) if ferry_shared::kafka::is_missing_topic(&e) => {
-                // The stream's topics are not there yet (its exporter makes them) or were
-                // deleted: normal, said once.
-                if !told_waiting {
-                    told_waiting = true;
-                    tracing::info!("waiting for the stream's topics (its exporter creates them when it starts)");
-                }
-                tracing::debug!(error = %e, "subscribed topics not available");
+                push(
+                    &mut batch,
+                    &mut last_topic,
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.payload(),
+                );
+                false
             }
             Some(Err(e)) => {
-                // Every poll answers with it while the broker is down: once per
-                // interval, with the count.
-                let text = e.to_string();
-                match errors.admit(&text, std::time::Instant::now()) {
-                    Some(0) => tracing::warn!(error = %text, "kafka consumer error"),
-                    Some(again) => tracing::warn!(
-                        error = %text,
-                        again,
-                        "kafka consumer error, still ({again} more since it was last logged)"
-                    ),
-                    None => tracing::debug!(error = %text, "kafka consumer error (repeated)"),
-                }
+                consumer_error(
+                    &e.to_string(),
+                    ferry_shared::kafka::is_missing_topic(&e),
+                    &mut told_waiting,
+                    &mut errors,
+                );
+                false
             }
-            None => {
-                // Everything fetched so far is polled.
-                if !hand_over(&items, &mut batch, &mut blocked, true) {
-                    break;
+            None => true,
+        };
+        if let Some(queue) = &batches {
+            let room = MAX_RECORDS_PER_ITEM.saturating_sub(batch.len());
+            let wait = if caught_up { timeout } else { Duration::ZERO };
+            let taken = queue.consume(wait, room, |r| match r.error {
+                None => push(
+                    &mut batch,
+                    &mut last_topic,
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.payload,
+                ),
+                Some(code) => {
+                    let text = r.payload.map(String::from_utf8_lossy).unwrap_or_default();
+                    let e = KafkaError::MessageConsumption(code);
+                    consumer_error(
+                        &format!("{e}: {text} ({}[{}])", r.topic, r.partition),
+                        ferry_shared::kafka::is_missing_topic(&e),
+                        &mut told_waiting,
+                        &mut errors,
+                    );
                 }
-            }
+            });
+            // Fewer than there was room for: librdkafka held nothing more.
+            caught_up = caught_up && taken < room;
         }
+        if batch.len() >= MAX_RECORDS_PER_ITEM {
+            if !hand_over(&items, &mut batch, &mut blocked, false) {
+                break;
+            }
+        } else if caught_up && !hand_over(&items, &mut batch, &mut blocked, true) {
+            // Everything fetched so far is taken.
+            break;
+        }
+    }
+    // The batch queue goes before the consumer (it points at the consumer's client);
+    // the partitions' forwards were cleared by the unassign below, or end with it.
+    drop(batches);
+    if let Ok(mut b) = consumer.context().batches.lock() {
+        b.take();
     }
     // What the applier committed since the last commit, so that Kafka's offsets are as
     // far as the destination's when the consumer leaves.
@@ -553,6 +625,96 @@ fn fetch_stalled<C: ConsumerContext>(
 
 /// Sends the batch (if any) to the applier, waiting while its channel is full (the wait
 /// is added to `blocked`); false when the applier is gone.
+/// How often every assigned partition is forwarded to the batch queue again: an
+/// unassignment's stop clears a partition's forward on librdkafka's thread, possibly
+/// after the forward set before the next assignment, and the partition's records then
+/// wait in its own queue (in order) until forwarded again.
+const FORWARD_AGAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// Forwards every partition assigned to `consumer` to `queue` again (no change for one
+/// still forwarded).
+fn forward_again<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    queue: &BatchQueue,
+) -> Result<(), Failure> {
+    let assigned = consumer
+        .assignment()
+        .map_err(|e| kafka_failure("reading the assignment", &e))?;
+    for e in assigned.elements() {
+        queue
+            .forward(consumer, e.topic(), e.partition())
+            .map_err(|err| {
+                kafka_failure(
+                    &format!(
+                        "forwarding {}[{}] to the batch queue",
+                        e.topic(),
+                        e.partition()
+                    ),
+                    &err,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Adds a record to `batch`, sharing the topic's name with the record before it when it
+/// is the same (records come in runs of one partition).
+fn push(
+    batch: &mut Vec<Record>,
+    last_topic: &mut Option<Arc<str>>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) {
+    let topic = match last_topic {
+        Some(t) if **t == *topic => t.clone(),
+        _ => {
+            let t: Arc<str> = Arc::from(topic);
+            *last_topic = Some(t.clone());
+            t
+        }
+    };
+    batch.push(Record {
+        topic,
+        partition,
+        offset,
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.map(<[u8]>::to_vec),
+    });
+}
+
+/// Logs a consumer error: a missing topic once (the stream's topics are not there yet,
+/// its exporter makes them, or were deleted: normal), any other once per interval with
+/// the count (every poll answers with it while the broker is down).
+fn consumer_error(
+    text: &str,
+    missing_topic: bool,
+    told_waiting: &mut bool,
+    errors: &mut ferry_shared::repeats::Repeats,
+) {
+    if missing_topic {
+        if !*told_waiting {
+            *told_waiting = true;
+            tracing::info!(
+                "waiting for the stream's topics (its exporter creates them when it starts)"
+            );
+        }
+        tracing::debug!(error = %text, "subscribed topics not available");
+        return;
+    }
+    match errors.admit(text, std::time::Instant::now()) {
+        Some(0) => tracing::warn!(error = %text, "kafka consumer error"),
+        Some(again) => tracing::warn!(
+            error = %text,
+            again,
+            "kafka consumer error, still ({again} more since it was last logged)"
+        ),
+        None => tracing::debug!(error = %text, "kafka consumer error (repeated)"),
+    }
+}
+
 fn hand_over(
     items: &mpsc::Sender<Item>,
     batch: &mut Vec<Record>,
@@ -569,66 +731,6 @@ fn hand_over(
         .is_ok();
     *blocked += t.elapsed();
     sent
-}
-
-/// `config` with the importer's consumer settings: those it needs (`group`, no automatic
-/// commits or offset stores, committed transactions only) always, and the rest unless
-/// `[kafka.properties]` sets them.
-fn settings(mut config: ClientConfig, group: &str, fetch_wait: Duration) -> ClientConfig {
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false")
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .set("partition.assignment.strategy", "range,roundrobin");
-    // Batches at the end of the log: the broker holds a fetch until it has
-    // FETCH_MIN_BYTES for this consumer or `importer.fetch_wait_ms` passed (and answers
-    // at once past that), so a trickle of changes comes in batches of up to that wait
-    // instead of one fetch per record. 0: answer as soon as anything is there.
-    let (min_bytes, wait_ms) = if fetch_wait.is_zero() {
-        (1, 100)
-    } else {
-        (FETCH_MIN_BYTES, fetch_wait.as_millis().max(1))
-    };
-    for (key, value) in [
-        // A replica that died without leaving the group (SIGKILL, a lost node) holds
-        // its partitions until the broker stops hearing from it: 10 s instead of
-        // librdkafka's 45 s, so the survivors take them over within seconds
-        // (docs/architecture.md has the measured time). Heartbeats come from
-        // librdkafka's own thread, so a busy importer does not miss them.
-        ("session.timeout.ms", "10000".to_owned()),
-        ("heartbeat.interval.ms", "1000".to_owned()),
-        // Fetch again long before the local queue runs dry: with one fetch in flight
-        // per broker, a broker slow to build a large answer otherwise leaves the
-        // workers idle meanwhile.
-        ("queued.min.messages", "1000000".to_owned()),
-        // The queue's bound: 16 MiB of records, not librdkafka's 64. In a snapshot the
-        // exporter makes records faster than the workers write them, so the queue is
-        // full from start to end, and each queued record also holds librdkafka's
-        // bookkeeping and its share of a fetch's buffers (docs/benchmarks.md,
-        // "Changes of 2026-12-07 (sixth session)"). 16 MiB are still a third of a
-        // second of the snapshot's records, many fetches ahead of the workers.
-        (
-            "queued.max.messages.kbytes",
-            ferry_shared::kafka::CONSUMER_QUEUE_KBYTES.to_owned(),
-        ),
-        // And once the queue is over those bounds, fetch again 10 ms later, not 1 s
-        // (librdkafka's default), so that a backlog never leaves the workers waiting.
-        (
-            "fetch.queue.backoff.ms",
-            ferry_shared::kafka::FETCH_QUEUE_BACKOFF_MS.to_owned(),
-        ),
-        ("fetch.min.bytes", min_bytes.to_string()),
-        ("fetch.wait.max.ms", wait_ms.to_string()),
-    ] {
-        if config.get(key).is_none() {
-            config.set(key, value);
-        }
-    }
-    config
 }
 
 #[cfg(test)]
@@ -653,33 +755,6 @@ mod tests {
             finish_within(|| {}, Duration::from_secs(5)),
             Finished::InTime
         );
-    }
-
-    #[test]
-    fn the_prefetch_is_bounded_and_kafka_properties_win_over_the_defaults() {
-        let ours = settings(ClientConfig::new(), "g", Duration::from_millis(50));
-        assert_eq!(ours.get("queued.max.messages.kbytes"), Some("16384"));
-        assert_eq!(ours.get("queued.min.messages"), Some("1000000"));
-        assert_eq!(ours.get("fetch.queue.backoff.ms"), Some("10"));
-        assert_eq!(ours.get("fetch.min.bytes"), Some("262144"));
-        assert_eq!(ours.get("fetch.wait.max.ms"), Some("50"));
-        assert_eq!(ours.get("session.timeout.ms"), Some("10000"));
-        assert_eq!(ours.get("heartbeat.interval.ms"), Some("1000"));
-        assert_eq!(ours.get("group.id"), Some("g"));
-
-        let mut theirs = ClientConfig::new();
-        theirs
-            .set("queued.max.messages.kbytes", "65536")
-            .set("fetch.wait.max.ms", "7")
-            .set("group.id", "not-ours")
-            .set("isolation.level", "read_uncommitted");
-        let theirs = settings(theirs, "g", Duration::ZERO);
-        assert_eq!(theirs.get("queued.max.messages.kbytes"), Some("65536"));
-        assert_eq!(theirs.get("fetch.wait.max.ms"), Some("7"));
-        assert_eq!(theirs.get("fetch.min.bytes"), Some("1"));
-        // What exactly-once needs is not the user's to change.
-        assert_eq!(theirs.get("group.id"), Some("g"));
-        assert_eq!(theirs.get("isolation.level"), Some("read_committed"));
     }
 
     #[test]
