@@ -80,7 +80,7 @@ pub(crate) enum Command {
     Commit(Vec<(String, i32, i64)>),
 }
 
-struct Ctx<S> {
+struct Ctx<S: Sink + Sync> {
     runtime: tokio::runtime::Handle,
     /// Where the positions are read on assignment.
     positions: Arc<S>,
@@ -93,10 +93,12 @@ struct Ctx<S> {
     /// forwarded to it before the partition is assigned), taken by the polling thread
     /// many at a time; none if it could not be made, and then records come through
     /// `poll`. Emptied before the consumer is dropped.
-    batches: std::sync::Mutex<Option<Arc<BatchQueue>>>,
+    /// Weak: the polling thread holds the queue, which holds the consumer, so that the
+    /// queue always goes before the client.
+    batches: std::sync::Mutex<std::sync::Weak<BatchQueue<Self>>>,
 }
 
-impl<S> Ctx<S> {
+impl<S: Sink + Sync> Ctx<S> {
     /// Takes the applier's requests; commits the offsets when [`commits::COMMIT_EVERY`] passed
     /// since the last commit, or at once when `now` (partitions going, the consumer
     /// leaving).
@@ -213,10 +215,18 @@ impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
                 // a partition's fetch starts, and clears it when the fetch stops.
                 // One that cannot be forwarded fails the session: once forwarded, a
                 // partition assigned without it gets its records nowhere.
-                let batches = self.batches.lock().ok().and_then(|b| b.clone());
+                let batches = match self.batches.lock() {
+                    Ok(b) => b.upgrade(),
+                    Err(_) => {
+                        let _ = self.items.blocking_send(Item::Failed(Failure::Transient(
+                            "the batch queue's lock was poisoned".into(),
+                        )));
+                        return;
+                    }
+                };
                 if let Some(batches) = batches {
                     for p in &positions {
-                        if let Err(e) = batches.forward(consumer, &p.topic, p.partition) {
+                        if let Err(e) = batches.forward(&p.topic, p.partition) {
                             let what = format!(
                                 "forwarding {}[{}] to the batch queue",
                                 p.topic, p.partition
@@ -314,7 +324,7 @@ impl ConsumerThread {
             positions,
             items: tx.clone(),
             commands: std::sync::Mutex::new((cmd_rx, PendingCommits::new(Instant::now()))),
-            batches: std::sync::Mutex::new(None),
+            batches: std::sync::Mutex::new(std::sync::Weak::new()),
         };
         let consumer: BaseConsumer<Ctx<S>> = config
             .create_with_context(ctx)
@@ -326,7 +336,7 @@ impl ConsumerThread {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-importer-consumer".into())
-            .spawn(move || poll_loop(consumer, tx, stop2))
+            .spawn(move || poll_loop(Arc::new(consumer), tx, stop2))
             .map_err(|e| Failure::Transient(format!("cannot start the consumer thread: {e}")))?;
         Ok(ConsumerThread {
             items: rx,
@@ -358,7 +368,7 @@ impl Drop for ConsumerThread {
 /// Polls the consumer and hands records over in batches: a batch goes to the applier
 /// when it is full or when librdkafka has nothing more fetched.
 fn poll_loop<S: Sink + Sync>(
-    consumer: BaseConsumer<Ctx<S>>,
+    consumer: Arc<BaseConsumer<Ctx<S>>>,
     items: mpsc::Sender<Item>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -373,11 +383,11 @@ fn poll_loop<S: Sink + Sync>(
     let mut stalls: HashMap<(String, i32), FetchStall> = HashMap::new();
     let mut errors = ferry_shared::repeats::Repeats::new(ferry_shared::repeats::EVERY);
     // Made before the first poll, so before any assignment.
-    let batches = match BatchQueue::new(&consumer) {
+    let batches = match BatchQueue::new(consumer.clone()) {
         Ok(queue) => {
             let queue = Arc::new(queue);
             if let Ok(mut b) = consumer.context().batches.lock() {
-                *b = Some(queue.clone());
+                *b = Arc::downgrade(&queue);
             }
             Some(queue)
         }
@@ -427,7 +437,7 @@ fn poll_loop<S: Sink + Sync>(
         if let Some(queue) = &batches {
             if last_forward.elapsed() >= FORWARD_AGAIN_EVERY {
                 last_forward = Instant::now();
-                if let Err(failed) = forward_again(&consumer, queue) {
+                if let Err(failed) = forward_again(queue) {
                     let _ = items.blocking_send(Item::Failed(failed));
                     break;
                 }
@@ -447,6 +457,19 @@ fn poll_loop<S: Sink + Sync>(
             timeout
         });
         let mut caught_up = match polled {
+            Some(Ok(m)) if batches.is_some() => {
+                // Every partition is forwarded before its assignment, so none of its
+                // records should come here; taken with the batch queue's records, a
+                // partition's could go out of order.
+                let what = format!(
+                    "{}[{}]@{} came outside the batch queue",
+                    m.topic(),
+                    m.partition(),
+                    m.offset()
+                );
+                let _ = items.blocking_send(Item::Failed(Failure::Transient(what)));
+                break;
+            }
             Some(Ok(m)) => {
                 push(
                     &mut batch,
@@ -506,12 +529,10 @@ fn poll_loop<S: Sink + Sync>(
             break;
         }
     }
-    // The batch queue goes before the consumer (it points at the consumer's client);
-    // the partitions' forwards were cleared by the unassign below, or end with it.
+    // The batch queue goes (it holds the consumer, so it goes first in any case, on a
+    // panic too); the partitions still forwarded to it drop what reaches it until the
+    // unassignment below stops their fetches.
     drop(batches);
-    if let Ok(mut b) = consumer.context().batches.lock() {
-        b.take();
-    }
     // What the applier committed since the last commit, so that Kafka's offsets are as
     // far as the destination's when the consumer leaves.
     consumer.context().send_offsets(&consumer, true);
@@ -534,7 +555,7 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 /// a broker restart, it never ends, and a session (or the process) that waited for it
 /// could not stop. Past `within` the close goes on in the background and is logged; the
 /// broker expires the member after its session timeout.
-fn close_within<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>, within: Duration) {
+fn close_within<C: ConsumerContext + 'static>(consumer: Arc<BaseConsumer<C>>, within: Duration) {
     match finish_within(move || drop(consumer), within) {
         Finished::InTime => {}
         Finished::NoThread => {
@@ -623,8 +644,6 @@ fn fetch_stalled<C: ConsumerContext>(
     stalled
 }
 
-/// Sends the batch (if any) to the applier, waiting while its channel is full (the wait
-/// is added to `blocked`); false when the applier is gone.
 /// How often every assigned partition is forwarded to the batch queue again: an
 /// unassignment's stop clears a partition's forward on librdkafka's thread, possibly
 /// after the forward set before the next assignment, and the partition's records then
@@ -633,26 +652,22 @@ const FORWARD_AGAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// Forwards every partition assigned to `consumer` to `queue` again (no change for one
 /// still forwarded).
-fn forward_again<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    queue: &BatchQueue,
-) -> Result<(), Failure> {
-    let assigned = consumer
+fn forward_again<C: ConsumerContext + 'static>(queue: &BatchQueue<C>) -> Result<(), Failure> {
+    let assigned = queue
+        .consumer()
         .assignment()
         .map_err(|e| kafka_failure("reading the assignment", &e))?;
     for e in assigned.elements() {
-        queue
-            .forward(consumer, e.topic(), e.partition())
-            .map_err(|err| {
-                kafka_failure(
-                    &format!(
-                        "forwarding {}[{}] to the batch queue",
-                        e.topic(),
-                        e.partition()
-                    ),
-                    &err,
-                )
-            })?;
+        queue.forward(e.topic(), e.partition()).map_err(|err| {
+            kafka_failure(
+                &format!(
+                    "forwarding {}[{}] to the batch queue",
+                    e.topic(),
+                    e.partition()
+                ),
+                &err,
+            )
+        })?;
     }
     Ok(())
 }
@@ -715,6 +730,8 @@ fn consumer_error(
     }
 }
 
+/// Sends the batch (if any) to the applier, waiting while its channel is full (the wait
+/// is added to `blocked`); false when the applier is gone.
 fn hand_over(
     items: &mpsc::Sender<Item>,
     batch: &mut Vec<Record>,

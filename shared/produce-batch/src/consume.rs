@@ -31,6 +31,7 @@
 
 use std::ffi::{c_int, CStr, CString};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
@@ -41,19 +42,21 @@ use crate::Message;
 
 /// A queue made with `rd_kafka_queue_new` on a consumer's client, destroyed on drop.
 ///
-/// It must be dropped before the consumer it was made on (librdkafka's queue handles
-/// point at their client).
-pub struct BatchQueue {
+/// It holds the consumer, so the queue is destroyed before the client it points at
+/// (librdkafka forbids a queue outliving its client), whatever the caller drops first.
+/// Fields drop in declaration order.
+pub struct BatchQueue<C: ConsumerContext + 'static> {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
+    consumer: Arc<BaseConsumer<C>>,
 }
 
 // SAFETY: librdkafka's queues may be used and destroyed from any thread (each has its
-// own lock); the handle is only a pointer to one.
+// own lock); the handle is only a pointer to one, and the consumer is `Send`.
 #[allow(unsafe_code)]
-unsafe impl Send for BatchQueue {}
+unsafe impl<C: ConsumerContext + 'static> Send for BatchQueue<C> {}
 // SAFETY: as above; every method takes the queue's own lock inside librdkafka.
 #[allow(unsafe_code)]
-unsafe impl Sync for BatchQueue {}
+unsafe impl<C: ConsumerContext + 'static> Sync for BatchQueue<C> {}
 
 /// One record taken from a [`BatchQueue`], valid during the call that gives it.
 #[derive(Debug)]
@@ -73,28 +76,29 @@ pub struct Consumed<'a> {
     pub error: Option<RDKafkaErrorCode>,
 }
 
-impl BatchQueue {
+impl<C: ConsumerContext + 'static> BatchQueue<C> {
     /// A new queue on `consumer`'s client.
-    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Result<Self, KafkaError> {
-        // SAFETY: the pointer is `consumer`'s live client; librdkafka returns a new queue
-        // handle (never null in practice; checked).
+    pub fn new(consumer: Arc<BaseConsumer<C>>) -> Result<Self, KafkaError> {
+        // SAFETY: the pointer is `consumer`'s live client, kept alive by the queue;
+        // librdkafka returns a new queue handle (never null in practice; checked).
         #[allow(unsafe_code)]
         let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
         NonNull::new(queue)
-            .map(|queue| BatchQueue { queue })
+            .map(|queue| BatchQueue { queue, consumer })
             .ok_or(KafkaError::ClientCreation(
                 "librdkafka made no queue".to_owned(),
             ))
     }
 
-    /// Forwards the fetch queue of `topic`'s `partition` on `consumer` to this queue.
-    /// Called before the partition is assigned, at every assignment.
-    pub fn forward<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        topic: &str,
-        partition: i32,
-    ) -> Result<(), KafkaError> {
+    /// The consumer the queue was made on.
+    pub fn consumer(&self) -> &Arc<BaseConsumer<C>> {
+        &self.consumer
+    }
+
+    /// Forwards the fetch queue of `topic`'s `partition` on the queue's consumer to this
+    /// queue. Called before the partition is assigned, and again after.
+    pub fn forward(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        let consumer = &self.consumer;
         let c_topic = CString::new(topic)?;
         // SAFETY: the pointer is `consumer`'s live client and the name a valid C string
         // that librdkafka copies; it returns a new handle on the partition's fetch queue
@@ -233,10 +237,10 @@ impl Drop for Taken<'_> {
     }
 }
 
-impl Drop for BatchQueue {
+impl<C: ConsumerContext + 'static> Drop for BatchQueue<C> {
     fn drop(&mut self) {
         // SAFETY: the handle came from `rd_kafka_queue_new` and is destroyed once, here,
-        // before the client (the caller's contract). Partitions still forwarded to it
+        // before the client (`self.consumer` drops after this). Partitions still forwarded to it
         // keep the queue itself alive and librdkafka drops what reaches it after this.
         #[allow(unsafe_code)]
         unsafe {

@@ -3,6 +3,7 @@
 //! with a forward across an unassignment, which the importer relies on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_produce_batch::BatchQueue;
@@ -46,13 +47,15 @@ fn produce(topic: &str, partitions: i32, per_partition: usize) -> anyhow::Result
     Ok(())
 }
 
-fn consumer() -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().kafka_bootstrap)
-        .set("group.id", unique_name("consume_group"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?)
+fn consumer() -> anyhow::Result<Arc<BaseConsumer>> {
+    Ok(Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &Stack::get().kafka_bootstrap)
+            .set("group.id", unique_name("consume_group"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()?,
+    ))
 }
 
 fn assign(c: &BaseConsumer, topic: &str, parts: &[(i32, i64)]) -> anyhow::Result<()> {
@@ -68,7 +71,7 @@ fn assign(c: &BaseConsumer, topic: &str, parts: &[(i32, i64)]) -> anyhow::Result
 /// or 30 s passed; returns them and the largest number one call gave.
 fn take(
     c: &BaseConsumer,
-    queue: &BatchQueue,
+    queue: &BatchQueue<rdkafka::consumer::DefaultConsumerContext>,
     want: usize,
     max: usize,
 ) -> anyhow::Result<(Taken, usize)> {
@@ -103,9 +106,9 @@ async fn every_record_of_the_forwarded_partitions_comes_once_in_offset_order_man
     produce(&topic, 3, 2000)?;
 
     let c = consumer()?;
-    let queue = BatchQueue::new(&c)?;
+    let queue = BatchQueue::new(c.clone())?;
     for p in 0..3 {
-        queue.forward(&c, &topic, p)?;
+        queue.forward(&topic, p)?;
     }
     assign(&c, &topic, &[(0, 0), (1, 0), (2, 0)])?;
     let (taken, largest) = take(&c, &queue, 6000, 512)?;
@@ -142,8 +145,8 @@ async fn a_wait_ends_with_the_records_there_and_an_empty_queue_waits_its_time() 
     produce(&topic, 1, 50)?;
 
     let c = consumer()?;
-    let queue = BatchQueue::new(&c)?;
-    queue.forward(&c, &topic, 0)?;
+    let queue = BatchQueue::new(c.clone())?;
+    queue.forward(&topic, 0)?;
     assign(&c, &topic, &[(0, 0)])?;
     // Room for far more than there is: librdkafka's own call would wait out the 30 s.
     let started = Instant::now();
@@ -175,8 +178,8 @@ async fn an_unassignment_drops_what_waited_and_each_assignment_needs_the_forward
     produce(&topic, 1, 300)?;
 
     let c = consumer()?;
-    let queue = BatchQueue::new(&c)?;
-    queue.forward(&c, &topic, 0)?;
+    let queue = BatchQueue::new(c.clone())?;
+    queue.forward(&topic, 0)?;
     assign(&c, &topic, &[(0, 0)])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while queue.len() < 300 && Instant::now() < deadline {
@@ -208,7 +211,7 @@ async fn an_unassignment_drops_what_waited_and_each_assignment_needs_the_forward
     }
     assert!(queue.is_empty());
     // Forwarded then: what the fetch held comes, once each, in order.
-    queue.forward(&c, &topic, 0)?;
+    queue.forward(&topic, 0)?;
     let (taken, _) = take(&c, &queue, 200, 1000)?;
     let offsets: Vec<i64> = taken.iter().map(|t| t.1).collect();
     assert_eq!(offsets, (100..300).collect::<Vec<i64>>());
@@ -218,10 +221,10 @@ async fn an_unassignment_drops_what_waited_and_each_assignment_needs_the_forward
     // which may be after the forward set just before the assignment. From where
     // assigned, once each.
     c.unassign()?;
-    queue.forward(&c, &topic, 0)?;
+    queue.forward(&topic, 0)?;
     assign(&c, &topic, &[(0, 250)])?;
     std::thread::sleep(Duration::from_millis(500));
-    queue.forward(&c, &topic, 0)?;
+    queue.forward(&topic, 0)?;
     let (taken, _) = take(&c, &queue, 50, 1000)?;
     let offsets: Vec<i64> = taken.iter().map(|t| t.1).collect();
     assert_eq!(offsets, (250..300).collect::<Vec<i64>>());
