@@ -22,23 +22,21 @@
 //! Times are Kafka record timestamps: when the exporter wrote the event to Kafka,
 //! which follows the commit on the source by the stream's lag.
 
-use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 
 use crate::catalog::{Kind, TableName};
 use crate::kafka::{self, TIMEOUT};
 use crate::position::Vsn;
 use crate::topics::{Stream, Topics};
 use crate::value::{parse_text, Datum};
+
+mod merge;
+pub use merge::MergedReader;
 
 /// The Kafka header in which exporters before the VSN-first envelope wrote an event's
 /// VSN (8 bytes, big-endian); still read, no longer written.
@@ -400,7 +398,7 @@ pub struct RetainedRecord {
     pub offset: i64,
     /// Kafka timestamp (ms since the epoch), when the record has one.
     pub timestamp_ms: Option<i64>,
-    /// The event's VSN ([`message_vsn`]).
+    /// The event's VSN ([`record_vsn`]).
     pub vsn: Vsn,
     /// Key bytes (Confluent-framed Avro).
     pub key: Option<Vec<u8>>,
@@ -416,288 +414,6 @@ pub fn record_vsn(header: Option<&[u8]>, value: Option<&[u8]>) -> Option<Vsn> {
         return Some(Vsn(u64::from_be_bytes(bytes)));
     }
     crate::codec::framed_vsn(value?)
-}
-
-/// [`record_vsn`] of a consumed message.
-pub fn message_vsn<M: Message>(m: &M) -> Option<Vsn> {
-    let header = m.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == VSN_HEADER)
-            .map(|h| h.value.unwrap_or_default())
-    });
-    record_vsn(header, m.payload())
-}
-
-/// Reads partition ranges on a background thread and returns their records merged into
-/// VSN order, duplicates skipped (module doc).
-#[derive(Debug)]
-pub struct MergedReader {
-    rx: mpsc::Receiver<Result<Vec<RetainedRecord>, ReadError>>,
-    stop: Arc<AtomicBool>,
-    read: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    total: u64,
-}
-
-impl MergedReader {
-    /// Starts reading `ranges` (empty ones are ignored).
-    pub fn start(kafka: &ClientConfig, ranges: Vec<PartitionRange>) -> Result<Self, ReadError> {
-        let total = ranges.iter().map(PartitionRange::len).sum();
-        let config = config_for_reading(kafka);
-        let consumer: BaseConsumer = config
-            .create()
-            .map_err(|e| kafka_err("creating a kafka consumer", e))?;
-        let (tx, rx) = mpsc::channel(4);
-        let stop = Arc::new(AtomicBool::new(false));
-        let read = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let stop = stop.clone();
-            let read = read.clone();
-            std::thread::Builder::new()
-                .name("ferry-replay-reader".into())
-                .spawn(move || {
-                    let result = merge_loop(&consumer, ranges, &tx, &stop, &read);
-                    if let Err(e) = result {
-                        let _ = tx.blocking_send(Err(e));
-                    }
-                })
-                .map_err(|e| ReadError::Stream(format!("starting the reader thread: {e}")))?
-        };
-        Ok(MergedReader {
-            rx,
-            stop,
-            read,
-            thread: Some(thread),
-            total,
-        })
-    }
-
-    /// The next records in VSN order; `None` when every range is read.
-    pub async fn next_batch(&mut self) -> Option<Result<Vec<RetainedRecord>, ReadError>> {
-        self.rx.recv().await
-    }
-
-    /// Records read so far (taken or skipped), and the records in all ranges.
-    pub fn progress(&self) -> (u64, u64) {
-        (self.read.load(Ordering::Relaxed), self.total)
-    }
-
-    /// Stops the reader thread and waits for it.
-    pub async fn close(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.rx.close();
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-    }
-}
-
-impl Drop for MergedReader {
-    fn drop(&mut self) {
-        // The thread sees the flag within one poll and exits; `close` also joins it.
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-struct Part {
-    range: PartitionRange,
-    topic: Arc<str>,
-    queue: VecDeque<RetainedRecord>,
-    done: bool,
-    paused: bool,
-}
-
-fn one(topic: &str, partition: i32) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    tpl
-}
-
-fn merge_loop(
-    consumer: &BaseConsumer,
-    ranges: Vec<PartitionRange>,
-    tx: &mpsc::Sender<Result<Vec<RetainedRecord>, ReadError>>,
-    stop: &AtomicBool,
-    read: &AtomicU64,
-) -> Result<(), ReadError> {
-    let mut parts: Vec<Part> = ranges
-        .into_iter()
-        .filter(|r| !r.is_empty())
-        .map(|range| Part {
-            topic: Arc::from(range.topic.as_str()),
-            range,
-            queue: VecDeque::new(),
-            done: false,
-            paused: false,
-        })
-        .collect();
-    let cap = queue_cap(parts.len());
-    let index: HashMap<(Arc<str>, i32), usize> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| ((p.topic.clone(), p.range.partition), i))
-        .collect();
-    if !parts.is_empty() {
-        let mut tpl = TopicPartitionList::new();
-        for p in &parts {
-            tpl.add_partition_offset(
-                &p.range.topic,
-                p.range.partition,
-                Offset::Offset(p.range.from),
-            )
-            .map_err(|e| kafka_err("building an assignment", e))?;
-        }
-        consumer
-            .assign(&tpl)
-            .map_err(|e| kafka_err("assigning the replayed partitions", e))?;
-    }
-    let mut out: Vec<RetainedRecord> = Vec::with_capacity(BATCH);
-    let mut last: Option<usize> = None;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        // Release heads while every unfinished partition has one.
-        loop {
-            // (partition index, head VSN) of the smallest head.
-            let mut best: Option<(usize, Vsn)> = None;
-            let mut blocked = false;
-            for (i, p) in parts.iter().enumerate() {
-                match p.queue.front() {
-                    Some(r) if best.is_none_or(|(_, v)| r.vsn < v) => best = Some((i, r.vsn)),
-                    Some(_) => {}
-                    None if !p.done => {
-                        blocked = true;
-                        break;
-                    }
-                    None => {}
-                }
-            }
-            if blocked {
-                break;
-            }
-            let Some((i, _)) = best else {
-                // Everything read and released.
-                if !out.is_empty() && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
-                    return Ok(());
-                }
-                return Ok(());
-            };
-            let p = &mut parts[i];
-            if let Some(r) = p.queue.pop_front() {
-                out.push(r);
-            }
-            if p.paused && p.queue.len() < cap / 2 {
-                consumer
-                    .resume(&one(&p.range.topic, p.range.partition))
-                    .map_err(|e| kafka_err("resuming a partition", e))?;
-                p.paused = false;
-            }
-            if out.len() >= BATCH && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
-                return Ok(());
-            }
-        }
-        // Released records go out in batches of BATCH, or as soon as nothing more was
-        // fetched (a poll would wait). Sending what was released after every record
-        // polled handed the reader's consumer a batch of one or two records at a time:
-        // the two threads spent more time waking each other than reading.
-        let polled = match consumer.poll(Duration::ZERO) {
-            None => {
-                if !out.is_empty() && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
-                    return Ok(());
-                }
-                consumer.poll(Duration::from_millis(200))
-            }
-            some => some,
-        };
-        let idle = polled.is_none();
-        match polled {
-            None => {}
-            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                return Err(ReadError::Stream(
-                    "records to replay were deleted from a topic while it was read (retention or ferry archive changes); replay from a later start".into(),
-                ))
-            }
-            Some(Err(e)) => return Err(kafka_err("reading the replayed topics", e)),
-            Some(Ok(m)) => {
-                // Records come in runs of one partition: the last one's index first (a
-                // map lookup needs an owned key, an allocation per record).
-                let i = match last {
-                    Some(i)
-                        if parts[i].range.partition == m.partition()
-                            && *parts[i].topic == *m.topic() =>
-                    {
-                        i
-                    }
-                    _ => match index.get(&(Arc::from(m.topic()), m.partition())) {
-                        Some(&i) => i,
-                        None => continue,
-                    },
-                };
-                last = Some(i);
-                let p = &mut parts[i];
-                let offset = m.offset();
-                if p.done || offset < p.range.from {
-                    continue;
-                }
-                if offset >= p.range.to {
-                    p.done = true;
-                    continue;
-                }
-                read.fetch_add(1, Ordering::Relaxed);
-                if offset + 1 >= p.range.to {
-                    p.done = true;
-                }
-                let vsn = message_vsn(&m).ok_or_else(|| {
-                    ReadError::Stream(format!(
-                        "record {}[{}]@{offset} carries no VSN; it was not written by a Ferry exporter",
-                        p.range.topic, p.range.partition
-                    ))
-                })?;
-                if vsn <= p.range.taken_through || vsn < p.range.min_vsn {
-                    continue; // a duplicate, taken before, or before the start
-                }
-                if p.range.max_vsn.is_some_and(|max| vsn > max) {
-                    p.done = true;
-                    continue;
-                }
-                p.range.taken_through = vsn;
-                p.queue.push_back(RetainedRecord {
-                    topic: p.topic.clone(),
-                    partition: p.range.partition,
-                    offset,
-                    timestamp_ms: m.timestamp().to_millis(),
-                    vsn,
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                });
-                if !p.done && !p.paused && p.queue.len() >= cap {
-                    consumer
-                        .pause(&one(&p.range.topic, p.range.partition))
-                        .map_err(|e| kafka_err("pausing a partition", e))?;
-                    p.paused = true;
-                }
-            }
-        }
-        // Partitions whose remaining records are transaction markers yield no message:
-        // their position shows they are done. Asked only when a poll found nothing
-        // (asking for positions is a round trip to librdkafka's main thread; per record
-        // it took more time than everything else the replay does).
-        if idle && parts.iter().any(|p| !p.done && p.queue.is_empty()) {
-            if let Ok(pos) = consumer.position() {
-                for e in pos.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        if let Some(&i) = index.get(&(Arc::from(e.topic()), e.partition())) {
-                            if o >= parts[i].range.to {
-                                parts[i].done = true;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

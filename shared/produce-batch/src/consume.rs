@@ -59,7 +59,6 @@ unsafe impl<C: ConsumerContext + 'static> Send for BatchQueue<C> {}
 unsafe impl<C: ConsumerContext + 'static> Sync for BatchQueue<C> {}
 
 /// One record taken from a [`BatchQueue`], valid during the call that gives it.
-#[derive(Debug)]
 pub struct Consumed<'a> {
     /// The record's topic.
     pub topic: &'a str,
@@ -74,6 +73,70 @@ pub struct Consumed<'a> {
     /// Set when this is not a record but an error of the partition (the payload may
     /// then hold librdkafka's text of it).
     pub error: Option<RDKafkaErrorCode>,
+    /// The message, for what is read only when asked for (time, headers).
+    message: &'a Message,
+}
+
+impl std::fmt::Debug for Consumed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumed")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("key", &self.key)
+            .field("payload", &self.payload)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Consumed<'a> {
+    /// The record's timestamp (milliseconds since the epoch), when it has one.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: the message is live for 'a (see `consume`), in the bindings' layout
+        // (checked in lib.rs); librdkafka only reads it and writes the type.
+        #[allow(unsafe_code)]
+        let at = unsafe { rdsys::rd_kafka_message_timestamp(self.raw(), &mut kind) };
+        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && at >= 0)
+            .then_some(at)
+    }
+
+    /// The value of the record's last header named `name`: `None` when it has no such
+    /// header, an empty slice for one with no value.
+    pub fn header(&self, name: &CStr) -> Option<&'a [u8]> {
+        let mut headers: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+        // SAFETY: the message is live for 'a; librdkafka parses its headers once into
+        // memory the message owns (outside the public struct) and returns a pointer
+        // to them, or an error code and no pointer when it has none.
+        #[allow(unsafe_code)]
+        let found = unsafe { rdsys::rd_kafka_message_headers(self.raw(), &mut headers) };
+        if found != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+            return None;
+        }
+        let mut value: *const std::ffi::c_void = std::ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: `headers` belongs to the live message; the name is a valid C string;
+        // librdkafka points `value` at the header's bytes, owned by the headers.
+        #[allow(unsafe_code)]
+        let found = unsafe {
+            rdsys::rd_kafka_header_get_last(headers, name.as_ptr(), &mut value, &mut size)
+        };
+        if found != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        if value.is_null() {
+            return Some(&[]);
+        }
+        // SAFETY: `value` points at `size` bytes owned by the message's headers, which
+        // live as long as the message ('a).
+        #[allow(unsafe_code)]
+        Some(unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) })
+    }
+
+    fn raw(&self) -> *const rdsys::rd_kafka_message_t {
+        std::ptr::from_ref(self.message).cast::<rdsys::rd_kafka_message_t>()
+    }
 }
 
 impl<C: ConsumerContext + 'static> BatchQueue<C> {
@@ -218,7 +281,8 @@ fn consumed(m: &Message) -> Consumed<'_> {
         payload: bytes(m.payload, m.len),
         // By name for the codes a refused record comes with (a missing topic or
         // partition among them), else `Unknown`, with librdkafka's text in the payload.
-        error: (m.err != crate::NO_ERROR).then(|| crate::refusal(m.err)),
+        error: (m.err != crate::NO_ERROR).then(|| crate::error_code(m.err)),
+        message: m,
     }
 }
 

@@ -144,32 +144,13 @@ const _: () = {
 /// librdkafka's "no error".
 const NO_ERROR: i32 = rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR as i32;
 
-/// The codes a refused record of a batch comes with, by name; any other is
-/// [`RDKafkaErrorCode::Unknown`].
-const REFUSALS: [rdsys::rd_kafka_resp_err_t; 10] = {
-    use rdsys::rd_kafka_resp_err_t::*;
-    [
-        RD_KAFKA_RESP_ERR__QUEUE_FULL,
-        RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
-        RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION,
-        RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
-        RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
-        RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-        RD_KAFKA_RESP_ERR__FATAL,
-        RD_KAFKA_RESP_ERR__INVALID_ARG,
-        RD_KAFKA_RESP_ERR__STATE,
-        RD_KAFKA_RESP_ERR__PURGE_QUEUE,
-    ]
-};
-
-/// The error of a refused record's code.
-fn refusal(code: i32) -> RDKafkaErrorCode {
-    REFUSALS
-        .iter()
-        .find(|known| **known as i32 == code)
-        .map_or(RDKafkaErrorCode::Unknown, |known| {
-            RDKafkaErrorCode::from(*known)
-        })
+/// The error of a record's code (a refused record's, or a consumed partition's error):
+/// librdkafka's name for it, or [`RDKafkaErrorCode::Unknown`] for a code this build of
+/// librdkafka does not name (a broker's newer code, as it came). The code is checked
+/// against the bindings' values, never cast into their enum.
+fn error_code(code: i32) -> RDKafkaErrorCode {
+    rdsys::rd_kafka_resp_err_t::try_from(code)
+        .map_or(RDKafkaErrorCode::Unknown, RDKafkaErrorCode::from)
 }
 
 /// The records of one call in librdkafka's layout. It is emptied before every call
@@ -339,7 +320,7 @@ impl<C: ProducerContext<DeliveryOpaque = usize> + 'static> BatchProducer<C> {
             let outcome = match refused {
                 None => None,
                 Some(i) => {
-                    let code = refusal(scratch[i].err);
+                    let code = error_code(scratch[i].err);
                     // After a full queue librdkafka refuses every later record; one
                     // enqueued after it would break the order, so it is an error then.
                     let later_enqueued = scratch[i + 1..].iter().any(|m| m.err == NO_ERROR);
@@ -373,12 +354,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusals_code_is_named_and_a_code_librdkafka_does_not_name_is_unknown() {
-        assert_eq!(refusal(-184), RDKafkaErrorCode::QueueFull);
-        assert_eq!(refusal(10), RDKafkaErrorCode::MessageSizeTooLarge);
-        assert_eq!(refusal(-190), RDKafkaErrorCode::UnknownPartition);
-        assert_eq!(refusal(29), RDKafkaErrorCode::TopicAuthorizationFailed);
-        assert_eq!(refusal(31_337), RDKafkaErrorCode::Unknown);
+    fn a_code_is_named_and_one_librdkafka_does_not_name_is_unknown() {
+        assert_eq!(error_code(-184), RDKafkaErrorCode::QueueFull);
+        assert_eq!(error_code(10), RDKafkaErrorCode::MessageSizeTooLarge);
+        assert_eq!(error_code(-190), RDKafkaErrorCode::UnknownPartition);
+        assert_eq!(error_code(29), RDKafkaErrorCode::TopicAuthorizationFailed);
+        // Codes no refusal comes with are named too: a consumed partition's errors.
+        assert_eq!(error_code(-140), RDKafkaErrorCode::AutoOffsetReset);
+        assert_eq!(error_code(1), RDKafkaErrorCode::OffsetOutOfRange);
+        assert_eq!(error_code(31_337), RDKafkaErrorCode::Unknown);
     }
 
     #[test]

@@ -233,3 +233,91 @@ async fn an_unassignment_drops_what_waited_and_each_assignment_needs_the_forward
     drop(c);
     delete_topic(bootstrap, &topic).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_records_time_and_headers_are_read_when_asked_for() -> anyhow::Result<()> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let bootstrap = &Stack::get().kafka_bootstrap;
+    let topic = unique_name("consume_headers");
+    create_topic(bootstrap, &topic, 1, false).await?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "ferry.vsn",
+            value: Some(&[1u8, 2]),
+        })
+        .insert(Header {
+            key: "empty",
+            value: None::<&[u8]>,
+        })
+        .insert(Header {
+            key: "ferry.vsn",
+            value: Some(&[3u8, 4, 5]),
+        });
+    producer
+        .send(
+            BaseRecord::<(), _>::to(&topic)
+                .partition(0)
+                .payload("with")
+                .timestamp(1_700_000_000_123)
+                .headers(headers),
+        )
+        .map_err(|(e, _)| e)?;
+    producer
+        .send(
+            BaseRecord::<(), _>::to(&topic)
+                .partition(0)
+                .payload("without"),
+        )
+        .map_err(|(e, _)| e)?;
+    producer.flush(Duration::from_secs(30))?;
+
+    let c = consumer()?;
+    let queue = BatchQueue::new(c.clone())?;
+    queue.forward(&topic, 0)?;
+    assign(&c, &topic, &[(0, 0)])?;
+    type Read = (
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+    let mut read: Vec<Read> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read.len() < 2 && Instant::now() < deadline {
+        queue.consume(Duration::from_millis(200), 10, |r| {
+            read.push((
+                r.timestamp_ms(),
+                r.header(c"ferry.vsn").map(<[u8]>::to_vec),
+                r.header(c"empty").map(<[u8]>::to_vec),
+                r.header(c"missing").map(<[u8]>::to_vec),
+            ));
+        });
+    }
+    assert_eq!(read.len(), 2);
+    // The time given; the last of two headers of one name; a header with no value is
+    // there, empty; a missing one is not.
+    assert_eq!(
+        read[0],
+        (
+            Some(1_700_000_000_123),
+            Some(vec![3, 4, 5]),
+            Some(vec![]),
+            None
+        )
+    );
+    // No time given: the producer's (a recent one); no headers at all.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let at = read[1].0.unwrap_or(0);
+    assert!((now_ms - 60_000..=now_ms).contains(&at), "{at} vs {now_ms}");
+    assert_eq!((&read[1].1, &read[1].2, &read[1].3), (&None, &None, &None));
+    drop(queue);
+    drop(c);
+    delete_topic(bootstrap, &topic).await
+}

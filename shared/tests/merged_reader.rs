@@ -1,0 +1,223 @@
+//! `MergedReader` against the stack's Apache Kafka, with records written here (not by an
+//! exporter), so that the partitions can be as skewed as a test needs:
+//!
+//! - two partitions, one far behind the other in VSN: every event once, in VSN order,
+//!   through the pauses of the partition that ran ahead; duplicates (an exporter
+//!   restarted) skipped; the VSN of a record written before the VSN-first envelope
+//!   read from its header;
+//! - records deleted before they were read: an error that names the partition.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use ferry_shared::position::Vsn;
+use ferry_shared::replay::{MergedReader, PartitionRange, ReadError, VSN_HEADER};
+use ferry_testkit::kafka::{create_topic, delete_topic};
+use ferry_testkit::{unique_name, Stack};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A value as exporters write it: Confluent framing (magic 0, schema id 1), then the
+/// VSN as the first field (an Avro long), then a byte of the rest of the envelope.
+fn value(vsn: u64) -> Vec<u8> {
+    let mut v = vec![0u8, 0, 0, 0, 1];
+    let mut z = (vsn as i64 as u64) << 1; // zigzag of a non-negative long
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            v.push(byte);
+            break;
+        }
+        v.push(byte | 0x80);
+    }
+    v.push(0);
+    v
+}
+
+fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().kafka_bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap()
+}
+
+fn send(p: &BaseProducer, topic: &str, partition: i32, vsn: u64, header: Option<u64>) {
+    let payload = match header {
+        // Written before the VSN-first envelope: a value whose front is not the VSN
+        // (here a wrong one), the VSN in the header.
+        Some(_) => value(999_999_999),
+        None => value(vsn),
+    };
+    let key = vsn.to_string();
+    let mut record = BaseRecord::to(topic)
+        .partition(partition)
+        .key(&key)
+        .payload(&payload);
+    if let Some(v) = header {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: VSN_HEADER,
+            value: Some(&v.to_be_bytes()),
+        }));
+    }
+    let mut record = record;
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                p.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn range(topic: &str, partition: i32, to: i64) -> PartitionRange {
+    PartitionRange {
+        topic: topic.to_owned(),
+        partition,
+        from: 0,
+        to,
+        min_vsn: Vsn(0),
+        max_vsn: None,
+        taken_through: Vsn(0),
+    }
+}
+
+/// Every record the reader gives, until it ends or 120 s passed.
+async fn read_all(
+    reader: &mut MergedReader,
+) -> Result<Vec<ferry_shared::replay::RetainedRecord>, ReadError> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(30), reader.next_batch()).await {
+            Ok(Some(batch)) => all.extend(batch?),
+            Ok(None) => return Ok(all),
+            Err(_) => panic!("no batch for 30 s after {} records", all.len()),
+        }
+    }
+    panic!("the reader did not end in 120 s ({} records)", all.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skewed_partitions_come_once_in_vsn_order_through_pauses() -> anyhow::Result<()> {
+    let bootstrap = &Stack::get().kafka_bootstrap;
+    let topic = unique_name("merged_skew");
+    create_topic(bootstrap, &topic, 2, false).await?;
+    // Partition 1 holds VSNs 1..=120,000 (the first ten written before the VSN-first
+    // envelope, and 49,990..=50,000 written twice, as by an exporter restarted from a
+    // checkpoint); partition 0 holds 120,001..=180,000. The merge takes none of
+    // partition 0 until partition 1 is done, so partition 0's queue fills (50,000 per
+    // partition with two) and it is paused, then resumed.
+    let p = producer();
+    for vsn in 1..=120_000u64 {
+        send(&p, &topic, 1, vsn, (vsn <= 10).then_some(vsn));
+        if vsn == 50_000 {
+            for again in 49_990..=50_000 {
+                send(&p, &topic, 1, again, None);
+            }
+        }
+    }
+    for vsn in 120_001..=180_000u64 {
+        send(&p, &topic, 0, vsn, None);
+    }
+    p.flush(Duration::from_secs(60))?;
+    let ends = [
+        watermarks_of(bootstrap, &topic, 0).await?,
+        watermarks_of(bootstrap, &topic, 1).await?,
+    ];
+    assert_eq!(ends, [60_000, 120_011]);
+
+    let mut kafka = ClientConfig::new();
+    kafka.set("bootstrap.servers", bootstrap);
+    let mut reader = MergedReader::start(
+        &kafka,
+        vec![range(&topic, 0, ends[0]), range(&topic, 1, ends[1])],
+    )?;
+    let all = read_all(&mut reader).await?;
+    let vsns: Vec<u64> = all.iter().map(|r| r.vsn.0).collect();
+    assert_eq!(vsns.len(), 180_000);
+    assert!(
+        vsns.iter().copied().eq(1..=180_000u64),
+        "not every VSN once in order; first out of place at {:?}",
+        vsns.iter()
+            .zip(1u64..)
+            .find(|(v, want)| **v != *want)
+            .map(|(v, want)| (want, *v))
+    );
+    for r in &all {
+        let want = if r.vsn.0 > 120_000 { 0 } else { 1 };
+        assert_eq!(r.partition, want, "VSN {}", r.vsn);
+        assert_eq!(r.key.as_deref(), Some(r.vsn.0.to_string().as_bytes()));
+        assert!(r.timestamp_ms.is_some_and(|t| t > 0), "VSN {}", r.vsn);
+    }
+    // Every offset was read (the duplicates skipped), and partition 0 paused.
+    assert_eq!(reader.progress(), (180_011, 180_011));
+    assert!(reader.pauses() >= 1, "partition 0 was never paused");
+    reader.close().await;
+    delete_topic(bootstrap, &topic).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_deleted_before_they_were_read_are_an_error_naming_the_partition(
+) -> anyhow::Result<()> {
+    let bootstrap = &Stack::get().kafka_bootstrap;
+    let topic = unique_name("merged_deleted");
+    create_topic(bootstrap, &topic, 1, false).await?;
+    let p = producer();
+    for vsn in 1..=100u64 {
+        send(&p, &topic, 0, vsn, None);
+    }
+    p.flush(Duration::from_secs(60))?;
+    // As retention or `ferry archive changes` would: the first 50 are gone.
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(50))?;
+    admin
+        .delete_records(
+            &tpl,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+
+    let mut kafka = ClientConfig::new();
+    kafka.set("bootstrap.servers", bootstrap);
+    let mut reader = MergedReader::start(&kafka, vec![range(&topic, 0, 100)])?;
+    let err = read_all(&mut reader)
+        .await
+        .expect_err("read records that were deleted");
+    let text = err.to_string();
+    assert!(
+        matches!(err, ReadError::Stream(_))
+            && text.contains(&format!("deleted from {topic}[0]"))
+            && text.contains("replay from a later start"),
+        "{text}"
+    );
+    reader.close().await;
+    delete_topic(bootstrap, &topic).await
+}
+
+async fn watermarks_of(bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<i64> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let topic = topic.to_owned();
+    let (_, high) = tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            &topic,
+            partition,
+            Duration::from_secs(30),
+        )
+    })
+    .await??;
+    Ok(high)
+}
