@@ -5,6 +5,8 @@
 //!   through the pauses of the partition that ran ahead; duplicates (an exporter
 //!   restarted) skipped; the VSN of a record written before the VSN-first envelope
 //!   read from its header;
+//! - a partition whose last records are a transaction's marker ends by its position,
+//!   while another topic's partition is still written to past its range;
 //! - records deleted before they were read: an error that names the partition.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -203,6 +205,66 @@ async fn records_deleted_before_they_were_read_are_an_error_naming_the_partition
     );
     reader.close().await;
     delete_topic(bootstrap, &topic).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_ending_in_a_transaction_marker_ends_while_another_is_still_written(
+) -> anyhow::Result<()> {
+    let bootstrap = Stack::get().kafka_bootstrap.clone();
+    let (marked, busy) = (unique_name("merged_marker"), unique_name("merged_busy"));
+    create_topic(&bootstrap, &marked, 1, false).await?;
+    create_topic(&bootstrap, &busy, 1, false).await?;
+    // VSNs 1..=10 in one committed transaction: offsets 0..=9, the marker at 10.
+    let tx: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", unique_name("merged_tx"))
+        .create()?;
+    tx.init_transactions(Duration::from_secs(30))?;
+    tx.begin_transaction()?;
+    for vsn in 1..=10u64 {
+        send(&tx, &marked, 0, vsn, None);
+    }
+    tx.commit_transaction(Duration::from_secs(30))?;
+    // VSNs 11..=20 in the other topic, which goes on being written to (past the
+    // replay's range) every few milliseconds while it is read.
+    let p = producer();
+    for vsn in 11..=20u64 {
+        send(&p, &busy, 0, vsn, None);
+    }
+    p.flush(Duration::from_secs(30))?;
+    let ends = [
+        watermarks_of(&bootstrap, &marked, 0).await?,
+        watermarks_of(&bootstrap, &busy, 0).await?,
+    ];
+    assert_eq!(ends, [11, 10]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, busy) = (stop.clone(), busy.clone());
+        std::thread::spawn(move || {
+            let mut vsn = 1_000u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                send(&p, &busy, 0, vsn, None);
+                p.poll(Duration::from_millis(2));
+                vsn += 1;
+            }
+            p.flush(Duration::from_secs(30))
+        })
+    };
+
+    let mut kafka = ClientConfig::new();
+    kafka.set("bootstrap.servers", &bootstrap);
+    let mut reader = MergedReader::start(
+        &kafka,
+        vec![range(&marked, 0, ends[0]), range(&busy, 0, ends[1])],
+    )?;
+    let read = read_all(&mut reader).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("the writer thread")?;
+    let vsns: Vec<u64> = read?.iter().map(|r| r.vsn.0).collect();
+    assert_eq!(vsns, (1..=20).collect::<Vec<u64>>());
+    reader.close().await;
+    delete_topic(&bootstrap, &marked).await?;
+    delete_topic(&bootstrap, &busy).await
 }
 
 async fn watermarks_of(bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<i64> {

@@ -30,6 +30,7 @@
 //!   forward: rebalances, commits and client errors stay on the consumer's queue.
 
 use std::ffi::{c_int, CStr, CString};
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,8 +74,11 @@ pub struct Consumed<'a> {
     /// Set when this is not a record but an error of the partition (the payload may
     /// then hold librdkafka's text of it).
     pub error: Option<RDKafkaErrorCode>,
-    /// The message, for what is read only when asked for (time, headers).
-    message: &'a Message,
+    /// The message as librdkafka handed it out, for what is read only when asked for
+    /// (time, headers): librdkafka's own pointer, not one made from a reference to
+    /// the public part, because reading headers writes librdkafka's private part.
+    raw: *const rdsys::rd_kafka_message_t,
+    message: PhantomData<&'a Message>,
 }
 
 impl std::fmt::Debug for Consumed<'_> {
@@ -98,8 +102,7 @@ impl<'a> Consumed<'a> {
         // (checked in lib.rs); librdkafka only reads it and writes the type.
         #[allow(unsafe_code)]
         let at = unsafe { rdsys::rd_kafka_message_timestamp(self.raw(), &mut kind) };
-        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && at >= 0)
-            .then_some(at)
+        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE).then_some(at)
     }
 
     /// The value of the record's last header named `name`: `None` when it has no such
@@ -135,7 +138,7 @@ impl<'a> Consumed<'a> {
     }
 
     fn raw(&self) -> *const rdsys::rd_kafka_message_t {
-        std::ptr::from_ref(self.message).cast::<rdsys::rd_kafka_message_t>()
+        self.raw
     }
 }
 
@@ -216,7 +219,7 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
             // unwind).
             #[allow(unsafe_code)]
             let m = unsafe { &*message };
-            each(consumed(m));
+            each(consumed(m, message.cast_const()));
         }
         n
     }
@@ -255,8 +258,8 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
     }
 }
 
-/// Borrows a message's fields.
-fn consumed(m: &Message) -> Consumed<'_> {
+/// Borrows a message's fields (`raw`: librdkafka's pointer to it).
+fn consumed(m: &Message, raw: *const Message) -> Consumed<'_> {
     let bytes = |ptr: *mut std::ffi::c_void, len: usize| -> Option<&[u8]> {
         // SAFETY: librdkafka's key and payload pointers, when not null, point at `len`
         // bytes that live as long as the message.
@@ -279,10 +282,11 @@ fn consumed(m: &Message) -> Consumed<'_> {
         offset: m.offset,
         key: bytes(m.key, m.key_len),
         payload: bytes(m.payload, m.len),
-        // By name for the codes a refused record comes with (a missing topic or
-        // partition among them), else `Unknown`, with librdkafka's text in the payload.
+        // By librdkafka's name for it (`Unknown` for a code this build does not name),
+        // with librdkafka's text in the payload.
         error: (m.err != crate::NO_ERROR).then(|| crate::error_code(m.err)),
-        message: m,
+        raw: raw.cast::<rdsys::rd_kafka_message_t>(),
+        message: PhantomData,
     }
 }
 

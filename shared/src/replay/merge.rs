@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_produce_batch::{BatchQueue, Consumed};
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::{config_for_reading, kafka_err, queue_cap, record_vsn, PartitionRange};
 use super::{ReadError, RetainedRecord, BATCH};
+use crate::kafka;
 use crate::position::Vsn;
 
 /// [`super::VSN_HEADER`] as librdkafka's header lookup takes it.
@@ -34,6 +35,13 @@ const TAKE: usize = 1_024;
 
 /// How long one call waits for a record when none is there.
 const WAIT: Duration = Duration::from_millis(200);
+
+/// How often positions are looked at while the merge waits for a partition.
+const POSITIONS_EVERY: Duration = Duration::from_millis(200);
+
+/// How long the reader waits for records with none coming before it looks at the
+/// partitions the merge waits for.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 type Queue = BatchQueue<DefaultConsumerContext>;
 
@@ -170,7 +178,7 @@ impl Merge<'_> {
 
     /// Queues one record taken from librdkafka on its partition, unless it is outside
     /// the partition's range or taken before; pauses the partition once its queue is
-    /// full.
+    /// full, or once it is done.
     fn take(&mut self, c: &Consumed<'_>) -> Result<(), ReadError> {
         if let Some(code) = c.error {
             return Err(partition_error(c, code));
@@ -184,44 +192,61 @@ impl Merge<'_> {
             return Ok(());
         }
         if offset >= p.range.to {
-            p.done = true;
-            return Ok(());
+            return self.finish(i);
         }
         self.counts.read.fetch_add(1, Ordering::Relaxed);
-        if offset + 1 >= p.range.to {
-            p.done = true;
-        }
+        let last = offset + 1 >= p.range.to;
         let vsn = record_vsn(c.header(VSN_HEADER_C), c.payload).ok_or_else(|| {
             ReadError::Stream(format!(
                 "record {}[{}]@{offset} carries no VSN; it was not written by a Ferry exporter",
                 p.range.topic, p.range.partition
             ))
         })?;
-        if vsn <= p.range.taken_through || vsn < p.range.min_vsn {
-            return Ok(()); // a duplicate, taken before, or before the start
-        }
         if p.range.max_vsn.is_some_and(|max| vsn > max) {
-            p.done = true;
-            return Ok(());
+            return self.finish(i);
         }
-        p.range.taken_through = vsn;
-        p.queue.push_back(RetainedRecord {
-            topic: p.topic.clone(),
-            partition: p.range.partition,
-            offset,
-            timestamp_ms: c.timestamp_ms(),
-            vsn,
-            key: c.key.map(<[u8]>::to_vec),
-            value: c.payload.map(<[u8]>::to_vec),
-        });
-        if !p.done && !p.paused && p.queue.len() >= self.cap {
-            self.consumer
-                .pause(&one(&p.range.topic, p.range.partition))
-                .map_err(|e| kafka_err("pausing a partition", e))?;
-            p.paused = true;
+        // Not a duplicate, not taken before, not before the start.
+        if vsn > p.range.taken_through && vsn >= p.range.min_vsn {
+            p.range.taken_through = vsn;
+            p.queue.push_back(RetainedRecord {
+                topic: p.topic.clone(),
+                partition: p.range.partition,
+                offset,
+                timestamp_ms: c.timestamp_ms(),
+                vsn,
+                key: c.key.map(<[u8]>::to_vec),
+                value: c.payload.map(<[u8]>::to_vec),
+            });
+        }
+        if last {
+            return self.finish(i);
+        }
+        if !p.paused && p.queue.len() >= self.cap {
+            self.pause(i)?;
             self.counts.pauses.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn pause(&mut self, i: usize) -> Result<(), ReadError> {
+        let p = &mut self.parts[i];
+        self.consumer
+            .pause(&one(&p.range.topic, p.range.partition))
+            .map_err(|e| kafka_err("pausing a partition", e))?;
+        p.paused = true;
+        Ok(())
+    }
+
+    /// Partition `i` has nothing more to read: done, and paused for good, so that
+    /// librdkafka fetches no more of it. A done partition still being fetched, in a
+    /// topic still written to, kept the reader taking records past its end, and the
+    /// reader looked at positions only when it took nothing.
+    fn finish(&mut self, i: usize) -> Result<(), ReadError> {
+        self.parts[i].done = true;
+        if self.parts[i].paused {
+            return Ok(());
+        }
+        self.pause(i)
     }
 
     /// Takes what librdkafka holds (waiting up to `wait` for a first record when it
@@ -266,7 +291,7 @@ impl Merge<'_> {
             if let Some(r) = p.queue.pop_front() {
                 out.push(r);
             }
-            if p.paused && p.queue.len() < self.cap / 2 {
+            if p.paused && !p.done && p.queue.len() < self.cap / 2 {
                 self.consumer
                     .resume(&one(&p.range.topic, p.range.partition))
                     .map_err(|e| kafka_err("resuming a partition", e))?;
@@ -278,26 +303,95 @@ impl Merge<'_> {
         }
     }
 
-    /// Partitions whose remaining records are transaction markers yield no record:
-    /// their position shows they are done. Asked only when nothing was taken (asking
-    /// for positions is a round trip to librdkafka's main thread; per record it took
-    /// more time than everything else the replay does).
-    fn done_by_position(&mut self) {
-        if !self.parts.iter().any(|p| !p.done && p.queue.is_empty()) {
-            return;
+    /// The unfinished partitions whose queue is empty: what the merge waits for.
+    fn waiting(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.done && p.queue.is_empty())
+            .map(|(i, _)| i)
+    }
+
+    /// Partitions whose remaining records are transaction markers (or aborted records)
+    /// yield no record: their position shows they are done. Asked when nothing was
+    /// taken, and every [`POSITIONS_EVERY`] while the merge waits (asking for positions
+    /// takes librdkafka's locks; per record it took more time than everything else the
+    /// replay does).
+    fn done_by_position(&mut self) -> Result<(), ReadError> {
+        if self.waiting().next().is_none() {
+            return Ok(());
         }
-        if let Ok(pos) = self.consumer.position() {
-            for e in pos.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    if let Some(&i) = self.index.get(&(Arc::from(e.topic()), e.partition())) {
-                        if o >= self.parts[i].range.to {
-                            self.parts[i].done = true;
-                        }
+        let Ok(pos) = self.consumer.position() else {
+            return Ok(());
+        };
+        for e in pos.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                if let Some(&i) = self.index.get(&(Arc::from(e.topic()), e.partition())) {
+                    if !self.parts[i].done && o >= self.parts[i].range.to {
+                        self.finish(i)?;
                     }
                 }
             }
         }
+        Ok(())
     }
+
+    /// After [`STUCK_AFTER`] of waiting with nothing taken: a partition the merge waits for whose
+    /// next records were deleted is an error (librdkafka's report of it can be lost
+    /// when the partition is paused at that moment, and the partition then never
+    /// fetches again); otherwise the wait is logged, once per [`STUCK_AFTER`].
+    fn stuck(&mut self) -> Result<(), ReadError> {
+        let waiting: Vec<usize> = self.waiting().collect();
+        let positions = self.consumer.position().ok();
+        for i in waiting {
+            let p = &self.parts[i];
+            let next = positions
+                .as_ref()
+                .and_then(|pos| pos.find_partition(&p.range.topic, p.range.partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(p.range.from);
+            match self
+                .consumer
+                .fetch_watermarks(&p.range.topic, p.range.partition, kafka::TIMEOUT)
+            {
+                Ok((low, _)) if low > next => {
+                    return Err(ReadError::Stream(deleted(
+                        &p.range.topic,
+                        p.range.partition,
+                    )))
+                }
+                Ok((low, high)) => tracing::warn!(
+                    topic = %p.range.topic,
+                    partition = p.range.partition,
+                    "replay: nothing came from {}[{}] for {} s; waiting for offset {next} (the partition holds {low}..{high}, the replay reads to {})",
+                    p.range.topic,
+                    p.range.partition,
+                    STUCK_AFTER.as_secs(),
+                    p.range.to
+                ),
+                Err(e) => tracing::warn!(
+                    topic = %p.range.topic,
+                    partition = p.range.partition,
+                    error = %e,
+                    "replay: nothing came from {}[{}] for {} s, and its offsets cannot be read",
+                    p.range.topic,
+                    p.range.partition,
+                    STUCK_AFTER.as_secs()
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a partition's deleted records mean for the operator.
+fn deleted(topic: &str, partition: i32) -> String {
+    format!(
+        "records to replay were deleted from {topic}[{partition}] while it was read (retention or ferry archive changes); replay from a later start"
+    )
 }
 
 /// The error a partition's error record means.
@@ -305,10 +399,7 @@ fn partition_error(c: &Consumed<'_>, code: RDKafkaErrorCode) -> ReadError {
     match code {
         // `auto.offset.reset=error`: the offset to read is no longer in the partition.
         RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange => {
-            ReadError::Stream(format!(
-                "records to replay were deleted from {}[{}] while it was read (retention or ferry archive changes); replay from a later start",
-                c.topic, c.partition
-            ))
+            ReadError::Stream(deleted(c.topic, c.partition))
         }
         code => kafka_err(
             format!("reading {}[{}]", c.topic, c.partition),
@@ -367,6 +458,9 @@ fn merge_loop(
             .map_err(|e| kafka_err("assigning the replayed partitions", e))?;
     }
     let mut out: Vec<RetainedRecord> = Vec::with_capacity(BATCH);
+    let mut last_positions = Instant::now();
+    // Time spent waiting for records with none coming (not waiting to hand them on).
+    let mut idle = Duration::ZERO;
     loop {
         if counts.stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -383,7 +477,14 @@ fn merge_loop(
             if !out.is_empty() && tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
                 return Ok(());
             }
+            let waiting = Instant::now();
             taken = merge.take_batch(queue, WAIT)?;
+            if taken == 0 {
+                idle += waiting.elapsed();
+            }
+        }
+        if taken > 0 {
+            idle = Duration::ZERO;
         }
         // The consumer's own queue: the client's errors. Never a record: every
         // partition is forwarded to the reader's queue.
@@ -399,8 +500,13 @@ fn merge_loop(
                 )))
             }
         }
-        if taken == 0 {
-            merge.done_by_position();
+        if taken == 0 || last_positions.elapsed() >= POSITIONS_EVERY {
+            last_positions = Instant::now();
+            merge.done_by_position()?;
+        }
+        if idle >= STUCK_AFTER {
+            idle = Duration::ZERO;
+            merge.stuck()?;
         }
     }
 }
