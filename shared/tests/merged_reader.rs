@@ -7,7 +7,9 @@
 //!   read from its header;
 //! - a partition whose last records are a transaction's marker ends by its position,
 //!   while another topic's partition is still written to past its range;
-//! - records deleted before they were read: an error that names the partition.
+//! - records deleted before they were read: an error that names the partition;
+//! - a partition that gives nothing for longer than the reader's stuck check (10 s) is
+//!   waited for, not taken for deleted, and its records are read once they come.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -88,6 +90,26 @@ fn range(topic: &str, partition: i32, to: i64) -> PartitionRange {
         min_vsn: Vsn(0),
         max_vsn: None,
         taken_through: Vsn(0),
+    }
+}
+
+/// Every record the reader gives, until it ends or `within` passed (an error then).
+async fn read_all_within(
+    reader: &mut MergedReader,
+    within: Duration,
+) -> anyhow::Result<Vec<ferry_shared::replay::RetainedRecord>> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, reader.next_batch()).await {
+            Ok(Some(batch)) => all.extend(batch?),
+            Ok(None) => return Ok(all),
+            Err(_) => anyhow::bail!(
+                "the reader did not end in {within:?} ({} records)",
+                all.len()
+            ),
+        }
     }
 }
 
@@ -232,10 +254,15 @@ async fn a_partition_ending_in_a_transaction_marker_ends_while_another_is_still_
         send(&p, &busy, 0, vsn, None);
     }
     p.flush(Duration::from_secs(30))?;
-    let ends = [
-        watermarks_of(&bootstrap, &marked, 0).await?,
-        watermarks_of(&bootstrap, &busy, 0).await?,
-    ];
+    // The commit returns before the broker has written the marker: its end is 11 once
+    // it has.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut marked_end = watermarks_of(&bootstrap, &marked, 0).await?;
+    while marked_end < 11 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        marked_end = watermarks_of(&bootstrap, &marked, 0).await?;
+    }
+    let ends = [marked_end, watermarks_of(&bootstrap, &busy, 0).await?];
     assert_eq!(ends, [11, 10]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -265,6 +292,49 @@ async fn a_partition_ending_in_a_transaction_marker_ends_while_another_is_still_
     reader.close().await;
     delete_topic(&bootstrap, &marked).await?;
     delete_topic(&bootstrap, &busy).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_silent_past_the_stuck_check_is_waited_for_and_read() -> anyhow::Result<()> {
+    let bootstrap = Stack::get().kafka_bootstrap.clone();
+    let topic = unique_name("merged_silent");
+    create_topic(&bootstrap, &topic, 1, false).await?;
+    let p = producer();
+    for vsn in 1..=5u64 {
+        send(&p, &topic, 0, vsn, None);
+    }
+    p.flush(Duration::from_secs(30))?;
+    // The range reads to offset 10, five records past what the partition holds; the
+    // rest comes after the reader has waited past its stuck check (10 s), with the
+    // five before them deleted meanwhile (the reader has them: not an error).
+    let mut kafka = ClientConfig::new();
+    kafka.set("bootstrap.servers", &bootstrap);
+    let mut reader = MergedReader::start(&kafka, vec![range(&topic, 0, 10)])?;
+    let reading = tokio::spawn(async move {
+        let read = read_all_within(&mut reader, Duration::from_secs(60)).await;
+        reader.close().await;
+        read
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(5))?;
+    admin
+        .delete_records(
+            &tpl,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for vsn in 6..=10u64 {
+        send(&p, &topic, 0, vsn, None);
+    }
+    p.flush(Duration::from_secs(30))?;
+    let vsns: Vec<u64> = reading.await??.iter().map(|r| r.vsn.0).collect();
+    assert_eq!(vsns, (1..=10).collect::<Vec<u64>>());
+    delete_topic(&bootstrap, &topic).await
 }
 
 async fn watermarks_of(bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<i64> {

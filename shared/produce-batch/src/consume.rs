@@ -102,7 +102,9 @@ impl<'a> Consumed<'a> {
         // (checked in lib.rs); librdkafka only reads it and writes the type.
         #[allow(unsafe_code)]
         let at = unsafe { rdsys::rd_kafka_message_timestamp(self.raw(), &mut kind) };
-        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE).then_some(at)
+        // -1 is Kafka's "no timestamp", as rust-rdkafka reads it too.
+        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && at != -1)
+            .then_some(at)
     }
 
     /// The value of the record's last header named `name`: `None` when it has no such

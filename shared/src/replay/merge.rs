@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 
 use super::{config_for_reading, kafka_err, queue_cap, record_vsn, PartitionRange};
 use super::{ReadError, RetainedRecord, BATCH};
-use crate::kafka;
 use crate::position::Vsn;
 
 /// [`super::VSN_HEADER`] as librdkafka's header lookup takes it.
@@ -42,6 +41,9 @@ const POSITIONS_EVERY: Duration = Duration::from_millis(200);
 /// How long the reader waits for records with none coming before it looks at the
 /// partitions the merge waits for.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// How long it waits for each of those partitions' offsets then.
+const STUCK_ASK: Duration = Duration::from_secs(5);
 
 type Queue = BatchQueue<DefaultConsumerContext>;
 
@@ -313,72 +315,73 @@ impl Merge<'_> {
     }
 
     /// Partitions whose remaining records are transaction markers (or aborted records)
-    /// yield no record: their position shows they are done. Asked when nothing was
-    /// taken, and every [`POSITIONS_EVERY`] while the merge waits (asking for positions
-    /// takes librdkafka's locks; per record it took more time than everything else the
-    /// replay does).
-    fn done_by_position(&mut self) -> Result<(), ReadError> {
+    /// yield no record: their position shows they are done (`true`: one was). Asked
+    /// when nothing was taken, and every [`POSITIONS_EVERY`] while the merge waits
+    /// (asking for positions is a round trip to librdkafka's main thread; per record it
+    /// took more time than everything else the replay does).
+    fn done_by_position(&mut self) -> Result<bool, ReadError> {
         if self.waiting().next().is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let Ok(pos) = self.consumer.position() else {
-            return Ok(());
+            return Ok(false);
         };
+        let mut finished = false;
         for e in pos.elements() {
             if let Offset::Offset(o) = e.offset() {
                 if let Some(&i) = self.index.get(&(Arc::from(e.topic()), e.partition())) {
                     if !self.parts[i].done && o >= self.parts[i].range.to {
                         self.finish(i)?;
+                        finished = true;
                     }
                 }
             }
         }
-        Ok(())
+        Ok(finished)
     }
 
-    /// After [`STUCK_AFTER`] of waiting with nothing taken: a partition the merge waits for whose
-    /// next records were deleted is an error (librdkafka's report of it can be lost
-    /// when the partition is paused at that moment, and the partition then never
-    /// fetches again); otherwise the wait is logged, once per [`STUCK_AFTER`].
-    fn stuck(&mut self) -> Result<(), ReadError> {
+    /// After [`STUCK_AFTER`] of waiting with nothing taken: a partition the merge waits
+    /// for whose next records were deleted is an error (librdkafka's report of it can
+    /// be lost when the partition is paused at that moment, and the partition then
+    /// never fetches again); otherwise the wait is logged. Nothing is concluded when
+    /// the positions cannot be read. Each partition's offsets are asked for with a
+    /// short timeout, and the stop flag is looked at between partitions, so a broker
+    /// that does not answer holds the reader at most [`STUCK_ASK`] per partition.
+    fn stuck(&mut self, stop: &AtomicBool) -> Result<(), ReadError> {
         let waiting: Vec<usize> = self.waiting().collect();
-        let positions = self.consumer.position().ok();
+        let Ok(positions) = self.consumer.position() else {
+            tracing::warn!(
+                "replay: nothing came from {} partition(s) for {} s, and the reader's positions cannot be read",
+                waiting.len(),
+                STUCK_AFTER.as_secs()
+            );
+            return Ok(());
+        };
         for i in waiting {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let p = &self.parts[i];
-            let next = positions
-                .as_ref()
-                .and_then(|pos| pos.find_partition(&p.range.topic, p.range.partition))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-                .unwrap_or(p.range.from);
-            match self
-                .consumer
-                .fetch_watermarks(&p.range.topic, p.range.partition, kafka::TIMEOUT)
+            let (topic, partition) = (&p.range.topic, p.range.partition);
+            // The offset after the last record taken; none taken yet: the range's start.
+            let next = match positions
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
             {
+                Some(Offset::Offset(o)) => o,
+                _ => p.range.from,
+            };
+            match self.consumer.fetch_watermarks(topic, partition, STUCK_ASK) {
                 Ok((low, _)) if low > next => {
-                    return Err(ReadError::Stream(deleted(
-                        &p.range.topic,
-                        p.range.partition,
-                    )))
+                    return Err(ReadError::Stream(deleted(topic, partition)))
                 }
                 Ok((low, high)) => tracing::warn!(
-                    topic = %p.range.topic,
-                    partition = p.range.partition,
-                    "replay: nothing came from {}[{}] for {} s; waiting for offset {next} (the partition holds {low}..{high}, the replay reads to {})",
-                    p.range.topic,
-                    p.range.partition,
+                    "replay: nothing came from {topic}[{partition}] for {} s; waiting for offset {next} (the partition holds {low}..{high}, the replay reads to {})",
                     STUCK_AFTER.as_secs(),
                     p.range.to
                 ),
                 Err(e) => tracing::warn!(
-                    topic = %p.range.topic,
-                    partition = p.range.partition,
-                    error = %e,
-                    "replay: nothing came from {}[{}] for {} s, and its offsets cannot be read",
-                    p.range.topic,
-                    p.range.partition,
+                    "replay: nothing came from {topic}[{partition}] for {} s, and its offsets cannot be read: {e}",
                     STUCK_AFTER.as_secs()
                 ),
             }
@@ -502,11 +505,14 @@ fn merge_loop(
         }
         if taken == 0 || last_positions.elapsed() >= POSITIONS_EVERY {
             last_positions = Instant::now();
-            merge.done_by_position()?;
+            if merge.done_by_position()? {
+                // A partition ended: whatever the merge waits for now, it waits afresh.
+                idle = Duration::ZERO;
+            }
         }
         if idle >= STUCK_AFTER {
             idle = Duration::ZERO;
-            merge.stuck()?;
+            merge.stuck(&counts.stop)?;
         }
     }
 }
