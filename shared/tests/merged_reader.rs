@@ -158,8 +158,7 @@ async fn skewed_partitions_come_once_in_vsn_order_through_pauses() -> anyhow::Re
     ];
     assert_eq!(ends, [60_000, 120_011]);
 
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", bootstrap);
+    let kafka = broker_config(bootstrap);
     let mut reader = MergedReader::start(
         &kafka,
         vec![range(&topic, 0, ends[0]), range(&topic, 1, ends[1])],
@@ -200,20 +199,9 @@ async fn records_deleted_before_they_were_read_are_an_error_naming_the_partition
     }
     p.flush(Duration::from_secs(60))?;
     // As retention or `ferry archive changes` would: the first 50 are gone.
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(50))?;
-    admin
-        .delete_records(
-            &tpl,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?;
+    delete_before(bootstrap, &topic, 50).await?;
 
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", bootstrap);
+    let kafka = broker_config(bootstrap);
     let mut reader = MergedReader::start(&kafka, vec![range(&topic, 0, 100)])?;
     let err = read_all(&mut reader)
         .await
@@ -278,8 +266,7 @@ async fn a_partition_ending_in_a_transaction_marker_ends_while_another_is_still_
         })
     };
 
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", &bootstrap);
+    let kafka = broker_config(&bootstrap);
     let mut reader = MergedReader::start(
         &kafka,
         vec![range(&marked, 0, ends[0]), range(&busy, 0, ends[1])],
@@ -307,8 +294,7 @@ async fn a_partition_silent_past_the_stuck_check_is_waited_for_and_read() -> any
     // The range reads to offset 10, five records past what the partition holds; the
     // rest comes after the reader has waited past its stuck check (10 s), with the
     // five before them deleted meanwhile (the reader has them: not an error).
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", &bootstrap);
+    let kafka = broker_config(&bootstrap);
     let mut reader = MergedReader::start(&kafka, vec![range(&topic, 0, 10)])?;
     let reading = tokio::spawn(async move {
         let read = read_all_within(&mut reader, Duration::from_secs(60)).await;
@@ -316,17 +302,7 @@ async fn a_partition_silent_past_the_stuck_check_is_waited_for_and_read() -> any
         read
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(5))?;
-    admin
-        .delete_records(
-            &tpl,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?;
+    delete_before(&bootstrap, &topic, 5).await?;
     tokio::time::sleep(Duration::from_secs(11)).await;
     for vsn in 6..=10u64 {
         send(&p, &topic, 0, vsn, None);
@@ -335,6 +311,30 @@ async fn a_partition_silent_past_the_stuck_check_is_waited_for_and_read() -> any
     let vsns: Vec<u64> = reading.await??.iter().map(|r| r.vsn.0).collect();
     assert_eq!(vsns, (1..=10).collect::<Vec<u64>>());
     delete_topic(&bootstrap, &topic).await
+}
+
+/// Deletes partition 0's records before `offset`, as retention or `ferry archive
+/// changes` would.
+async fn delete_before(bootstrap: &str, topic: &str, offset: i64) -> anyhow::Result<()> {
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))?;
+    admin
+        .delete_records(
+            &tpl,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A client configuration that reaches the stack's broker.
+fn broker_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
 }
 
 async fn watermarks_of(bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<i64> {
