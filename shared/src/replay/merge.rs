@@ -8,6 +8,13 @@
 //! assigns its partitions once and never unassigns them, so the forward stays; pausing
 //! a partition (its queue full) keeps the forward, drops what was fetched ahead for it
 //! and fetches again from the record after the last one taken.
+//!
+//! A partition with nothing more to read is paused for good. One whose last records in
+//! its range are a transaction's marker (or aborted records) yields nothing more and
+//! ends by its position, looked at whenever a take finds nothing and every
+//! [`POSITIONS_EVERY`] while the merge waits. After [`STUCK_AFTER`] of waiting with
+//! nothing taken, a partition whose next records were deleted is an error, else the
+//! wait is logged (`Merge::stuck`).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
