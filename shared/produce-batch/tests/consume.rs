@@ -13,6 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+type Queue = BatchQueue<rdkafka::consumer::DefaultConsumerContext>;
+
 /// `(partition, offset, key, payload)` of each record taken.
 type Taken = Vec<(i32, i64, Vec<u8>, Vec<u8>)>;
 
@@ -67,11 +69,26 @@ fn assign(c: &BaseConsumer, topic: &str, parts: &[(i32, i64)]) -> anyhow::Result
     Ok(())
 }
 
+/// A new consumer and its batch queue, each of `parts` (partition, offset) forwarded to
+/// the queue, then assigned (the order the importer keeps).
+fn forwarded_and_assigned(
+    topic: &str,
+    parts: &[(i32, i64)],
+) -> anyhow::Result<(Arc<BaseConsumer>, Queue)> {
+    let c = consumer()?;
+    let queue = BatchQueue::new(c.clone())?;
+    for (p, _) in parts {
+        queue.forward(topic, *p)?;
+    }
+    assign(&c, topic, parts)?;
+    Ok((c, queue))
+}
+
 /// Takes records from `queue` (and polls `c`, which must give none) until `want` came
 /// or 30 s passed; returns them and the largest number one call gave.
 fn take(
     c: &BaseConsumer,
-    queue: &BatchQueue<rdkafka::consumer::DefaultConsumerContext>,
+    queue: &Queue,
     want: usize,
     max: usize,
 ) -> anyhow::Result<(Taken, usize)> {
@@ -105,12 +122,7 @@ async fn every_record_of_the_forwarded_partitions_comes_once_in_offset_order_man
     create_topic(bootstrap, &topic, 3, false).await?;
     produce(&topic, 3, 2000)?;
 
-    let c = consumer()?;
-    let queue = BatchQueue::new(c.clone())?;
-    for p in 0..3 {
-        queue.forward(&topic, p)?;
-    }
-    assign(&c, &topic, &[(0, 0), (1, 0), (2, 0)])?;
+    let (c, queue) = forwarded_and_assigned(&topic, &[(0, 0), (1, 0), (2, 0)])?;
     let (taken, largest) = take(&c, &queue, 6000, 512)?;
     assert_eq!(taken.len(), 6000);
     assert!(largest > 1, "never more than one record per call");
@@ -144,10 +156,7 @@ async fn a_wait_ends_with_the_records_there_and_an_empty_queue_waits_its_time() 
     create_topic(bootstrap, &topic, 1, false).await?;
     produce(&topic, 1, 50)?;
 
-    let c = consumer()?;
-    let queue = BatchQueue::new(c.clone())?;
-    queue.forward(&topic, 0)?;
-    assign(&c, &topic, &[(0, 0)])?;
+    let (c, queue) = forwarded_and_assigned(&topic, &[(0, 0)])?;
     // Room for far more than there is: librdkafka's own call would wait out the 30 s.
     let started = Instant::now();
     let mut got = 0;
@@ -177,10 +186,7 @@ async fn an_unassignment_drops_what_waited_and_each_assignment_needs_the_forward
     create_topic(bootstrap, &topic, 1, false).await?;
     produce(&topic, 1, 300)?;
 
-    let c = consumer()?;
-    let queue = BatchQueue::new(c.clone())?;
-    queue.forward(&topic, 0)?;
-    assign(&c, &topic, &[(0, 0)])?;
+    let (c, queue) = forwarded_and_assigned(&topic, &[(0, 0)])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while queue.len() < 300 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -274,10 +280,7 @@ async fn a_records_time_and_headers_are_read_when_asked_for() -> anyhow::Result<
         .map_err(|(e, _)| e)?;
     producer.flush(Duration::from_secs(30))?;
 
-    let c = consumer()?;
-    let queue = BatchQueue::new(c.clone())?;
-    queue.forward(&topic, 0)?;
-    assign(&c, &topic, &[(0, 0)])?;
+    let (c, queue) = forwarded_and_assigned(&topic, &[(0, 0)])?;
     type Read = (
         Option<i64>,
         Option<Vec<u8>>,
