@@ -92,9 +92,9 @@ struct Ctx<S: Sink + Sync> {
     /// Where the assigned partitions' records go (each partition's fetch queue is
     /// forwarded to it before the partition is assigned), taken by the polling thread
     /// many at a time; none if it could not be made, and then records come through
-    /// `poll`. Emptied before the consumer is dropped.
-    /// Weak: the polling thread holds the queue, which holds the consumer, so that the
-    /// queue always goes before the client.
+    /// `poll`. Weak: the polling thread holds the queue, which holds the consumer, so
+    /// that the queue always goes before the client; once it went, this no longer
+    /// upgrades.
     batches: std::sync::Mutex<std::sync::Weak<BatchQueue<Self>>>,
 }
 
@@ -226,14 +226,8 @@ impl<S: Sink + Sync> ConsumerContext for Ctx<S> {
                 };
                 if let Some(batches) = batches {
                     for p in &positions {
-                        if let Err(e) = batches.forward(&p.topic, p.partition) {
-                            let what = format!(
-                                "forwarding {}[{}] to the batch queue",
-                                p.topic, p.partition
-                            );
-                            let _ = self
-                                .items
-                                .blocking_send(Item::Failed(kafka_failure(&what, &e)));
+                        if let Err(failed) = forward(&batches, &p.topic, p.partition) {
+                            let _ = self.items.blocking_send(Item::Failed(failed));
                             return;
                         }
                     }
@@ -658,18 +652,23 @@ fn forward_again<C: ConsumerContext + 'static>(queue: &BatchQueue<C>) -> Result<
         .assignment()
         .map_err(|e| kafka_failure("reading the assignment", &e))?;
     for e in assigned.elements() {
-        queue.forward(e.topic(), e.partition()).map_err(|err| {
-            kafka_failure(
-                &format!(
-                    "forwarding {}[{}] to the batch queue",
-                    e.topic(),
-                    e.partition()
-                ),
-                &err,
-            )
-        })?;
+        forward(queue, e.topic(), e.partition())?;
     }
     Ok(())
+}
+
+/// Forwards one partition's fetch queue to the batch queue; a failure names it.
+fn forward<C: ConsumerContext + 'static>(
+    queue: &BatchQueue<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(), Failure> {
+    queue.forward(topic, partition).map_err(|e| {
+        kafka_failure(
+            &format!("forwarding {topic}[{partition}] to the batch queue"),
+            &e,
+        )
+    })
 }
 
 /// Adds a record to `batch`, sharing the topic's name with the record before it when it
