@@ -428,6 +428,12 @@ pub struct ReplicationConfig {
     /// Default: `false`
     pub binary: bool,
 
+    /// Read a plain TCP stream in coalesced chunks instead of once per arriving
+    /// segment (Ferry's change, FERRY.md): see [`ReadCoalescing`].
+    ///
+    /// Default: `None` (every arrival wakes the worker, as upstream)
+    pub read_coalescing: Option<ReadCoalescing>,
+
     /// Value for the startup `options` parameter, passed through to the
     /// server the same way `libpq`'s `options` connection parameter (or the
     /// `PGOPTIONS` environment variable) would on an ordinary connection.
@@ -490,6 +496,23 @@ pub struct ReplicationConfig {
     pub feedback_observer: Option<crate::FeedbackObserver>,
 }
 
+/// How a TCP replication stream is read when coalesced (Ferry's change, FERRY.md).
+///
+/// The walsender writes every pgoutput message on its own, so a stream of small
+/// transactions arrives as many small segments, and each one wakes the reading
+/// thread. With coalescing, the socket's `SO_RCVLOWAT` is `low_water`: the kernel
+/// wakes the reader only once that many bytes wait (or the receive buffer is under
+/// pressure, or the peer closed). Whatever waits below it is read at the latest
+/// `period` after the reader found the socket empty, so a lone message is late by
+/// at most `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCoalescing {
+    /// Bytes that wake the reader at once.
+    pub low_water: usize,
+    /// The longest a smaller arrival waits to be read.
+    pub period: Duration,
+}
+
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
@@ -508,6 +531,7 @@ impl Default for ReplicationConfig {
             idle_wakeup_interval: Duration::from_secs(10),
             buffer_events: 8192,
             binary: false,
+            read_coalescing: None,
             options: None,
             max_message_size: crate::protocol::framing::MAX_MESSAGE_SIZE,
             application_name: None,
@@ -667,6 +691,12 @@ impl ReplicationConfig {
     /// Set the event buffer size.
     pub fn with_buffer_size(mut self, size: usize) -> Self {
         self.buffer_events = size;
+        self
+    }
+
+    /// Read the TCP stream in coalesced chunks (see [`ReadCoalescing`]).
+    pub fn with_read_coalescing(mut self, low_water: usize, period: Duration) -> Self {
+        self.read_coalescing = Some(ReadCoalescing { low_water, period });
         self
     }
 

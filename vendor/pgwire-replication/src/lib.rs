@@ -79,12 +79,13 @@ pub mod config;
 pub mod error;
 pub mod lsn;
 pub mod protocol;
+pub mod socket;
 pub mod tls;
 
 pub use client::{
     FeedbackObserver, FeedbackSent, IdentifySystem, QueryRow, ReplicationClient, ReplicationEvent,
     ReplicationEventReceiver, ReplicationMetrics, TimelineHistory,
 };
-pub use config::{Publication, ReplicationConfig, SslMode, TlsConfig};
+pub use config::{Publication, ReadCoalescing, ReplicationConfig, SslMode, TlsConfig};
 pub use error::{PgWireError, Result};
 pub use lsn::Lsn;

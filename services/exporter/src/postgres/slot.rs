@@ -326,9 +326,21 @@ pub async fn check_replication_connection(db: &DatabaseConfig) -> Result<String,
     Ok(system.system_id)
 }
 
-/// The replication session's settings: Ferry's value settings as startup options, and
+/// The replication stream is read in chunks: the kernel wakes the reader once this
+/// many bytes wait ([`pgwire_replication::ReadCoalescing`]), and less is read at the
+/// latest [`READ_PERIOD`] after the socket was found empty. The walsender writes each
+/// pgoutput message on its own; read as they arrived, a source committing tens of
+/// thousands of one-row transactions a second woke the exporter 20k times a second,
+/// 40 % of its CPU (docs/benchmarks.md, "Changes of 2026-12-08").
+const READ_LOW_WATER: usize = 64 * 1024;
+
+/// The longest a change waits below [`READ_LOW_WATER`] before it is read.
+const READ_PERIOD: Duration = Duration::from_millis(2);
+
+/// The replication session's settings: Ferry's value settings as startup options,
 /// standby status updates every second, also when idle, so the server sees the
-/// confirmed position move and does not time the session out.
+/// confirmed position move and does not time the session out, and the stream read in
+/// chunks ([`READ_LOW_WATER`]).
 fn config(db: &DatabaseConfig, slot: &str, publication: &str, start: Lsn) -> ReplicationConfig {
     ReplicationConfig::new(
         db.host.clone(),
@@ -344,6 +356,7 @@ fn config(db: &DatabaseConfig, slot: &str, publication: &str, start: Lsn) -> Rep
     .with_application_name("ferry-exporter")
     .with_status_interval(Duration::from_secs(1))
     .with_wakeup_interval(Duration::from_secs(1))
+    .with_read_coalescing(READ_LOW_WATER, READ_PERIOD)
     .with_start_lsn(pgwire_replication::Lsn(start.0))
     .with_ack_lsn(pgwire_replication::Lsn(start.0))
 }

@@ -485,6 +485,7 @@ async fn run_worker(worker: &mut WorkerState, cfg: &ReplicationConfig) -> Result
 
     let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port)).await?;
     tcp.set_nodelay(true)?;
+    let tcp = crate::socket::Socket::new(tcp, cfg.read_coalescing)?;
 
     #[cfg(feature = "tls-rustls")]
     {

@@ -29,6 +29,7 @@
 //! ```no_run
 //! use pgwire_replication::config::TlsConfig;
 //! use pgwire_replication::tls::rustls::{maybe_upgrade_to_tls, MaybeTlsStream};
+//! use pgwire_replication::socket::Socket;
 //! use tokio::net::TcpStream;
 //! use std::path::PathBuf;
 //!
@@ -39,7 +40,8 @@
 //!
 //!     let tcp_stream = TcpStream::connect(("db.example.com", 5432)).await?;
 //!
-//!     let stream = maybe_upgrade_to_tls(tcp_stream, &tls_config, "db.example.com").await?;
+//!     let socket = Socket::new(tcp_stream, None)?;
+//!     let stream = maybe_upgrade_to_tls(socket, &tls_config, "db.example.com").await?;
 //!     match stream {
 //!         MaybeTlsStream::Plain(_) => {}
 //!         MaybeTlsStream::Tls(_) => {}
@@ -56,6 +58,8 @@ use std::task::{Context, Poll};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::socket::Socket;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
 use crate::config::{SslMode, TlsConfig};
@@ -69,9 +73,9 @@ use crate::protocol::framing::write_ssl_request;
 #[derive(Debug)]
 pub enum MaybeTlsStream {
     /// Unencrypted TCP connection
-    Plain(TcpStream),
+    Plain(Socket),
     /// TLS-encrypted connection (boxed to reduce enum size)
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Socket>>),
 }
 
 impl MaybeTlsStream {
@@ -92,8 +96,8 @@ impl MaybeTlsStream {
     /// For TLS streams, this returns the inner TCP stream.
     pub fn get_ref(&self) -> &TcpStream {
         match self {
-            MaybeTlsStream::Plain(s) => s,
-            MaybeTlsStream::Tls(s) => s.get_ref().0,
+            MaybeTlsStream::Plain(s) => s.tcp(),
+            MaybeTlsStream::Tls(s) => s.get_ref().0.tcp(),
         }
     }
 }
@@ -159,7 +163,7 @@ impl AsyncWrite for MaybeTlsStream {
 /// - Certificate verification failure (for VerifyCa/VerifyFull)
 /// - Invalid certificate/key files
 pub async fn maybe_upgrade_to_tls(
-    mut tcp: TcpStream,
+    mut tcp: Socket,
     tls: &TlsConfig,
     host: &str,
 ) -> Result<MaybeTlsStream> {
@@ -170,6 +174,8 @@ pub async fn maybe_upgrade_to_tls(
 
     // Install crypto provider (required for rustls 0.23+)
     // This is idempotent - safe to call multiple times
+    // The published crate's call; rustls now marks it deprecated (Ferry's copy, FERRY.md).
+    #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     // PostgreSQL TLS negotiation: send SSLRequest, expect 'S' or 'N'
