@@ -340,6 +340,27 @@ async fn stalls(target: &tokio_postgres::Client, after_id: i64) -> Result<Stalls
             &[&after_id, &STALL_MS],
         )
         .await?;
+    // Each apply pause's start (UTC) and length, for reading beside the services' logs.
+    let pauses = target
+        .query(
+            "WITH a AS (SELECT extract(epoch FROM applied)::float8 * 1000 AS at FROM t WHERE id > $1),
+                  ag AS (SELECT lag(at) OVER (ORDER BY at) AS from_at, at AS to_at FROM a)
+             SELECT to_char(to_timestamp(from_at / 1000) AT TIME ZONE 'UTC', 'HH24:MI:SS.MS'),
+                    round((to_at - from_at)::numeric)::float8
+             FROM ag WHERE to_at - from_at >= $2 ORDER BY from_at",
+            &[&after_id, &STALL_MS],
+        )
+        .await?;
+    if !pauses.is_empty() {
+        let list: Vec<String> = pauses
+            .iter()
+            .map(|r| format!("{} ({} ms)", r.get::<_, String>(0), r.get::<_, f64>(1)))
+            .collect();
+        eprintln!(
+            "bench: single: apply pauses ≥ {STALL_MS} ms, UTC: {}",
+            list.join(", ")
+        );
+    }
     Ok(Stalls {
         produced: row.get(0),
         produced_longest_ms: row.get::<_, Option<f64>>(1).unwrap_or(0.0),
