@@ -6,10 +6,14 @@
 //! - the socket's `SO_RCVLOWAT` is the low-water mark, so the kernel signals it readable
 //!   (and wakes the thread parked in `epoll_wait`) only once that many bytes wait, the
 //!   receive buffer is under pressure, or the peer closed;
-//! - a read first asks the socket directly, without waiting for readiness: whatever is
-//!   there, however little, is returned at once;
-//! - when nothing is there, tokio's readiness is cleared and awaited, and a timer of
-//!   `period` is armed beside it; whichever comes first leads to the next direct read.
+//! - a read clears tokio's readiness, then asks the socket directly, without waiting
+//!   for readiness: whatever is there, however little, is returned at once;
+//! - when nothing is there, tokio's readiness is awaited (an event after the clear
+//!   stays set) and a timer of `period` is armed beside it; whichever comes first
+//!   leads to the next direct read.
+//!
+//! An idle stream is therefore read every `period` (one empty `recv` and one wake-up
+//! each), a small fixed cost against one wake-up per arriving message under load.
 //!
 //! So a busy stream is read in chunks of about the low-water mark, and a lone message
 //! waits at most `period`.
@@ -116,7 +120,17 @@ impl AsyncRead for Socket {
         let Some(c) = this.coalescing.as_mut() else {
             return Pin::new(&mut this.tcp).poll_read(cx, buf);
         };
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
+            // Forget any readiness tokio saw (a closure answering WouldBlock clears it,
+            // unless an event came since), then read: bytes that came before the clear
+            // are read now, and an event after it leaves the readiness set for the
+            // wait below, which the low-water mark holds back until enough bytes wait.
+            let _ = this.tcp.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
             match read_now(&this.tcp, buf) {
                 Ok(()) => {
                     c.tick = None;
@@ -125,12 +139,6 @@ impl AsyncRead for Socket {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            // Empty: forget any readiness tokio saw (a closure answering WouldBlock
-            // clears it), then wait for the next one, which the low-water mark holds
-            // back until enough bytes wait.
-            let _ = this.tcp.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
             match this.tcp.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -156,6 +164,18 @@ impl AsyncWrite for Socket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
