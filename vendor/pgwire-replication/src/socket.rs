@@ -251,6 +251,25 @@ mod tests {
         assert!(all.iter().all(|b| *b == 7));
     }
 
+    /// The low-water mark holds the kernel's wake-up back: 10 bytes waiting do not make
+    /// the socket readable to tokio (they do without coalescing), yet they are read.
+    #[tokio::test]
+    async fn the_low_water_mark_holds_the_wake_up_back() {
+        let coalescing = Some(ReadCoalescing {
+            low_water: 64 * 1024,
+            period: Duration::from_millis(20),
+        });
+        for (coalesced, mut pair) in [(false, pair(None).await), (true, pair(coalescing).await)] {
+            pair.1.write_all(&[1; 10]).await.unwrap();
+            let woke =
+                tokio::time::timeout(Duration::from_millis(300), pair.0.tcp().readable()).await;
+            assert_eq!(woke.is_ok(), !coalesced, "coalesced: {coalesced}");
+            let mut got = [0u8; 10];
+            pair.0.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [1; 10]);
+        }
+    }
+
     /// Writes go through; without coalescing reads are tokio's own.
     #[tokio::test]
     async fn writes_and_plain_reads() {
