@@ -336,30 +336,18 @@ async fn stalls(target: &tokio_postgres::Client, after_id: i64) -> Result<Stalls
                       WHERE EXISTS (SELECT 1 FROM kafka_ts
                                     WHERE ms > floor(ap.from_at)::bigint
                                       AND ms < ceil(ap.to_at - $2 / 2)::bigint
-                                      AND id > $1))",
+                                      AND id > $1)),
+                    -- Each apply pause's start (UTC) and length, to read beside the logs.
+                    (SELECT string_agg(to_char(to_timestamp(from_at / 1000) AT TIME ZONE 'UTC',
+                                               'HH24:MI:SS.MS')
+                                       || ' (' || round(ms::numeric) || ' ms)', ', '
+                                       ORDER BY from_at)
+                     FROM ap)",
             &[&after_id, &STALL_MS],
         )
         .await?;
-    // Each apply pause's start (UTC) and length, for reading beside the services' logs.
-    let pauses = target
-        .query(
-            "WITH a AS (SELECT extract(epoch FROM applied)::float8 * 1000 AS at FROM t WHERE id > $1),
-                  ag AS (SELECT lag(at) OVER (ORDER BY at) AS from_at, at AS to_at FROM a)
-             SELECT to_char(to_timestamp(from_at / 1000) AT TIME ZONE 'UTC', 'HH24:MI:SS.MS'),
-                    round((to_at - from_at)::numeric)::float8
-             FROM ag WHERE to_at - from_at >= $2 ORDER BY from_at",
-            &[&after_id, &STALL_MS],
-        )
-        .await?;
-    if !pauses.is_empty() {
-        let list: Vec<String> = pauses
-            .iter()
-            .map(|r| format!("{} ({} ms)", r.get::<_, String>(0), r.get::<_, f64>(1)))
-            .collect();
-        eprintln!(
-            "bench: single: apply pauses ≥ {STALL_MS} ms, UTC: {}",
-            list.join(", ")
-        );
+    if let Some(list) = row.get::<_, Option<String>>(5) {
+        eprintln!("bench: single: apply pauses ≥ {STALL_MS} ms, UTC: {list}");
     }
     Ok(Stalls {
         produced: row.get(0),
